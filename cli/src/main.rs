@@ -1,0 +1,110 @@
+//! `adaptkit`: the command-line face of the runtime. Every verb takes `--json` and then prints
+//! exactly one JSON object as its last stdout line; progress goes to stderr. Errors are one line
+//! on stderr and exit code 2.
+
+mod bench;
+mod commands;
+mod fetch;
+mod memory;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "adaptkit", version, about = "Run and adapt small quantized language models on the device")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the demo model (SmolLM2-135M-Instruct, GGUF Q4_1) into the cache.
+    Fetch {
+        /// Directory to cache it in (default: $ADAPTKIT_HOME/models or ~/.cache/adaptkit/models).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show a model's architecture, parameter count and tensor types.
+    Info {
+        /// GGUF file or Hugging Face model directory (default: the fetched demo model).
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Generate text from a prompt.
+    Generate(commands::GenerateArgs),
+    /// Perplexity of a text file.
+    Eval(commands::EvalArgs),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+/// Options every verb shares.
+#[derive(Args, Clone, Copy)]
+pub struct Output {
+    /// Print one JSON object as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face model directory (default: the fetched demo model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// A failure the user can act on: printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct CliError(String);
+
+impl CliError {
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        Self(format!("{}: {error}", path.display()))
+    }
+}
+
+impl From<adaptkit::Error> for CliError {
+    fn from(error: adaptkit::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch { dir, out } => commands::fetch(dir, out),
+        Command::Info { model, out } => commands::info(model, out),
+        Command::Generate(args) => commands::generate(args),
+        Command::Eval(args) => commands::eval(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints the verb's result: the JSON object as the last stdout line, or `human` for people.
+pub fn emit(out: Output, json: serde_json::Value, human: impl FnOnce()) {
+    if out.json {
+        println!("{json}");
+    } else {
+        human();
+    }
+}

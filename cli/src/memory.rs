@@ -1,0 +1,15 @@
+//! Peak resident memory of this process, for `bench` and `train` reports.
+
+/// Peak RSS in MiB (Linux `VmHWM`); `None` where the OS does not say.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,169 @@
+//! The CLI contract: one JSON object as the last stdout line with `--json`, and for bad input a
+//! one-line error on stderr with exit code 2 (no panic, no backtrace).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use adaptkit::format::gguf::GgufWriter;
+use adaptkit::quant::GgmlType;
+
+fn adaptkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code 2 and exactly one stderr line, which contains `needle`.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adaptkit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A GGUF with Llama metadata for a 1-layer model of width 256 and the given architecture,
+/// holding only a token embedding of type `ty`.
+fn write_partial_model(path: &Path, architecture: &str, ty: GgmlType) {
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", architecture).unwrap();
+    for (key, value) in [
+        ("block_count", 1u32),
+        ("embedding_length", 256),
+        ("feed_forward_length", 512),
+        ("attention.head_count", 4),
+        ("context_length", 64),
+    ] {
+        w.add_metadata(format!("{architecture}.{key}"), value).unwrap();
+    }
+    w.add_metadata(format!("{architecture}.attention.layer_norm_rms_epsilon"), 1e-5f32).unwrap();
+    let bytes = ty.bytes_for(256 * 8).unwrap() as usize;
+    w.add_tensor("token_embd.weight", ty, &[256, 8], vec![0; bytes]).unwrap();
+    w.write_file(path).unwrap();
+}
+
+#[test]
+fn missing_model_file_is_one_line_exit_2() {
+    assert_clean_failure(
+        &adaptkit(&["generate", "--model", "/nonexistent/m.gguf", "--prompt", "hi"]),
+        "/nonexistent/m.gguf",
+    );
+    assert_clean_failure(&adaptkit(&["info", "/nonexistent/m.gguf", "--json"]), "no such file");
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_named() {
+    let path = scratch("not-a-model.gguf");
+    std::fs::write(&path, b"this is a text file, not a model").unwrap();
+    assert_clean_failure(&adaptkit(&["info", path.to_str().unwrap()]), "not a GGUF file");
+    assert_clean_failure(
+        &adaptkit(&["generate", "--model", path.to_str().unwrap(), "--prompt", "x"]),
+        "not a GGUF file",
+    );
+}
+
+#[test]
+fn unsupported_architecture_and_tensor_type_are_named() {
+    let gpt2 = scratch("gpt2.gguf");
+    write_partial_model(&gpt2, "gpt2", GgmlType::F32);
+    assert_clean_failure(
+        &adaptkit(&["generate", "--model", gpt2.to_str().unwrap(), "--prompt", "x"]),
+        "'gpt2'",
+    );
+    let q2k = scratch("q2k.gguf");
+    write_partial_model(&q2k, "llama", GgmlType::Q2K);
+    assert_clean_failure(&adaptkit(&["generate", "--model", q2k.to_str().unwrap(), "--prompt", "x"]), "Q2_K");
+}
+
+#[test]
+fn bad_sampling_options_are_refused_before_loading() {
+    assert_clean_failure(&adaptkit(&["generate", "--prompt", "x", "--top-p", "0"]), "top-p");
+    assert_clean_failure(&adaptkit(&["generate", "--prompt", "x", "--temperature=-1"]), "temperature");
+}
+
+/// The demo model, when fetched (CI fetches it; see scripts/test.sh).
+fn real_model() -> Option<String> {
+    let path = std::env::var("ADAPTKIT_TEST_MODEL").ok().map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if path.is_file() {
+        return Some(path.to_string_lossy().into_owned());
+    }
+    assert!(std::env::var("ADAPTKIT_REQUIRE_MODEL").as_deref() != Ok("1"), "{} missing", path.display());
+    eprintln!("note: real model absent, skipped");
+    None
+}
+
+#[test]
+fn info_and_generate_print_one_json_object_last() {
+    let Some(model) = real_model() else { return };
+    let info = last_json(&adaptkit(&["info", &model, "--json"]));
+    assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["layers"], 30);
+    assert_eq!(info["tensor_types"]["Q4_1"], 210);
+
+    let out = adaptkit(&[
+        "generate",
+        "--model",
+        &model,
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let result = last_json(&out);
+    assert!(result["text"].as_str().unwrap().contains("Paris"), "{result}");
+    assert!(result["tokens"].as_array().unwrap().len() <= 12);
+    assert!(result["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(result["prefill_tok_s"].as_f64().unwrap() > 0.0);
+    assert!(["eos", "max_tokens"].contains(&result["stop"].as_str().unwrap()));
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let Some(model) = real_model() else { return };
+    let prompt = "word ".repeat(9000); // SmolLM2's context is 8192 tokens
+    assert_clean_failure(&adaptkit(&["generate", "--model", &model, "--prompt", &prompt]), "context of 8192");
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let Some(model) = real_model() else { return };
+    let run = |seed: &str| {
+        last_json(&adaptkit(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "12",
+            "--seed",
+            seed,
+            "--json",
+        ]))["tokens"]
+            .clone()
+    };
+    assert_eq!(run("7"), run("7"));
+}

@@ -1,0 +1,201 @@
+//! `Engine`: one loaded model with its tokenizer and its own worker pool. `Send + Sync`, no
+//! global state; every long call takes a `CancelToken` and reports progress.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::control::CancelToken;
+use crate::error::Error;
+use crate::format::gguf::GgufFile;
+use crate::format::safetensors::SafetensorsFile;
+use crate::generate::{self, GenerateOptions, Generation, GenerationEvent};
+use crate::model::{Llama, LlamaConfig};
+use crate::parallel::Threads;
+use crate::tokenizer::{Message, Tokenizer};
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Worker threads; 0 = one per core.
+    pub threads: usize,
+}
+
+pub struct Engine {
+    model: Llama,
+    tokenizer: Tokenizer,
+    threads: Threads,
+    source: PathBuf,
+}
+
+/// What to generate from: raw text, or a conversation rendered with the model's chat template.
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Chat(&'a [Message]),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perplexity {
+    pub perplexity: f64,
+    /// Tokens whose next-token loss was counted.
+    pub tokens: usize,
+    pub windows: usize,
+}
+
+impl Engine {
+    /// Loads a GGUF file, or a Hugging Face model directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`).
+    pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, Error> {
+        let device = Device::flex();
+        let (model, tokenizer) = if path.is_dir() {
+            load_hf_dir(path, &device)?
+        } else {
+            let gguf = GgufFile::open(path)?;
+            (Llama::from_gguf(&gguf, &device)?, Tokenizer::from_gguf(&gguf)?)
+        };
+        let threads =
+            Threads::new(options.threads).map_err(|source| Error::Io { path: path.into(), source })?;
+        Ok(Self { model, tokenizer, threads, source: path.to_path_buf() })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.count()
+    }
+
+    /// Token ids of a prompt, with the chat template applied for conversations.
+    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, Error> {
+        match prompt {
+            Prompt::Text(text) => Ok(self.tokenizer.encode(text, true)?),
+            // The rendered template already holds every special token it wants.
+            Prompt::Chat(messages) => {
+                let rendered = self.tokenizer.chat_template()?.render(messages, true)?;
+                Ok(self.tokenizer.encode(&rendered, false)?)
+            }
+        }
+    }
+
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(GenerationEvent) + Send),
+    ) -> Result<Generation, Error> {
+        self.threads
+            .install(|| generate::generate(&self.model, &self.tokenizer, prompt, options, cancel, on_event))
+    }
+
+    /// Runs `tokens` and returns the logits of the last position (for tests and tools).
+    pub fn last_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, Error> {
+        self.threads.install(|| {
+            let mut cache = self.model.new_cache(1);
+            let hidden = self.model.forward(tokens, 1, &mut cache)?;
+            self.model.logits(hidden, tokens.len() - 1..tokens.len())
+        })
+    }
+
+    /// Perplexity of `text` as one token stream cut into non-overlapping windows of `window`
+    /// tokens (the last partial window dropped): exp of the mean next-token loss over all
+    /// predicted positions — what transformers' `model(ids, labels=ids).loss` averages per window.
+    pub fn perplexity(
+        &self,
+        text: &str,
+        window: usize,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Perplexity, Error> {
+        if window < 2 || window > self.model.config().context_len {
+            return Err(Error::InvalidArgument(format!(
+                "window of {window} tokens must be in 2..={}",
+                self.model.config().context_len
+            )));
+        }
+        let tokens = self.tokenizer.encode(text, true)?;
+        let windows = tokens.len() / window;
+        if windows == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "the text has {} tokens, fewer than one window of {window}",
+                tokens.len()
+            )));
+        }
+        self.threads.install(|| {
+            let mut total_nll = 0.0f64;
+            for (w, ids) in tokens.chunks_exact(window).take(windows).enumerate() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                total_nll += self.window_nll(ids)?;
+                on_progress(w + 1, windows);
+            }
+            let counted = windows * (window - 1);
+            Ok(Perplexity { perplexity: (total_nll / counted as f64).exp(), tokens: counted, windows })
+        })
+    }
+
+    /// Sum of next-token negative log-likelihoods over one window.
+    fn window_nll(&self, ids: &[u32]) -> Result<f64, Error> {
+        // Logits of a whole window would take len x vocab floats; score them in slices.
+        const SLICE: usize = 64;
+        let vocab = self.model.config().vocab_size;
+        let mut cache = self.model.new_cache(1);
+        let hidden = self.model.forward(ids, 1, &mut cache)?;
+        let mut nll = 0.0;
+        let predicted = ids.len() - 1;
+        for start in (0..predicted).step_by(SLICE) {
+            let end = (start + SLICE).min(predicted);
+            let logits = self.model.logits(hidden.clone(), start..end)?;
+            for (row, &target) in logits.chunks_exact(vocab).zip(&ids[start + 1..end + 1]) {
+                nll += log_sum_exp(row) - row[target as usize] as f64;
+            }
+        }
+        Ok(nll)
+    }
+}
+
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, Tokenizer), Error> {
+    let io = |path: PathBuf| move |source| Error::Io { path, source };
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path).map_err(io(config_path.clone()))?;
+    let json: serde_json::Value = serde_json::from_str(&config_text)
+        .map_err(|e| Error::Config(format!("{}: {e}", config_path.display())))?;
+    let config = LlamaConfig::from_hf_json(&json)?;
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir.to_path_buf()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Err(Error::Config(format!("{}: no *.safetensors files", dir.display())));
+    }
+    let files = shards.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let model = Llama::from_safetensors(config, &files, device)?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+    Ok((model, tokenizer))
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        assert_send_sync::<super::Engine>();
+    }
+}

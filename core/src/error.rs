@@ -1,0 +1,34 @@
+//! The crate's error: every failure names the file, field or value that caused it.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] crate::format::gguf::GgufError),
+    #[error(transparent)]
+    Safetensors(#[from] crate::format::safetensors::SafetensorsError),
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
+    #[cfg(feature = "std")]
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[cfg(feature = "std")]
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("unsupported architecture '{0}' (supported: llama, mistral)")]
+    UnsupportedArchitecture(String),
+    #[error("the model has no tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    TensorShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("{tokens} tokens do not fit in the model's context of {context}")]
+    ContextOverflow { tokens: usize, context: usize },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("cancelled")]
+    Cancelled,
+}

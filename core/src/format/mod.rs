@@ -1,0 +1,107 @@
+//! File formats: parse and write bytes, nothing else.
+
+pub mod gguf;
+pub mod safetensors;
+
+use alloc::vec::Vec;
+#[cfg(feature = "std")]
+use std::{io, path::Path};
+
+/// Indices of `items` sorted by `name`, or the positions of two items with the same name (the
+/// later one second).
+fn sort_by_name<T>(items: &[T], name: impl Fn(&T) -> &str) -> Result<Vec<usize>, (usize, usize)> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    // Stable, so equal names stay in file order and the later one is reported.
+    order.sort_by(|&a, &b| name(&items[a]).cmp(name(&items[b])));
+    match order.windows(2).find(|w| name(&items[w[0]]) == name(&items[w[1]])) {
+        Some(w) => Err((w[0], w[1])),
+        None => Ok(order),
+    }
+}
+
+fn find_sorted<'a, T>(
+    items: &'a [T],
+    order: &[usize],
+    name: impl Fn(&T) -> &str,
+    wanted: &str,
+) -> Option<&'a T> {
+    let at = order.binary_search_by(|&i| name(&items[i]).cmp(wanted)).ok()?;
+    Some(&items[order[at]])
+}
+
+/// A whole file as shared bytes: memory-mapped on native, so opening a model copies nothing and
+/// pages load on first touch; read into memory on wasm32, which cannot map.
+#[cfg(feature = "std")]
+fn map_file(path: &Path) -> io::Result<crate::bytes::SharedBytes> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: a mapped file must not change while mapped. Model files are replaced, never
+        // edited in place: our writers rename a finished temp file over the old one, which
+        // leaves existing maps on the old inode. Files from elsewhere are taken on that contract.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(crate::bytes::SharedBytes::from_owner(alloc::sync::Arc::new(map)))
+    }
+    #[cfg(target_arch = "wasm32")]
+    Ok(crate::bytes::SharedBytes::from_vec(std::fs::read(path)?))
+}
+
+/// Writes a file so that readers see the old contents or the complete new ones, never a torn
+/// file (a crash mid-write of a model or adapter must not leave a half file under its name):
+/// `write` fills a temp file in the same directory (a rename cannot cross file systems), which
+/// is synced to disk before it is renamed over `path`.
+#[cfg(feature = "std")]
+fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
+    use std::fs;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);
+
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path does not name a file"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // `create_new` never opens another writer's temp file; on a clash try the next name.
+    let mut attempts = 0;
+    let (temp, file) = loop {
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.tmp", NEXT_TEMP.fetch_add(1, Ordering::Relaxed)));
+        let temp = dir.join(temp_name);
+        match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => break (temp, file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 1000 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = (|| {
+        let mut out = io::BufWriter::new(&file);
+        write(&mut out)?;
+        io::Write::flush(&mut out)?;
+        drop(out);
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        // Best effort: the error that matters is the one being returned.
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    // The rename lives in the directory, which POSIX persists only when it is synced itself.
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Where the ignored `write_fuzz_seeds` tests put their files: `$ADAPTKIT_FUZZ_SEEDS/<target>`
+/// (`fuzz/README.md` has the command). The files have no extension because the repository
+/// ignores `*.gguf`.
+#[cfg(all(test, feature = "std"))]
+fn fuzz_seed_dir(target: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("ADAPTKIT_FUZZ_SEEDS").expect("set ADAPTKIT_FUZZ_SEEDS");
+    let dir = std::path::Path::new(&root).join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,33 @@
+//! adaptkit: run and adapt small quantized language models on the device.
+//!
+//! The data flows one way: `format` parses bytes, `quant` knows blocks, `model` knows the
+//! architecture, `generate` samples from it, and `Engine` ties a model, its tokenizer and a
+//! worker pool into one `Send + Sync` handle. See `shared/design.md`.
+//!
+//! Without the `std` feature only the formats and quantization build (`no_std + alloc`).
+#![cfg_attr(not(feature = "std"), no_std)]
+extern crate alloc;
+
+pub mod bytes;
+pub mod control;
+pub mod format;
+pub mod parallel;
+pub mod quant;
+
+#[cfg(feature = "std")]
+pub mod engine;
+#[cfg(feature = "std")]
+pub mod error;
+#[cfg(feature = "std")]
+pub mod generate;
+#[cfg(feature = "std")]
+pub mod model;
+#[cfg(feature = "std")]
+pub mod tokenizer;
+
+#[cfg(feature = "std")]
+pub use burn;
+#[cfg(feature = "std")]
+pub use engine::{Engine, EngineOptions, Prompt};
+#[cfg(feature = "std")]
+pub use error::Error;

@@ -1,0 +1,116 @@
+//! Key/value cache of one generation session: per layer `[batch, kv_heads, capacity, head_dim]`
+//! tensors that grow geometrically, so a short chat does not reserve the whole context.
+
+use burn::tensor::{Device, Tensor};
+
+use super::config::LlamaConfig;
+use crate::error::Error;
+
+/// Growth step; capacity is always a multiple of it (and never beyond the model's context).
+const CHUNK: usize = 128;
+
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    batch: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    len: usize,
+    capacity: usize,
+    max_len: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &LlamaConfig, batch: usize) -> Self {
+        Self {
+            layers: (0..config.n_layers).map(|_| None).collect(),
+            batch,
+            kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            len: 0,
+            capacity: 0,
+            max_len: config.context_len,
+        }
+    }
+
+    /// Tokens already in the cache (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forgets everything after the first `len` tokens (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Checks that `new_tokens` more fit in the context.
+    pub fn check_room(&self, new_tokens: usize) -> Result<(), Error> {
+        if self.len + new_tokens > self.max_len {
+            return Err(Error::ContextOverflow { tokens: self.len + new_tokens, context: self.max_len });
+        }
+        Ok(())
+    }
+
+    /// Stores `keys`/`values` (`[batch, kv_heads, len, head_dim]`) for `layer` at the current
+    /// position and returns all cached keys and values up to and including them.
+    pub fn append(&mut self, layer: usize, keys: Tensor<4>, values: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let new = keys.dims()[2];
+        let end = self.len + new;
+        let (b, h, d) = (self.batch, self.kv_heads, self.head_dim);
+        let device = keys.device();
+        let (cache_k, cache_v) = match self.layers[layer].take() {
+            Some((k, v)) if k.dims()[2] >= end => (k, v),
+            old => {
+                let capacity = end.max(self.capacity * 2).div_ceil(CHUNK) * CHUNK;
+                let capacity = capacity.min(self.max_len).max(end);
+                if layer == 0 {
+                    self.capacity = capacity;
+                }
+                grow(old, [b, h, capacity, d], self.len, &device)
+            }
+        };
+        let at = [0..b, 0..h, self.len..end, 0..d];
+        let cache_k = cache_k.slice_assign(at.clone(), keys);
+        let cache_v = cache_v.slice_assign(at, values);
+        let live = [0..b, 0..h, 0..end, 0..d];
+        let out = (cache_k.clone().slice(live.clone()), cache_v.clone().slice(live));
+        self.layers[layer] = Some((cache_k, cache_v));
+        out
+    }
+
+    /// Marks the tokens appended to every layer in this forward pass as cached.
+    pub fn advance(&mut self, new_tokens: usize) {
+        self.len += new_tokens;
+    }
+}
+
+fn grow(
+    old: Option<(Tensor<4>, Tensor<4>)>,
+    shape: [usize; 4],
+    keep: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let fresh = || Tensor::<4>::zeros(shape, device);
+    match old {
+        Some((k, v)) if keep > 0 => {
+            let [b, h, _, d] = shape;
+            let kept = [0..b, 0..h, 0..keep, 0..d];
+            (
+                fresh().slice_assign(kept.clone(), k.slice(kept.clone())),
+                fresh().slice_assign(kept.clone(), v.slice(kept)),
+            )
+        }
+        _ => (fresh(), fresh()),
+    }
+}

@@ -1,0 +1,46 @@
+//! A frozen linear layer whose weight stays in its GGUF block format. The product runs in our
+//! own quantized kernels (`quant::QuantMatrix`), not in burn, because burn dequantizes its
+//! quantized tensors on every call on CPU (55-110x slower than f32, see reference/feasibility.md).
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::Error;
+use crate::quant::QuantMatrix;
+
+pub struct QuantLinear {
+    weight: QuantMatrix,
+}
+
+impl QuantLinear {
+    pub fn new(weight: QuantMatrix) -> Self {
+        Self { weight }
+    }
+
+    pub fn weight(&self) -> &QuantMatrix {
+        &self.weight
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.rows()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.cols()
+    }
+
+    /// `x: [batch, len, in] -> [batch, len, out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let [b, t, _] = x.dims();
+        let device = x.device();
+        let input = host_f32(x);
+        let mut out = vec![0.0; b * t * self.out_features()];
+        self.weight.matmul(&input, b * t, &mut out)?;
+        Ok(Tensor::from_data(TensorData::new(out, [b, t, self.out_features()]), &device))
+    }
+}
+
+/// The values of a float tensor on the host, converted to f32 whatever the device's float type.
+/// A failed read-back yields no values, which the kernels then reject as a length mismatch.
+pub(crate) fn host_f32<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.try_into_vec_as::<f32>().unwrap_or_default()
+}

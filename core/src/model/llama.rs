@@ -1,0 +1,173 @@
+//! The Llama decoder: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP, tied
+//! or separate output head. Everything between the frozen quantized linears runs as burn ops, so
+//! the same graph later carries gradients to adapters.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::linear::{host_f32, QuantLinear};
+use super::rope::{self, Rope};
+use crate::error::Error;
+use crate::quant::QuantMatrix;
+
+pub struct Block {
+    pub attn_norm: Tensor<1>,
+    pub attn_q: QuantLinear,
+    pub attn_k: QuantLinear,
+    pub attn_v: QuantLinear,
+    pub attn_output: QuantLinear,
+    pub ffn_norm: Tensor<1>,
+    pub ffn_gate: QuantLinear,
+    pub ffn_up: QuantLinear,
+    pub ffn_down: QuantLinear,
+}
+
+pub struct Llama {
+    pub(super) config: LlamaConfig,
+    pub(super) device: Device,
+    pub(super) token_embedding: QuantMatrix,
+    pub(super) output: QuantMatrix,
+    pub(super) output_norm: Tensor<1>,
+    pub(super) blocks: Vec<Block>,
+    pub(super) rope: Rope,
+}
+
+impl Llama {
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub fn token_embedding(&self) -> &QuantMatrix {
+        &self.token_embedding
+    }
+
+    pub fn output(&self) -> &QuantMatrix {
+        &self.output
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(&self.config, batch)
+    }
+
+    /// Runs `tokens` (`batch` rows of equal length, row-major) after what `cache` already holds
+    /// and returns the final-normed hidden states `[batch, len, d_model]`.
+    pub fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache) -> Result<Tensor<3>, Error> {
+        let c = &self.config;
+        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 || batch != cache.batch() {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens do not form {batch} equal rows for a cache of batch {}",
+                tokens.len(),
+                cache.batch()
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let len = tokens.len() / batch;
+        cache.check_room(len)?;
+        let start = cache.len();
+
+        let mut embedded = vec![0.0; tokens.len() * c.d_model];
+        self.token_embedding.get_rows(tokens, &mut embedded)?;
+        let mut x = Tensor::<3>::from_data(TensorData::new(embedded, [batch, len, c.d_model]), &self.device);
+
+        let (cos, sin) = self.rope.tables(start, len, &self.device);
+        let groups = c.n_heads / c.n_kv_heads;
+        let mask = (len > 1).then(|| causal_mask(start, len, groups, &self.device));
+        for (index, block) in self.blocks.iter().enumerate() {
+            let attention = Attention { config: c, cos: &cos, sin: &sin, mask: mask.as_ref() };
+            x = block.forward(x, &attention, index, cache)?;
+        }
+        cache.advance(len);
+        Ok(rms_norm(x, &self.output_norm, c.rms_eps))
+    }
+
+    /// Logits `[rows, vocab]` (row-major, on the host) of hidden states `[batch, len, d_model]`
+    /// at positions `positions` of each row (e.g. `len-1..len` for the next token).
+    pub fn logits(&self, hidden: Tensor<3>, positions: core::ops::Range<usize>) -> Result<Vec<f32>, Error> {
+        let [b, _, d] = hidden.dims();
+        let rows = b * positions.len();
+        let input = host_f32(hidden.slice([0..b, positions, 0..d]));
+        let mut out = vec![0.0; rows * self.config.vocab_size];
+        self.output.matmul(&input, rows, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// What every layer's attention shares within one forward pass.
+struct Attention<'a> {
+    config: &'a LlamaConfig,
+    cos: &'a Tensor<5>,
+    sin: &'a Tensor<5>,
+    mask: Option<&'a Tensor<4>>,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        attn: &Attention,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, Error> {
+        let c = attn.config;
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let groups = h / kv;
+
+        let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope::apply(heads(self.attn_q.forward(normed.clone())?, h), attn.cos, attn.sin);
+        let k = rope::apply(heads(self.attn_k.forward(normed.clone())?, kv), attn.cos, attn.sin);
+        let v = heads(self.attn_v.forward(normed)?, kv);
+        let (keys, values) = cache.append(layer, k, v);
+
+        // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
+        // instead of repeating keys and values `groups` times.
+        let q = q.reshape([b, kv, groups * t, hd]);
+        let mut scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f32).sqrt());
+        if let Some(mask) = attn.mask {
+            scores = scores + mask.clone();
+        }
+        let context =
+            softmax(scores, 3).matmul(values).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let x = x + self.attn_output.forward(context)?;
+
+        let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
+        let gated = silu(self.ffn_gate.forward(normed.clone())?) * self.ffn_up.forward(normed)?;
+        Ok(x + self.ffn_down.forward(gated)?)
+    }
+}
+
+pub(crate) fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
+    let d = weight.dims()[0];
+    let inv_rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    x * inv_rms * weight.clone().reshape([1, 1, d])
+}
+
+/// Additive mask `[1, 1, groups*len, start+len]`: query `i` (absolute position `start+i`) sees
+/// keys `0..=start+i`.
+fn causal_mask(start: usize, len: usize, groups: usize, device: &Device) -> Tensor<4> {
+    let keys = start + len;
+    let mut mask = vec![0.0f32; groups * len * keys];
+    for g in 0..groups {
+        for i in 0..len {
+            let row = &mut mask[(g * len + i) * keys..][..keys];
+            row[start + i + 1..].fill(f32::NEG_INFINITY);
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [1, 1, groups * len, keys]), device)
+}

@@ -1,0 +1,12 @@
+//! The Llama-family decoder on burn: config, weights, attention with a KV cache.
+
+pub mod config;
+pub mod kv_cache;
+pub mod linear;
+pub mod llama;
+mod load;
+pub mod rope;
+
+pub use config::{LlamaConfig, RopeScaling};
+pub use kv_cache::KvCache;
+pub use llama::Llama;

@@ -1,0 +1,65 @@
+//! Data parallelism without global state: an engine owns a `Threads` pool and runs its work
+//! inside `install`; kernels split work with `for_each_chunk_mut`, which uses whichever pool is
+//! installed. On wasm32 (no threads without atomics) and without `std` everything runs on the
+//! calling thread.
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+use rayon::prelude::*;
+
+#[cfg(feature = "std")]
+/// A fixed-size worker pool owned by one engine (never the process-wide global pool).
+pub struct Threads {
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: rayon::ThreadPool,
+    count: usize,
+}
+
+#[cfg(feature = "std")]
+impl Threads {
+    /// `count == 0` means one worker per available core.
+    pub fn new(count: usize) -> Result<Self, std::io::Error> {
+        let count = if count == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            count
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(count)
+                .thread_name(|i| format!("adaptkit-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            Ok(Self { pool, count })
+        }
+        #[cfg(target_arch = "wasm32")]
+        Ok(Self { count: 1.min(count) })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Runs `work` with this pool as the current one.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.pool.install(work);
+        #[cfg(target_arch = "wasm32")]
+        work()
+    }
+}
+
+/// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized piece of `out`, in parallel on the
+/// installed pool.
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    work: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    {
+        out.par_chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+    }
+    #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
+    out.chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+}

@@ -1,0 +1,138 @@
+//! AVX2 + FMA (+ F16C for block scales) on x86 and x86_64, detected at run time with `std` and
+//! at compile time without it.
+
+#[cfg(target_arch = "x86")]
+use core::arch::x86::*;
+#[cfg(target_arch = "x86_64")]
+use core::arch::x86_64::*;
+
+use super::Simd;
+use crate::quant::Format;
+
+/// Proof that AVX2, FMA and F16C are present.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    pub fn detect() -> Option<Self> {
+        #[cfg(feature = "std")]
+        let present = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        #[cfg(not(feature = "std"))]
+        let present = cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
+        present.then_some(Avx2(()))
+    }
+}
+
+/// # Safety
+/// As [`super::dot_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows<F: Format>(s: Avx2, rows: &[u8], x: &[f32], xsum: &[f32], out: &mut [f32]) {
+    super::dot_rows_with::<F, Avx2>(s, rows, x, xsum, out)
+}
+
+/// # Safety
+/// As [`super::gemm`], whose checks the caller has made.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    super::gemm_with(s, w, x, k, tokens, out)
+}
+
+// SAFETY (every method): an `Avx2` exists only where the features are present.
+impl Simd for Avx2 {
+    type F = __m256;
+    type I = __m256i;
+
+    #[inline(always)]
+    fn zero(self) -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, v: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_le(self, p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p.cast())
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u8) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(self, p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(self, p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(self, p: *const u8) -> __m256i {
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))
+    }
+    #[inline(always)]
+    fn splat_i(self, v: i32) -> __m256i {
+        unsafe { _mm256_set1_epi32(v) }
+    }
+    #[inline(always)]
+    fn and(self, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_and_si256(a, b) }
+    }
+    #[inline(always)]
+    fn or(self, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_or_si256(a, b) }
+    }
+    #[inline(always)]
+    fn sub_i(self, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_sub_epi32(a, b) }
+    }
+    #[inline(always)]
+    fn shr<const N: i32>(self, a: __m256i) -> __m256i {
+        unsafe { _mm256_srli_epi32::<N>(a) }
+    }
+    #[inline(always)]
+    fn shl<const N: i32>(self, a: __m256i) -> __m256i {
+        unsafe { _mm256_slli_epi32::<N>(a) }
+    }
+    #[inline(always)]
+    fn to_f32(self, a: __m256i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(a) }
+    }
+    #[inline(always)]
+    fn lane0(self, a: __m256) -> f32 {
+        unsafe { _mm256_cvtss_f32(a) }
+    }
+    /// Broadcast, then convert: a scalar convert first would insert the half into some vector
+    /// register, which LLVM may pick to be the loop's accumulator, chaining every block behind
+    /// the previous one's final FMA.
+    #[inline(always)]
+    unsafe fn splat_f16(self, p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned()))
+    }
+}

@@ -1,0 +1,293 @@
+//! The instruction sets the kernels run on. Each format writes its row-dot once against the
+//! [`Simd`] vocabulary (eight f32 lanes, eight i32 lanes); each ISA module implements that
+//! vocabulary and provides entry points compiled with its target features, into which the
+//! generic kernels inline. A value of an ISA type is the proof that the ISA is present: only
+//! detection constructs one, so the trait methods can be safe.
+
+use super::Format;
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx2;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+mod neon;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
+
+/// Eight-lane SIMD operations, all `#[inline(always)]` in the implementations so that they
+/// compile inside the target-feature entry points.
+pub(crate) trait Simd: Copy {
+    /// Eight f32.
+    type F: Copy;
+    /// Eight i32.
+    type I: Copy;
+
+    fn zero(self) -> Self::F;
+    fn splat(self, v: f32) -> Self::F;
+    /// # Safety
+    /// `p` points at eight readable f32.
+    unsafe fn load(self, p: *const f32) -> Self::F;
+    /// # Safety
+    /// `p` points at 32 readable bytes holding eight little-endian f32, at any alignment.
+    unsafe fn load_le(self, p: *const u8) -> Self::F;
+    fn add(self, a: Self::F, b: Self::F) -> Self::F;
+    fn mul(self, a: Self::F, b: Self::F) -> Self::F;
+    /// `a * b + c`, fused where the ISA has it.
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    fn hsum(self, a: Self::F) -> f32;
+    /// # Safety
+    /// `p` points at 16 bytes holding eight little-endian bf16, at any alignment.
+    unsafe fn load_bf16(self, p: *const u8) -> Self::F;
+    /// # Safety
+    /// `p` points at 16 bytes holding eight little-endian f16, at any alignment.
+    #[inline(always)]
+    unsafe fn load_f16(self, p: *const u8) -> Self::F {
+        let v: [f32; 8] = core::array::from_fn(|i| super::f16_le(*p.add(2 * i), *p.add(2 * i + 1)));
+        self.load(v.as_ptr())
+    }
+
+    /// # Safety
+    /// `p` points at eight readable bytes; each is zero-extended into a lane.
+    unsafe fn widen_u8(self, p: *const u8) -> Self::I;
+    /// # Safety
+    /// `p` points at eight readable bytes; each is sign-extended into a lane.
+    unsafe fn widen_i8(self, p: *const u8) -> Self::I;
+    fn splat_i(self, v: i32) -> Self::I;
+    fn and(self, a: Self::I, b: Self::I) -> Self::I;
+    fn or(self, a: Self::I, b: Self::I) -> Self::I;
+    fn sub_i(self, a: Self::I, b: Self::I) -> Self::I;
+    /// Logical shift right, `1 <= N <= 31`.
+    fn shr<const N: i32>(self, a: Self::I) -> Self::I;
+    /// Shift left, `1 <= N <= 31`.
+    fn shl<const N: i32>(self, a: Self::I) -> Self::I;
+    fn to_f32(self, a: Self::I) -> Self::F;
+
+    /// The first lane.
+    fn lane0(self, a: Self::F) -> f32;
+
+    /// The f16 at `p` (little-endian, any alignment) as f32; exact. For the block scales, which
+    /// are normal numbers in practice, this takes a branch that is integer ops only: the float
+    /// ports are what the kernels run out of, and a vector convert would merge into (and wait
+    /// on) whatever register LLVM picks, possibly the loop's accumulator.
+    ///
+    /// # Safety
+    /// `p` points at two readable bytes.
+    #[inline(always)]
+    unsafe fn f16(self, p: *const u8) -> f32 {
+        let h = u32::from(u16::from_le_bytes([*p, *p.add(1)]));
+        let em = h & 0x7fff;
+        if em.wrapping_sub(0x400) < 0x7c00 - 0x400 {
+            f32::from_bits((h & 0x8000) << 16 | ((em << 13) + ((127 - 15) << 23)))
+        } else {
+            super::f16_le(*p, *p.add(1))
+        }
+    }
+
+    /// The f16 at `p` in every lane.
+    ///
+    /// # Safety
+    /// `p` points at two readable bytes.
+    #[inline(always)]
+    unsafe fn splat_f16(self, p: *const u8) -> Self::F {
+        self.splat(self.f16(p))
+    }
+
+    /// `Σ to_f32(q[i]) * x[8i..8i+8]` over four lane groups, as a vector: the body of every
+    /// 32-value block. Two chains so the adds overlap.
+    ///
+    /// # Safety
+    /// `x` points at 32 readable f32.
+    #[inline(always)]
+    unsafe fn dot32(self, q: [Self::I; 4], x: *const f32) -> Self::F {
+        let a = self.mul(self.to_f32(q[0]), self.load(x));
+        let b = self.mul(self.to_f32(q[1]), self.load(x.add(8)));
+        let a = self.fma(self.to_f32(q[2]), self.load(x.add(16)), a);
+        let b = self.fma(self.to_f32(q[3]), self.load(x.add(24)), b);
+        self.add(a, b)
+    }
+}
+
+/// The instruction set a matrix's kernels run on, chosen once when the matrix is built.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Isa {
+    /// The portable scalar reference.
+    Scalar,
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Avx2(avx2::Avx2),
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+    Neon(neon::Neon),
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128(wasm::Simd128),
+}
+
+impl Isa {
+    /// The best instruction set this machine has.
+    pub fn detect() -> Isa {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        {
+            avx2::Avx2::detect().map_or(Isa::Scalar, Isa::Avx2)
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        {
+            Isa::Neon(neon::Neon::new())
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            Isa::Simd128(wasm::Simd128::new())
+        }
+        #[cfg(not(any(
+            target_arch = "x86",
+            target_arch = "x86_64",
+            all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"),
+            all(target_arch = "wasm32", target_feature = "simd128")
+        )))]
+        {
+            Isa::Scalar
+        }
+    }
+
+    /// Every instruction set usable here, the scalar reference first.
+    #[cfg(test)]
+    pub fn all() -> alloc::vec::Vec<Isa> {
+        let mut all = alloc::vec![Isa::Scalar];
+        let best = Isa::detect();
+        if !matches!(best, Isa::Scalar) {
+            all.push(best);
+        }
+        all
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2(_) => "avx2+fma",
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+            Isa::Neon(_) => "neon",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128(_) => "simd128",
+        }
+    }
+}
+
+/// `out[r] = dot(row r of rows, x)` for `out.len()` consecutive rows.
+///
+/// # Safety
+/// `rows` holds `out.len()` rows of whole `F` blocks whose values number `x.len()` each; when
+/// `F::XSUMS`, `xsum` holds the sums of `x` over each 32 values.
+pub(crate) unsafe fn dot_rows<F: Format>(isa: Isa, rows: &[u8], x: &[f32], xsum: &[f32], out: &mut [f32]) {
+    match isa {
+        Isa::Scalar => {
+            let row_bytes = rows.len() / out.len().max(1);
+            for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+                *o = super::dot_row_ref::<F>(row, x);
+            }
+        }
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Isa::Avx2(s) => avx2::dot_rows::<F>(s, rows, x, xsum, out),
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        Isa::Neon(s) => neon::dot_rows::<F>(s, rows, x, xsum, out),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128(s) => wasm::dot_rows::<F>(s, rows, x, xsum, out),
+    }
+}
+
+/// The body of the ISA entry points of [`dot_rows`].
+#[inline(always)]
+unsafe fn dot_rows_with<F: Format, S: Simd>(s: S, rows: &[u8], x: &[f32], xsum: &[f32], out: &mut [f32]) {
+    let row_bytes = rows.len() / out.len().max(1);
+    for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+        *o = F::dot_row(s, row, x, xsum);
+    }
+}
+
+/// `out[r * tokens + t] = dot(w[r], x[t])` for f32 rows `w` (`out.len() / tokens` of them) and
+/// tokens `x`, both `k` long: the prefill product once the weight rows are decoded.
+pub(crate) fn gemm(isa: Isa, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    let rows = out.len() / tokens.max(1);
+    assert!(w.len() >= rows * k && x.len() >= tokens * k && out.len() == rows * tokens);
+    match isa {
+        Isa::Scalar => {
+            for (r, o) in out.chunks_exact_mut(tokens.max(1)).enumerate() {
+                let w = &w[r * k..(r + 1) * k];
+                for (t, o) in o.iter_mut().enumerate() {
+                    let x = &x[t * k..(t + 1) * k];
+                    *o = w.iter().zip(x).fold(0.0, |acc, (w, x)| acc + w * x);
+                }
+            }
+        }
+        // SAFETY: the assert above bounds every read; the token proves the ISA.
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Isa::Avx2(s) => unsafe { avx2::gemm(s, w, x, k, tokens, out) },
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        Isa::Neon(s) => unsafe { neon::gemm(s, w, x, k, tokens, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128(s) => unsafe { wasm::gemm(s, w, x, k, tokens, out) },
+    }
+}
+
+/// The body of the ISA entry points of [`gemm`]: tiles of 4 rows by 3 tokens keep twelve
+/// accumulators in registers (enough independent chains to cover the FMA latency; 4x3 measured
+/// ~10% faster than 4x2 on Zen 3, and 3x4 spills) and load each weight vector once per three
+/// tokens. Tokens are the outer loop, so a token triple stays in L1 while all the (L1-sized)
+/// decoded rows pass it.
+#[inline(always)]
+unsafe fn gemm_with<S: Simd>(s: S, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    const R: usize = 4;
+    const T: usize = 3;
+    let rows = out.len() / tokens;
+    let (w, x, o) = (w.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+    let mut t = 0;
+    while t < tokens {
+        let tn = if tokens - t >= T { T } else { 1 };
+        let mut r = 0;
+        while r < rows {
+            let rn = if rows - r >= R { R } else { 1 };
+            match (rn, tn) {
+                (R, T) => tile::<S, R, T>(s, w, x, k, r, t, tokens, o),
+                (R, _) => tile::<S, R, 1>(s, w, x, k, r, t, tokens, o),
+                (_, T) => tile::<S, 1, T>(s, w, x, k, r, t, tokens, o),
+                _ => tile::<S, 1, 1>(s, w, x, k, r, t, tokens, o),
+            }
+            r += rn;
+        }
+        t += tn;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const R: usize, const T: usize>(
+    s: S,
+    w: *const f32,
+    x: *const f32,
+    k: usize,
+    r0: usize,
+    t0: usize,
+    tokens: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[s.zero(); T]; R];
+    let body = k / 8 * 8;
+    let mut c = 0;
+    while c < body {
+        let xv: [S::F; T] = core::array::from_fn(|t| s.load(x.add((t0 + t) * k + c)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let wv = s.load(w.add((r0 + r) * k + c));
+            for (a, xv) in acc.iter_mut().zip(xv) {
+                *a = s.fma(wv, xv, *a);
+            }
+        }
+        c += 8;
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let wr = w.add((r0 + r) * k);
+        for (t, a) in acc.iter().enumerate() {
+            let xt = x.add((t0 + t) * k);
+            let mut sum = s.hsum(*a);
+            for c in body..k {
+                sum += *wr.add(c) * *xt.add(c);
+            }
+            *out.add((r0 + r) * tokens + t0 + t) = sum;
+        }
+    }
+}

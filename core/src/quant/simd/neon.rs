@@ -1,0 +1,126 @@
+//! NEON on little-endian aarch64, where it is part of the baseline: no detection needed.
+
+use core::arch::aarch64::*;
+
+use super::Simd;
+use crate::quant::Format;
+
+/// Proof that NEON is present (it always is on this target).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Neon(());
+
+impl Neon {
+    pub fn new() -> Self {
+        Neon(())
+    }
+}
+
+/// Two q-registers make one eight-lane vector, so kernels are shared with the 256-bit ISAs.
+#[derive(Clone, Copy)]
+pub(crate) struct F8(float32x4_t, float32x4_t);
+#[derive(Clone, Copy)]
+pub(crate) struct I8(int32x4_t, int32x4_t);
+
+/// # Safety
+/// As [`super::dot_rows`].
+pub(super) unsafe fn dot_rows<F: Format>(s: Neon, rows: &[u8], x: &[f32], xsum: &[f32], out: &mut [f32]) {
+    super::dot_rows_with::<F, Neon>(s, rows, x, xsum, out)
+}
+
+/// # Safety
+/// As [`super::gemm`], whose checks the caller has made.
+pub(super) unsafe fn gemm(s: Neon, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    super::gemm_with(s, w, x, k, tokens, out)
+}
+
+// SAFETY (every method): NEON is enabled at compile time for this module.
+impl Simd for Neon {
+    type F = F8;
+    type I = I8;
+
+    #[inline(always)]
+    fn zero(self) -> F8 {
+        self.splat(0.0)
+    }
+    #[inline(always)]
+    fn splat(self, v: f32) -> F8 {
+        unsafe { F8(vdupq_n_f32(v), vdupq_n_f32(v)) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> F8 {
+        F8(vld1q_f32(p), vld1q_f32(p.add(4)))
+    }
+    #[inline(always)]
+    unsafe fn load_le(self, p: *const u8) -> F8 {
+        F8(vreinterpretq_f32_u8(vld1q_u8(p)), vreinterpretq_f32_u8(vld1q_u8(p.add(16))))
+    }
+    #[inline(always)]
+    fn add(self, a: F8, b: F8) -> F8 {
+        unsafe { F8(vaddq_f32(a.0, b.0), vaddq_f32(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn mul(self, a: F8, b: F8) -> F8 {
+        unsafe { F8(vmulq_f32(a.0, b.0), vmulq_f32(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn fma(self, a: F8, b: F8, c: F8) -> F8 {
+        unsafe { F8(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: F8) -> f32 {
+        unsafe { vaddvq_f32(vaddq_f32(a.0, a.1)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u8) -> F8 {
+        let h = vld1q_u16(p.cast());
+        F8(
+            vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+            vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+        )
+    }
+    #[inline(always)]
+    fn lane0(self, a: F8) -> f32 {
+        unsafe { vgetq_lane_f32::<0>(a.0) }
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(self, p: *const u8) -> I8 {
+        let h = vmovl_u8(vld1_u8(p));
+        I8(vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(h))), vreinterpretq_s32_u32(vmovl_high_u16(h)))
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(self, p: *const u8) -> I8 {
+        let h = vmovl_s8(vld1_s8(p.cast()));
+        I8(vmovl_s16(vget_low_s16(h)), vmovl_high_s16(h))
+    }
+    #[inline(always)]
+    fn splat_i(self, v: i32) -> I8 {
+        unsafe { I8(vdupq_n_s32(v), vdupq_n_s32(v)) }
+    }
+    #[inline(always)]
+    fn and(self, a: I8, b: I8) -> I8 {
+        unsafe { I8(vandq_s32(a.0, b.0), vandq_s32(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn or(self, a: I8, b: I8) -> I8 {
+        unsafe { I8(vorrq_s32(a.0, b.0), vorrq_s32(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn sub_i(self, a: I8, b: I8) -> I8 {
+        unsafe { I8(vsubq_s32(a.0, b.0), vsubq_s32(a.1, b.1)) }
+    }
+    #[inline(always)]
+    fn shr<const N: i32>(self, a: I8) -> I8 {
+        unsafe {
+            let sh = |v| vreinterpretq_s32_u32(vshrq_n_u32::<N>(vreinterpretq_u32_s32(v)));
+            I8(sh(a.0), sh(a.1))
+        }
+    }
+    #[inline(always)]
+    fn shl<const N: i32>(self, a: I8) -> I8 {
+        unsafe { I8(vshlq_n_s32::<N>(a.0), vshlq_n_s32::<N>(a.1)) }
+    }
+    #[inline(always)]
+    fn to_f32(self, a: I8) -> F8 {
+        unsafe { F8(vcvtq_f32_s32(a.0), vcvtq_f32_s32(a.1)) }
+    }
+}

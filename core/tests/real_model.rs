@@ -1,0 +1,151 @@
+//! Golden tests on the real model (SmolLM2-135M-Instruct, GGUF Q4_1) against transformers
+//! loading the same GGUF dequantized to fp32. The reference data and the script that made it
+//! are in `tests/reference/` (`make_golden.py`).
+//!
+//! The model comes from `scripts/fetch-model.sh` (path in `ADAPTKIT_TEST_MODEL`, or the default
+//! cache). Without it these tests print a note and pass, unless `ADAPTKIT_REQUIRE_MODEL=1`
+//! (set by `scripts/test.sh`, so CI never skips them silently).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use adaptkit::control::CancelToken;
+use adaptkit::generate::{GenerateOptions, SamplingParams};
+use adaptkit::{Engine, EngineOptions};
+use serde_json::Value;
+
+/// Largest |logit - reference| allowed. Logits here are 10-35 in magnitude and the measured
+/// worst case is ~1e-4, from f32 summation order (ours: blocked SIMD dot products; torch: BLAS).
+const LOGIT_TOLERANCE: f32 = 1e-3;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden")
+}
+
+fn golden(name: &str) -> Value {
+    let text = std::fs::read_to_string(golden_dir().join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The engine, loaded once for all tests of this file; `None` when the model is absent.
+fn engine() -> Option<&'static Engine> {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let path = std::env::var_os("ADAPTKIT_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            });
+            if !path.is_file() {
+                assert!(
+                    std::env::var("ADAPTKIT_REQUIRE_MODEL").as_deref() != Ok("1"),
+                    "ADAPTKIT_REQUIRE_MODEL=1 but {} is missing: run scripts/fetch-model.sh",
+                    path.display()
+                );
+                eprintln!(
+                    "note: {} not found; real-model tests skipped (run scripts/fetch-model.sh)",
+                    path.display()
+                );
+                return None;
+            }
+            Some(Engine::load(&path, &EngineOptions { threads: 0 }).unwrap())
+        })
+        .as_ref()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn last_token_logits_match_the_reference() {
+    let Some(engine) = engine() else { return };
+    let index = golden("logits.json");
+    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
+    let reference: Vec<f32> =
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let prompts = index["prompts"].as_array().unwrap();
+    assert!(prompts.len() >= 8);
+    let mut worst = 0.0f32;
+    for prompt in prompts {
+        let name = prompt["name"].as_str().unwrap();
+        let tokens = ids(&prompt["ids"]);
+        // Tokenizer and model are tested apart: the reference ids must also be ours.
+        if !prompt["chat"].as_bool().unwrap() {
+            assert_eq!(
+                engine.tokenizer().encode(prompt["text"].as_str().unwrap(), true).unwrap(),
+                tokens,
+                "{name}"
+            );
+        }
+        let row = prompt["row"].as_u64().unwrap() as usize;
+        let want = &reference[row * vocab..][..vocab];
+        let got = engine.last_logits(&tokens).unwrap();
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        worst = worst.max(diff);
+        assert!(diff < LOGIT_TOLERANCE, "{name}: max |logit diff| {diff}");
+        let top5 = |l: &[f32]| {
+            let mut order: Vec<usize> = (0..l.len()).collect();
+            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+            order.truncate(5);
+            order
+        };
+        assert_eq!(top5(&got)[0], top5(want)[0], "{name}: argmax");
+    }
+    eprintln!("{} prompts, worst max |logit diff| {worst:.5}", prompts.len());
+}
+
+#[test]
+fn perplexity_is_within_one_percent_of_the_reference() {
+    let Some(engine) = engine() else { return };
+    let reference = golden("perplexity.json");
+    let text_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(reference["text_file"].as_str().unwrap());
+    let text = std::fs::read_to_string(text_path).unwrap();
+    let seq = reference["seq_len"].as_u64().unwrap() as usize;
+    let got = engine.perplexity(&text, seq, &CancelToken::new(), &mut |_, _| {}).unwrap();
+    let want = reference["perplexity"].as_f64().unwrap();
+    assert_eq!(got.windows as u64, reference["windows"].as_u64().unwrap());
+    let relative = (got.perplexity - want).abs() / want;
+    eprintln!("perplexity {:.5} vs reference {want:.5} ({:.4}%)", got.perplexity, relative * 100.0);
+    assert!(relative < 0.01, "perplexity {} vs reference {want}", got.perplexity);
+}
+
+#[test]
+fn greedy_continuations_match_until_the_first_near_tie() {
+    let Some(engine) = engine() else { return };
+    let reference = golden("greedy.json");
+    let threshold = reference["near_tie_threshold"].as_f64().unwrap();
+    let cases = reference.as_object().unwrap().values().find_map(|v| v.as_array()).unwrap();
+    let options = GenerateOptions {
+        max_tokens: reference["max_new_tokens"].as_u64().unwrap() as usize,
+        sampling: SamplingParams::greedy(),
+        stop_strings: Vec::new(),
+        stop_at_eos: false,
+    };
+    let mut compared = 0;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let want = ids(&case["tokens"]);
+        let got = engine
+            .generate(&ids(&case["prompt_ids"]), &options, &CancelToken::new(), &mut |_| {})
+            .unwrap()
+            .tokens;
+        // Where the reference's top two logits are at least `threshold` apart the argmax is
+        // unambiguous and must be ours too; only at a near-tie may fp32 summation order pick the
+        // other token, after which the continuations legitimately differ.
+        let steps = case["steps"].as_array().unwrap();
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        if same < want.len() {
+            let gap = steps[same]["gap"].as_f64().unwrap();
+            assert!(gap < threshold, "{name}: diverged at step {same} where the reference gap is {gap}");
+        }
+        compared += same;
+    }
+    eprintln!(
+        "{} continuations: {compared} of {} greedy tokens identical",
+        cases.len(),
+        cases.len() * options.max_tokens
+    );
+}

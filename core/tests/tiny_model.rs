@@ -1,0 +1,427 @@
+//! Tiny random Llama models written by the test itself (GGUF in every block format, and HF
+//! safetensors), checked against a naive reference forward pass written here independently of
+//! burn: loaders agree, quantized kernels agree with their dequantized weights, the KV cache and
+//! batching change nothing, and bad models give typed errors.
+
+use std::path::Path;
+
+use adaptkit::burn::tensor::Device;
+use adaptkit::format::gguf::{GgufFile, GgufWriter};
+use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
+use adaptkit::model::{Llama, LlamaConfig};
+use adaptkit::quant::{self, GgmlType};
+use adaptkit::Error;
+
+const VOCAB: usize = 128;
+const D: usize = 256; // K-quants need rows of 256 values
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = D / HEADS;
+const FFN: usize = 512;
+const LAYERS: usize = 2;
+const CONTEXT: usize = 64;
+const EPS: f32 = 1e-5;
+const THETA: f32 = 10_000.0;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+/// Weights in GGUF layout (row-major `[out, in]`, q/k rows in RoPE-pair order).
+struct Weights {
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+    fn norm(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| 1.0 + 0.2 * self.next()).collect()
+    }
+}
+
+impl Weights {
+    fn random(seed: u64) -> Self {
+        let mut r = Rng(seed);
+        let s = 1.0 / (D as f32).sqrt();
+        let layers = (0..LAYERS)
+            .map(|_| Layer {
+                attn_norm: r.norm(D),
+                q: r.vec(D * D, s),
+                k: r.vec(KV_HEADS * HEAD_DIM * D, s),
+                v: r.vec(KV_HEADS * HEAD_DIM * D, s),
+                o: r.vec(D * D, s),
+                ffn_norm: r.norm(D),
+                gate: r.vec(FFN * D, s),
+                up: r.vec(FFN * D, s),
+                down: r.vec(D * FFN, 1.0 / (FFN as f32).sqrt()),
+            })
+            .collect();
+        Self { embed: r.vec(VOCAB * D, 1.0), layers, output_norm: r.norm(D) }
+    }
+
+    /// The weights a model quantized to `ty` effectively has.
+    fn round_tripped(&self, ty: GgmlType) -> Self {
+        let rt = |w: &Vec<f32>| {
+            let mut out = vec![0.0; w.len()];
+            quant::dequantize(ty, &quant::quantize(ty, w).unwrap(), &mut out).unwrap();
+            out
+        };
+        Self {
+            embed: rt(&self.embed),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Layer {
+                    attn_norm: l.attn_norm.clone(),
+                    q: rt(&l.q),
+                    k: rt(&l.k),
+                    v: rt(&l.v),
+                    o: rt(&l.o),
+                    ffn_norm: l.ffn_norm.clone(),
+                    gate: rt(&l.gate),
+                    up: rt(&l.up),
+                    down: rt(&l.down),
+                })
+                .collect(),
+            output_norm: self.output_norm.clone(),
+        }
+    }
+
+    /// GGUF with every matrix (embedding included) in `ty`; `skip` leaves one tensor out.
+    fn write_gguf(&self, path: &Path, ty: GgmlType, skip: Option<&str>) {
+        let mut w = GgufWriter::new();
+        for (key, value) in [
+            ("llama.block_count", LAYERS),
+            ("llama.embedding_length", D),
+            ("llama.feed_forward_length", FFN),
+            ("llama.attention.head_count", HEADS),
+            ("llama.attention.head_count_kv", KV_HEADS),
+            ("llama.context_length", CONTEXT),
+        ] {
+            w.add_metadata(key, value as u32).unwrap();
+        }
+        w.add_metadata("general.architecture", "llama").unwrap();
+        w.add_metadata("llama.rope.freq_base", THETA).unwrap();
+        w.add_metadata("llama.attention.layer_norm_rms_epsilon", EPS).unwrap();
+        let mut add = |name: String, ty: GgmlType, dims: &[u64], values: &[f32]| {
+            if skip != Some(name.as_str()) {
+                w.add_tensor(name, ty, dims, quant::quantize(ty, values).unwrap()).unwrap();
+            }
+        };
+        add("token_embd.weight".into(), ty, &[D as u64, VOCAB as u64], &self.embed);
+        add("output_norm.weight".into(), GgmlType::F32, &[D as u64], &self.output_norm);
+        let kv = (KV_HEADS * HEAD_DIM) as u64;
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            add(n("attn_norm"), GgmlType::F32, &[D as u64], &l.attn_norm);
+            add(n("attn_q"), ty, &[D as u64, D as u64], &l.q);
+            add(n("attn_k"), ty, &[D as u64, kv], &l.k);
+            add(n("attn_v"), ty, &[D as u64, kv], &l.v);
+            add(n("attn_output"), ty, &[D as u64, D as u64], &l.o);
+            add(n("ffn_norm"), GgmlType::F32, &[D as u64], &l.ffn_norm);
+            add(n("ffn_gate"), ty, &[D as u64, FFN as u64], &l.gate);
+            add(n("ffn_up"), ty, &[D as u64, FFN as u64], &l.up);
+            add(n("ffn_down"), ty, &[FFN as u64, D as u64], &l.down);
+        }
+        w.write_file(path).unwrap();
+    }
+
+    /// A HF checkpoint directory: config.json + model.safetensors in HF's names and q/k layout.
+    fn write_hf(&self, dir: &Path, dtype: Dtype) {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = serde_json::json!({
+            "model_type": "llama", "hidden_size": D, "intermediate_size": FFN,
+            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+            "num_hidden_layers": LAYERS, "vocab_size": VOCAB, "max_position_embeddings": CONTEXT,
+            "rope_theta": THETA, "rms_norm_eps": EPS, "tie_word_embeddings": true,
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let encode = |v: &[f32]| -> Vec<u8> {
+            match dtype {
+                Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            }
+        };
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut add =
+            |name: String, shape: Vec<usize>, v: &[f32]| tensors.push((name, dtype, shape, encode(v)));
+        add("model.embed_tokens.weight".into(), vec![VOCAB, D], &self.embed);
+        add("model.norm.weight".into(), vec![D], &self.output_norm);
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |part: &str| format!("model.layers.{i}.{part}.weight");
+            add(n("input_layernorm"), vec![D], &l.attn_norm);
+            add(n("self_attn.q_proj"), vec![D, D], &pairs_to_rotate_half(&l.q, HEADS));
+            add(n("self_attn.k_proj"), vec![KV_HEADS * HEAD_DIM, D], &pairs_to_rotate_half(&l.k, KV_HEADS));
+            add(n("self_attn.v_proj"), vec![KV_HEADS * HEAD_DIM, D], &l.v);
+            add(n("self_attn.o_proj"), vec![D, D], &l.o);
+            add(n("post_attention_layernorm"), vec![D], &l.ffn_norm);
+            add(n("mlp.gate_proj"), vec![FFN, D], &l.gate);
+            add(n("mlp.up_proj"), vec![FFN, D], &l.up);
+            add(n("mlp.down_proj"), vec![D, FFN], &l.down);
+        }
+        write_safetensors(dir.join("model.safetensors"), &tensors, &[("format", "pt")]).unwrap();
+    }
+
+    /// Naive f64 forward pass: logits of every position, `[len][vocab]`.
+    fn reference_logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let matvec = |w: &[f32], x: &[f64], rows: usize| -> Vec<f64> {
+            let cols = x.len();
+            (0..rows).map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum()).collect()
+        };
+        let norm = |x: &[f64], w: &[f32]| -> Vec<f64> {
+            let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+            let inv = 1.0 / (ms + EPS as f64).sqrt();
+            x.iter().zip(w).map(|(v, w)| v * inv * *w as f64).collect()
+        };
+        let rope = |x: &mut [f64], pos: usize| {
+            for head in x.chunks_mut(HEAD_DIM) {
+                for i in 0..HEAD_DIM / 2 {
+                    let freq = 1.0 / (THETA as f64).powf(2.0 * i as f64 / HEAD_DIM as f64);
+                    let (s, c) = (pos as f64 * freq).sin_cos();
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * c - b * s;
+                    head[2 * i + 1] = a * s + b * c;
+                }
+            }
+        };
+        let mut xs: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| self.embed[t as usize * D..][..D].iter().map(|&v| v as f64).collect())
+            .collect();
+        for l in &self.layers {
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
+            for (pos, x) in xs.iter_mut().enumerate() {
+                let h = norm(x, &l.attn_norm);
+                let mut q = matvec(&l.q, &h, D);
+                let mut k = matvec(&l.k, &h, KV_HEADS * HEAD_DIM);
+                rope(&mut q, pos);
+                rope(&mut k, pos);
+                keys.push(k);
+                values.push(matvec(&l.v, &h, KV_HEADS * HEAD_DIM));
+                let mut context = vec![0.0; D];
+                for head in 0..HEADS {
+                    let kv = head / (HEADS / KV_HEADS);
+                    let qh = &q[head * HEAD_DIM..][..HEAD_DIM];
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|k| {
+                            qh.iter().zip(&k[kv * HEAD_DIM..]).map(|(a, b)| a * b).sum::<f64>()
+                                / (HEAD_DIM as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for (w, v) in weights.iter().zip(&values) {
+                        for d in 0..HEAD_DIM {
+                            context[head * HEAD_DIM + d] += w / total * v[kv * HEAD_DIM + d];
+                        }
+                    }
+                }
+                let o = matvec(&l.o, &context, D);
+                x.iter_mut().zip(o).for_each(|(a, b)| *a += b);
+                let h = norm(x, &l.ffn_norm);
+                let gate = matvec(&l.gate, &h, FFN);
+                let up = matvec(&l.up, &h, FFN);
+                let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let down = matvec(&l.down, &act, D);
+                x.iter_mut().zip(down).for_each(|(a, b)| *a += b);
+            }
+        }
+        xs.iter()
+            .map(|x| {
+                matvec(&self.embed, &norm(x, &self.output_norm), VOCAB).iter().map(|&v| v as f32).collect()
+            })
+            .collect()
+    }
+}
+
+/// HF's rotate-half row order from GGUF's pair order (the inverse of the loader's permutation).
+fn pairs_to_rotate_half(w: &[f32], heads: usize) -> Vec<f32> {
+    let half = HEAD_DIM / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let gguf = (h * HEAD_DIM + 2 * i + p) * D;
+                let hf = (h * HEAD_DIM + p * half + i) * D;
+                out[hf..hf + D].copy_from_slice(&w[gguf..gguf + D]);
+            }
+        }
+    }
+    out
+}
+
+const TOKENS: [u32; 12] = [1, 17, 99, 3, 3, 64, 127, 0, 42, 8, 77, 5];
+
+fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache(1);
+    let hidden = model.forward(tokens, 1, &mut cache).unwrap();
+    model.logits(hidden, 0..tokens.len()).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn load_gguf(path: &Path) -> Llama {
+    Llama::from_gguf(&GgufFile::open(path).unwrap(), &Device::flex()).unwrap()
+}
+
+#[test]
+fn f32_model_matches_the_naive_reference() {
+    let dir = tempdir();
+    let weights = Weights::random(1);
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    let got = all_logits(&load_gguf(&dir.join("m.gguf")), &TOKENS);
+    let want: Vec<f32> = weights.reference_logits(&TOKENS).concat();
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-3, "max |logit diff| {diff}");
+}
+
+#[test]
+fn gguf_and_safetensors_loaders_agree() {
+    let dir = tempdir();
+    let weights = Weights::random(2);
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    weights.write_hf(&dir.join("hf"), Dtype::F32);
+    let from_gguf = all_logits(&load_gguf(&dir.join("m.gguf")), &TOKENS);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hf/config.json")).unwrap()).unwrap();
+    let file = SafetensorsFile::open(dir.join("hf/model.safetensors")).unwrap();
+    let model =
+        Llama::from_safetensors(LlamaConfig::from_hf_json(&json).unwrap(), &[file], &Device::flex()).unwrap();
+    let from_hf = all_logits(&model, &TOKENS);
+    assert_eq!(max_diff(&from_gguf, &from_hf), 0.0, "loaders must build the same model");
+}
+
+#[test]
+fn every_block_format_runs_like_its_dequantized_weights() {
+    let dir = tempdir();
+    let weights = Weights::random(3);
+    for ty in [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::Q8K,
+    ] {
+        let path = dir.join(&format!("{ty}.gguf"));
+        weights.write_gguf(&path, ty, None);
+        let got = all_logits(&load_gguf(&path), &TOKENS);
+        let want: Vec<f32> = weights.round_tripped(ty).reference_logits(&TOKENS).concat();
+        let diff = max_diff(&got, &want);
+        assert!(diff < 2e-3, "{ty}: max |logit diff| {diff}");
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_one_full_pass() {
+    let dir = tempdir();
+    Weights::random(4).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let full = all_logits(&model, &TOKENS);
+    let mut cache = model.new_cache(1);
+    let mut stepwise = Vec::new();
+    let hidden = model.forward(&TOKENS[..5], 1, &mut cache).unwrap();
+    stepwise.extend(model.logits(hidden, 0..5).unwrap());
+    for &t in &TOKENS[5..] {
+        let hidden = model.forward(&[t], 1, &mut cache).unwrap();
+        stepwise.extend(model.logits(hidden, 0..1).unwrap());
+    }
+    let diff = max_diff(&full, &stepwise);
+    assert!(diff < 1e-4, "max |logit diff| {diff}");
+}
+
+#[test]
+fn a_batch_equals_its_rows_run_alone() {
+    let dir = tempdir();
+    Weights::random(5).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let (a, b) = (&TOKENS[..6], &TOKENS[6..]);
+    let mut cache = model.new_cache(2);
+    let hidden = model.forward(&[a, b].concat(), 2, &mut cache).unwrap();
+    let batched = model.logits(hidden, 0..6).unwrap();
+    let alone = [all_logits(&model, a), all_logits(&model, b)].concat();
+    let diff = max_diff(&batched, &alone);
+    assert!(diff < 1e-4, "max |logit diff| {diff}");
+}
+
+#[test]
+fn bad_models_and_inputs_give_typed_errors() {
+    let dir = tempdir();
+    let weights = Weights::random(6);
+    weights.write_gguf(&dir.join("missing.gguf"), GgmlType::F32, Some("blk.1.ffn_up.weight"));
+    let err =
+        Llama::from_gguf(&GgufFile::open(dir.join("missing.gguf")).unwrap(), &Device::flex()).err().unwrap();
+    assert!(matches!(&err, Error::MissingTensor(name) if name == "blk.1.ffn_up.weight"), "{err}");
+
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let mut cache = model.new_cache(1);
+    let err = model.forward(&[VOCAB as u32], 1, &mut cache).err().unwrap();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let err = model.forward(&vec![1; CONTEXT + 1], 1, &mut cache).err().unwrap();
+    assert!(matches!(err, Error::ContextOverflow { tokens: 65, context: 64 }), "{err}");
+
+    let mut bad = serde_json::json!({"model_type": "gpt2"});
+    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    assert!(matches!(&err, Error::UnsupportedArchitecture(a) if a == "gpt2"), "{err}");
+    bad = serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 3, "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 10,
+        "max_position_embeddings": 16});
+    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    assert!(err.to_string().contains("not a multiple"), "{err}");
+}
+
+/// A scratch directory removed when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("adaptkit-tiny-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}

@@ -1,0 +1,97 @@
+//! The SmolLM2 tokenizer built from GGUF metadata against transformers reading the same file:
+//! `tests/reference/tokenizer_cases.json` holds the ids and chat renderings transformers gives.
+//! Needs the real model (`scripts/fetch-model.sh`); without it the test says so and passes.
+
+use std::path::PathBuf;
+
+use adaptkit::format::gguf::GgufFile;
+use adaptkit::tokenizer::{Message, StreamDecoder, Tokenizer};
+use serde::Deserialize;
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference/tokenizer_cases.json");
+
+#[derive(Deserialize)]
+struct Reference {
+    model: String,
+    cases: Vec<Case>,
+    chat: Vec<Chat>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    /// transformers' `encode(text, add_special_tokens=False)`.
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    rendered: String,
+}
+
+/// Where `scripts/fetch-model.sh` puts the model.
+fn model_path() -> Option<PathBuf> {
+    let home = std::env::var_os("ADAPTKIT_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/adaptkit")))?;
+    Some(home.join("models").join(MODEL)).filter(|path| path.is_file())
+}
+
+#[test]
+fn smollm2_tokenizer_matches_transformers() {
+    let Some(path) = model_path() else {
+        eprintln!(
+            "note: {MODEL} is not fetched (scripts/fetch-model.sh); skipping the tokenizer reference test"
+        );
+        return;
+    };
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(CASES).unwrap_or_else(|e| panic!("{CASES}: {e}")))
+            .unwrap_or_else(|e| panic!("{CASES}: {e}"));
+    assert_eq!(reference.model, MODEL);
+    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!((tokenizer.vocab_size(), tokenizer.bos(), tokenizer.eos()), (49152, Some(1), Some(2)));
+    let im_end = tokenizer.token_id("<|im_end|>").unwrap();
+    let endoftext = tokenizer.token_id("<|endoftext|>").unwrap();
+    assert!(tokenizer.is_end_of_generation(im_end) && tokenizer.is_end_of_generation(endoftext));
+
+    let mut mismatches = Vec::new();
+    for case in &reference.cases {
+        let ids = tokenizer.encode(&case.text, false).unwrap();
+        if ids != case.ids {
+            mismatches.push(format!("{:?}: ours {ids:?}, transformers {:?}", case.text, case.ids));
+        }
+        // The GGUF has add_bos_token = false, so asking for special tokens adds none.
+        assert_eq!(tokenizer.encode(&case.text, true).unwrap(), ids, "{:?}", case.text);
+        assert_eq!(tokenizer.decode(&case.ids, false).unwrap(), case.text, "decode(encode(x)) != x");
+        assert_eq!(streamed(&tokenizer, &case.ids), case.text, "streamed pieces of {:?}", case.text);
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ from transformers:\n{}",
+        mismatches.len(),
+        reference.cases.len(),
+        mismatches.join("\n")
+    );
+    eprintln!("{} tokenization cases match transformers", reference.cases.len());
+
+    let template = tokenizer.chat_template().unwrap();
+    for chat in &reference.chat {
+        let rendered = template.render(&chat.messages, chat.add_generation_prompt).unwrap();
+        assert_eq!(rendered, chat.rendered, "add_generation_prompt = {}", chat.add_generation_prompt);
+    }
+    eprintln!("{} chat renderings match transformers", reference.chat.len());
+}
+
+/// The text a [`StreamDecoder`] lets out for `ids`, one id at a time, plus what `finish` flushes.
+fn streamed(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let mut stream = StreamDecoder::new(false);
+    let mut text = String::new();
+    for &id in ids {
+        text.extend(stream.push(tokenizer, id).unwrap());
+    }
+    text + &stream.finish(tokenizer).unwrap()
+}

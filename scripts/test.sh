@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test suite: unit, property and tiny-model tests; the real-model golden tests (the model
+# is fetched and verified first, and they fail rather than skip here); the CLI; and the
+# portability checks (wasm32, aarch64, no_std core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
+
+scripts/install-test-tools.sh
+ADAPTKIT_TEST_MODEL=$(scripts/fetch-model.sh)
+export ADAPTKIT_TEST_MODEL ADAPTKIT_REQUIRE_MODEL=1
+
+# One profile (release) for tests and the demo, so every dependency is compiled once.
+cargo test --release --workspace
+
+echo "== portability: wasm32, aarch64, no_std core"
+cargo check --release -p adaptkit --target wasm32-unknown-unknown
+cargo check --release -p adaptkit --target aarch64-unknown-linux-gnu
+cargo check --release -p adaptkit --no-default-features
