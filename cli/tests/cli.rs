@@ -167,3 +167,17 @@ fn sampling_is_reproducible_with_a_seed() {
     };
     assert_eq!(run("7"), run("7"));
 }
+
+#[test]
+fn fetch_into_a_cache_that_has_the_model_downloads_nothing() {
+    let Some(model) = real_model() else { return };
+    let model = PathBuf::from(model);
+    if model.file_name().unwrap() != "SmolLM2-135M-Instruct.Q4_1.gguf" {
+        return; // a differently named test model is not the fetch target
+    }
+    let dir = model.parent().unwrap().to_str().unwrap();
+    let result = last_json(&adaptkit(&["fetch", "--dir", dir, "--json"]));
+    assert_eq!(result["downloaded"], false);
+    assert_eq!(result["model"], model.to_str().unwrap());
+    assert_eq!(result["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+}

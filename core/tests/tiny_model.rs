@@ -164,8 +164,13 @@ impl Weights {
             }
         };
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut add =
-            |name: String, shape: Vec<usize>, v: &[f32]| tensors.push((name, dtype, shape, encode(v)));
+        // Norms stay f32, as in the GGUF files, so that only the matrices' dtype differs.
+        let mut add = |name: String, shape: Vec<usize>, v: &[f32]| {
+            let dtype = if shape.len() == 1 { Dtype::F32 } else { dtype };
+            let bytes =
+                if shape.len() == 1 { v.iter().flat_map(|x| x.to_le_bytes()).collect() } else { encode(v) };
+            tensors.push((name, dtype, shape, bytes))
+        };
         add("model.embed_tokens.weight".into(), vec![VOCAB, D], &self.embed);
         add("model.norm.weight".into(), vec![D], &self.output_norm);
         for (i, l) in self.layers.iter().enumerate() {
@@ -306,16 +311,24 @@ fn f32_model_matches_the_naive_reference() {
 fn gguf_and_safetensors_loaders_agree() {
     let dir = tempdir();
     let weights = Weights::random(2);
-    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
-    weights.write_hf(&dir.join("hf"), Dtype::F32);
-    let from_gguf = all_logits(&load_gguf(&dir.join("m.gguf")), &TOKENS);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("hf/config.json")).unwrap()).unwrap();
-    let file = SafetensorsFile::open(dir.join("hf/model.safetensors")).unwrap();
-    let model =
-        Llama::from_safetensors(LlamaConfig::from_hf_json(&json).unwrap(), &[file], &Device::flex()).unwrap();
-    let from_hf = all_logits(&model, &TOKENS);
-    assert_eq!(max_diff(&from_gguf, &from_hf), 0.0, "loaders must build the same model");
+    for (dtype, ty) in
+        [(Dtype::F32, GgmlType::F32), (Dtype::F16, GgmlType::F16), (Dtype::BF16, GgmlType::BF16)]
+    {
+        let gguf = dir.join(&format!("{ty}.gguf"));
+        let hf = dir.join(&format!("hf-{ty}"));
+        weights.write_gguf(&gguf, ty, None);
+        weights.write_hf(&hf, dtype);
+        let from_gguf = all_logits(&load_gguf(&gguf), &TOKENS);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+        let file = SafetensorsFile::open(hf.join("model.safetensors")).unwrap();
+        let model =
+            Llama::from_safetensors(LlamaConfig::from_hf_json(&json).unwrap(), &[file], &Device::flex())
+                .unwrap();
+        assert_eq!(model.blocks()[0].attn_q.weight().ty(), ty, "matrices keep their dtype");
+        let from_hf = all_logits(&model, &TOKENS);
+        assert_eq!(max_diff(&from_gguf, &from_hf), 0.0, "{ty}: loaders must build the same model");
+    }
 }
 
 #[test]

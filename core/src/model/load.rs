@@ -1,5 +1,5 @@
 //! Builds a [`Llama`] from a GGUF file (weights stay in their blocks, borrowed from the mapped
-//! file) or from a Hugging Face safetensors checkpoint (F32/F16/BF16, kept as f32).
+//! file) or from a Hugging Face safetensors checkpoint (F32/F16/BF16 matrices kept in their dtype).
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -7,9 +7,10 @@ use super::config::LlamaConfig;
 use super::linear::QuantLinear;
 use super::llama::{Block, Llama};
 use super::rope::Rope;
+use crate::bytes::SharedBytes;
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
-use crate::format::safetensors::SafetensorsFile;
+use crate::format::safetensors::{Dtype, SafetensorsFile};
 use crate::quant::{self, GgmlType, QuantMatrix};
 
 impl Llama {
@@ -59,45 +60,61 @@ impl Llama {
         })
     }
 
-    /// Loads a HF checkpoint: `config` from its `config.json`, tensors by HF names. Q/K rows are
-    /// permuted from HF's rotate-half layout into the adjacent-pair layout GGUF uses.
+    /// Loads a HF checkpoint: `config` from its `config.json`, tensors by HF names. Matrices stay
+    /// in their dtype (F32/F16/BF16), borrowed from the mapped files; q/k rows are permuted from
+    /// HF's rotate-half layout into the adjacent-pair layout GGUF uses.
     pub fn from_safetensors(
         config: LlamaConfig,
         files: &[SafetensorsFile],
         device: &Device,
     ) -> Result<Self, Error> {
         let c = &config;
-        let find = |name: &str| files.iter().find(|f| f.tensor(name).is_some());
-        let load = |name: &str, rows: usize, cols: usize| -> Result<Vec<f32>, Error> {
-            let file = find(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-            let values = file.tensor_f32(name)?;
-            if values.len() != rows * cols {
+        let find = |name: &str, shape: &[usize]| -> Result<(&SafetensorsFile, GgmlType), Error> {
+            let (file, info) = files
+                .iter()
+                .find_map(|f| f.tensor(name).map(|t| (f, t)))
+                .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+            if info.shape != shape {
                 return Err(Error::TensorShape {
                     name: name.to_string(),
-                    expected: vec![rows, cols],
-                    found: file.tensor(name).map(|t| t.shape.clone()).unwrap_or_default(),
+                    expected: shape.to_vec(),
+                    found: info.shape.clone(),
                 });
             }
-            Ok(values)
+            let ty = match info.dtype {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+                other => {
+                    return Err(Error::Config(format!(
+                        "tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16"
+                    )))
+                }
+            };
+            Ok((file, ty))
         };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QuantMatrix, Error> {
-            f32_matrix(load(name, rows, cols)?, rows, cols)
+            let (file, ty) = find(name, &[rows, cols])?;
+            Ok(QuantMatrix::new(ty, rows, cols, file.tensor_data(name)?)?)
         };
         let rotary = |name: &str, heads: usize| -> Result<QuantLinear, Error> {
             let rows = heads * c.head_dim;
-            let values = load(name, rows, c.d_model)?;
-            let permuted = rotate_half_to_pairs(&values, heads, c.head_dim, c.d_model);
-            Ok(QuantLinear::new(f32_matrix(permuted, rows, c.d_model)?))
+            let (file, ty) = find(name, &[rows, c.d_model])?;
+            let bytes = file.tensor_data(name)?;
+            let permuted = rotate_half_to_pairs(&bytes, heads, c.head_dim, bytes.len() / rows);
+            Ok(QuantLinear::new(QuantMatrix::new(ty, rows, c.d_model, SharedBytes::from_vec(permuted))?))
         };
         let vector = |name: &str| -> Result<Tensor<1>, Error> {
-            Ok(Tensor::from_data(TensorData::new(load(name, 1, c.d_model)?, [c.d_model]), device))
+            let (file, _) = find(name, &[c.d_model])?;
+            Ok(Tensor::from_data(TensorData::new(file.tensor_f32(name)?, [c.d_model]), device))
         };
         let linear = |name: String, rows, cols| matrix(&name, rows, cols).map(QuantLinear::new);
 
         let token_embedding = matrix("model.embed_tokens.weight", c.vocab_size, c.d_model)?;
-        let output = match find("lm_head.weight") {
-            Some(_) if !c.tied_embeddings => matrix("lm_head.weight", c.vocab_size, c.d_model)?,
-            _ => token_embedding.clone(),
+        let output = if c.tied_embeddings {
+            token_embedding.clone()
+        } else {
+            matrix("lm_head.weight", c.vocab_size, c.d_model)?
         };
         let mut blocks = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -154,22 +171,17 @@ fn gguf_vector(gguf: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, Erro
     Ok(out)
 }
 
-fn f32_matrix(values: Vec<f32>, rows: usize, cols: usize) -> Result<QuantMatrix, Error> {
-    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(QuantMatrix::new(GgmlType::F32, rows, cols, crate::bytes::SharedBytes::from_vec(bytes))?)
-}
-
 /// HF stores each head's rows as [first halves; second halves]; GGUF interleaves them so that
-/// row 2i+p of a head is HF row p*head_dim/2 + i.
-fn rotate_half_to_pairs(values: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// row 2i+p of a head is HF row p*head_dim/2 + i. Rows are moved as bytes, whatever the dtype.
+fn rotate_half_to_pairs(bytes: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> Vec<u8> {
     let half = head_dim / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut out = vec![0; bytes.len()];
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {
-                let dst = (h * head_dim + 2 * i + p) * cols;
-                let src = (h * head_dim + p * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
+                let dst = (h * head_dim + 2 * i + p) * row_bytes;
+                let src = (h * head_dim + p * half + i) * row_bytes;
+                out[dst..dst + row_bytes].copy_from_slice(&bytes[src..src + row_bytes]);
             }
         }
     }
