@@ -41,6 +41,20 @@ PROMPT_TEXT = (
 )
 
 
+def last_logits(llm):
+    """The logits of the last token of the last llm.eval() batch (a view, not a copy).
+
+    llama-cpp-python 0.3.x no longer copies logits into Llama.scores unless logits_all=True,
+    so they are read straight from the context."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(llm.n_vocab(),))
+
+
 def child(args):
     import numpy as np
     from llama_cpp import Llama
@@ -59,7 +73,7 @@ def child(args):
         t1 = time.perf_counter()
         out = []
         for _ in range(args.gen):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            nxt = int(np.argmax(last_logits(llm)))
             out.append(nxt)
             llm.eval([nxt])
         t2 = time.perf_counter()
@@ -69,7 +83,7 @@ def child(args):
     llm.reset()
     llm.eval(prompt[:16])
     for _ in range(4):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        llm.eval([int(np.argmax(last_logits(llm)))])
 
     prefill_s, decode_s, out = run()
     print(json.dumps({
@@ -94,7 +108,7 @@ def check_golden(model, path, threads):
     for p in meta["prompts"]:
         llm.reset()
         llm.eval(p["ids"])
-        got = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        got = np.array(last_logits(llm), dtype=np.float32)
         ref = rows[p["row"]]
         report.append({
             "name": p["name"],

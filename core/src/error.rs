@@ -29,6 +29,8 @@ pub enum Error {
     ContextOverflow { tokens: usize, context: usize },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("compute backend: {0}")]
+    Backend(String),
     #[error("cancelled")]
     Cancelled,
 }

@@ -33,7 +33,7 @@ impl Threads {
             Ok(Self { pool, count })
         }
         #[cfg(target_arch = "wasm32")]
-        Ok(Self { count: 1.min(count) })
+        Ok(Self { count: 1 })
     }
 
     pub fn count(&self) -> usize {

@@ -8,7 +8,7 @@ use std::path::Path;
 use adaptkit::burn::tensor::Device;
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
 use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
-use adaptkit::model::{Llama, LlamaConfig};
+use adaptkit::model::{KvCache, Llama, LlamaConfig};
 use adaptkit::quant::{self, GgmlType};
 use adaptkit::Error;
 
@@ -19,7 +19,7 @@ const KV_HEADS: usize = 2;
 const HEAD_DIM: usize = D / HEADS;
 const FFN: usize = 512;
 const LAYERS: usize = 2;
-const CONTEXT: usize = 64;
+const CONTEXT: usize = 320; // > the decoder's prefill chunk of 256
 const EPS: f32 = 1e-5;
 const THETA: f32 = 10_000.0;
 
@@ -367,7 +367,10 @@ fn kv_cache_decoding_equals_one_full_pass() {
     let mut stepwise = Vec::new();
     let hidden = model.forward(&TOKENS[..5], 1, &mut cache).unwrap();
     stepwise.extend(model.logits(hidden, 0..5).unwrap());
-    for &t in &TOKENS[5..] {
+    // A several-token chunk after cached ones: the causal mask with an offset.
+    let hidden = model.forward(&TOKENS[5..9], 1, &mut cache).unwrap();
+    stepwise.extend(model.logits(hidden, 0..4).unwrap());
+    for &t in &TOKENS[9..] {
         let hidden = model.forward(&[t], 1, &mut cache).unwrap();
         stepwise.extend(model.logits(hidden, 0..1).unwrap());
     }
@@ -404,7 +407,13 @@ fn bad_models_and_inputs_give_typed_errors() {
     let err = model.forward(&[VOCAB as u32], 1, &mut cache).err().unwrap();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     let err = model.forward(&vec![1; CONTEXT + 1], 1, &mut cache).err().unwrap();
-    assert!(matches!(err, Error::ContextOverflow { tokens: 65, context: 64 }), "{err}");
+    assert!(
+        matches!(err, Error::ContextOverflow { tokens, context: CONTEXT } if tokens == CONTEXT + 1),
+        "{err}"
+    );
+    let other = LlamaConfig { n_layers: LAYERS + 1, ..model.config().clone() };
+    let err = model.forward(&[1], 1, &mut KvCache::new(&other, 1)).err().unwrap();
+    assert!(err.to_string().contains("another model"), "{err}");
 
     let mut bad = serde_json::json!({"model_type": "gpt2"});
     let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
@@ -414,6 +423,33 @@ fn bad_models_and_inputs_give_typed_errors() {
         "max_position_embeddings": 16});
     let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
     assert!(err.to_string().contains("not a multiple"), "{err}");
+    bad["num_attention_heads"] = 4.into();
+    bad["attention_bias"] = true.into();
+    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    assert!(err.to_string().contains("attention_bias"), "{err}");
+    bad["attention_bias"] = false.into();
+    bad["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 0.0});
+    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    assert!(err.to_string().contains("RoPE scaling"), "{err}");
+    bad["rope_scaling"] = serde_json::json!({"rope_type": "default"});
+    assert!(LlamaConfig::from_hf_json(&bad).is_ok());
+    bad["num_hidden_layers"] = (1u64 << 62).into();
+    bad["hidden_size"] = (1u64 << 40).into();
+    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    assert!(err.to_string().contains("overflow"), "{err}");
+}
+
+#[test]
+fn a_long_input_runs_in_chunks_like_the_reference() {
+    let dir = tempdir();
+    let weights = Weights::random(8);
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    let got = all_logits(&model, &tokens);
+    let want: Vec<f32> = weights.reference_logits(&tokens).concat();
+    let diff = max_diff(&got, &want);
+    assert!(diff < 2e-3, "max |logit diff| {diff}");
 }
 
 /// A scratch directory removed when the test ends.

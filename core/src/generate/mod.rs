@@ -9,7 +9,7 @@ pub use sampler::{Sampler, SamplingParams};
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::model::Llama;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -55,9 +55,12 @@ impl StopReason {
 pub enum GenerationEvent<'a> {
     /// The prompt went through the model; decoding starts.
     Prefilled { prompt_tokens: usize },
-    /// A new token and the text it completes (may be empty while a UTF-8 character or a possible
+    /// A new token and the text it makes final (empty while a UTF-8 character or a possible
     /// stop string is still incomplete).
     Token { id: u32, text: &'a str },
+    /// Text held back until the end (an incomplete character or a stop-string prefix that never
+    /// completed); sent once, after the last token. All `text`s together are `Generation::text`.
+    Tail { text: &'a str },
 }
 
 #[derive(Clone, Debug)]
@@ -90,8 +93,8 @@ pub fn generate(
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
 
     let mut history = prompt.to_vec();
-    let mut generated = Vec::new();
-    let mut text = TextStream::new(&options.stop_strings);
+    let mut decoder = StreamDecoder::new(true);
+    let mut text = StopStrings::new(&options.stop_strings);
     let stop = loop {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
@@ -99,62 +102,74 @@ pub fn generate(
         if options.max_tokens == 0 {
             break StopReason::MaxTokens;
         }
+        // Padded embedding rows beyond the tokenizer's vocabulary have no text: never pick them.
+        logits.get_mut(tokenizer.vocab_size()..).into_iter().flatten().for_each(|l| *l = f32::NEG_INFINITY);
         let token = sampler.sample(&mut logits, &history);
         if options.stop_at_eos && tokenizer.is_end_of_generation(token) {
             break StopReason::EndOfGeneration;
         }
-        generated.push(token);
         history.push(token);
-        let full = tokenizer.decode(&generated, true)?;
-        let (fresh, hit_stop) = text.advance(&full);
+        let piece = decoder.push(tokenizer, token)?.unwrap_or_default();
+        let (fresh, hit_stop) = text.push(&piece);
         on_event(GenerationEvent::Token { id: token, text: fresh });
         if hit_stop {
             break StopReason::StopString;
         }
-        if generated.len() >= options.max_tokens {
+        if history.len() - prompt.len() >= options.max_tokens {
             break StopReason::MaxTokens;
         }
-        if cache.len() + 1 > context - 1 {
+        if history.len() >= context {
             break StopReason::ContextFull;
         }
         let hidden = model.forward(&[token], 1, &mut cache)?;
         logits = model.logits(hidden, 0..1)?;
     };
-    Ok(Generation { text: text.finish(), tokens: generated, prompt_tokens: prompt.len(), stop })
+    if stop != StopReason::StopString {
+        let rest = decoder.finish(tokenizer)?;
+        let tail = text.finish(&rest);
+        if !tail.is_empty() {
+            on_event(GenerationEvent::Tail { text: tail });
+        }
+    }
+    let tokens = history.split_off(prompt.len());
+    Ok(Generation { text: text.into_text(), tokens, prompt_tokens: prompt.len(), stop })
 }
 
-/// Releases decoded text to the caller only once it is final: complete UTF-8 (no trailing
-/// replacement character from a split byte sequence) and not possibly the start of a stop string.
-struct TextStream<'a> {
-    stop_strings: &'a [String],
-    emitted: usize,
+/// Releases streamed text once it cannot be the start of a stop string, and cuts the text at
+/// the first stop string.
+struct StopStrings<'a> {
+    stops: &'a [String],
     text: String,
+    emitted: usize,
     fresh: String,
 }
 
-impl<'a> TextStream<'a> {
-    fn new(stop_strings: &'a [String]) -> Self {
-        Self { stop_strings, emitted: 0, text: String::new(), fresh: String::new() }
+impl<'a> StopStrings<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self { stops, text: String::new(), emitted: 0, fresh: String::new() }
     }
 
-    /// Takes the full decoded text so far; returns the newly final part and whether a stop string
-    /// was hit (the text is then cut before it).
-    fn advance(&mut self, full: &str) -> (&str, bool) {
-        self.text.clear();
-        self.text.push_str(full);
+    /// Appends decoded text; returns what is now final and whether a stop string was hit (the
+    /// text then ends before it).
+    fn push(&mut self, piece: &str) -> (&str, bool) {
+        // A stop string may begin in text held back earlier, but not in text already released.
+        let search_from = self.emitted;
+        self.text.push_str(piece);
         let hit = self
-            .stop_strings
+            .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text.find(s.as_str()))
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|at| search_from + at))
             .min();
-        if let Some(at) = hit {
-            self.text.truncate(at);
-        }
-        let mut safe = self.text.trim_end_matches('\u{FFFD}').len();
-        if hit.is_none() {
-            safe = self.stop_strings.iter().fold(safe, |safe, s| safe.min(partial_stop_start(&self.text, s)));
-        }
+        let safe = match hit {
+            Some(at) => {
+                self.text.truncate(at);
+                at
+            }
+            None => {
+                self.stops.iter().fold(self.text.len(), |safe, s| safe.min(partial_stop_start(&self.text, s)))
+            }
+        };
         let safe = safe.max(self.emitted);
         self.fresh.clear();
         self.fresh.push_str(&self.text[self.emitted..safe]);
@@ -162,7 +177,16 @@ impl<'a> TextStream<'a> {
         (&self.fresh, hit.is_some())
     }
 
-    fn finish(self) -> String {
+    /// Appends the decoder's last text and releases everything held back.
+    fn finish(&mut self, rest: &str) -> &str {
+        self.text.push_str(rest);
+        self.fresh.clear();
+        self.fresh.push_str(&self.text[self.emitted..]);
+        self.emitted = self.text.len();
+        &self.fresh
+    }
+
+    fn into_text(self) -> String {
         self.text
     }
 }
@@ -182,29 +206,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_stream_holds_back_possible_stop_strings() {
+    fn stop_strings_hold_back_possible_matches() {
         let stops = vec!["</s>".to_string()];
-        let mut s = TextStream::new(&stops);
-        assert_eq!(s.advance("Hello").0, "Hello");
-        assert_eq!(s.advance("Hello <").0, " ");
-        assert_eq!(s.advance("Hello </").0, "");
-        let (fresh, hit) = s.advance("Hello </s> and more");
-        assert_eq!((fresh, hit), ("", true));
-        assert_eq!(s.finish(), "Hello ");
+        let mut s = StopStrings::new(&stops);
+        assert_eq!(s.push("Hello"), ("Hello", false));
+        assert_eq!(s.push(" <"), (" ", false));
+        assert_eq!(s.push("/"), ("", false));
+        assert_eq!(s.push("s> and more"), ("", true));
+        assert_eq!(s.into_text(), "Hello ");
     }
 
     #[test]
-    fn text_stream_releases_a_false_alarm() {
+    fn a_false_alarm_is_released() {
         let stops = vec!["</s>".to_string()];
-        let mut s = TextStream::new(&stops);
-        s.advance("a <");
-        assert_eq!(s.advance("a <b").0, "<b");
+        let mut s = StopStrings::new(&stops);
+        s.push("a <");
+        assert_eq!(s.push("b"), ("<b", false));
     }
 
     #[test]
-    fn text_stream_waits_for_complete_characters() {
-        let mut s = TextStream::new(&[]);
-        assert_eq!(s.advance("smile \u{FFFD}").0, "smile ");
-        assert_eq!(s.advance("smile 😀").0, "😀");
+    fn held_back_text_comes_out_at_the_end() {
+        let stops = vec!["\n\n".to_string()];
+        let mut s = StopStrings::new(&stops);
+        assert_eq!(s.push("Done.\n"), ("Done.", false));
+        assert_eq!(s.finish(""), "\n");
+        assert_eq!(s.into_text(), "Done.\n");
     }
 }

@@ -94,7 +94,7 @@ impl Sampler {
 
         let candidates = &mut self.candidates;
         candidates.clear();
-        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature)));
+        candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         if p.top_k > 0 && p.top_k < candidates.len() {
             candidates.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
@@ -102,11 +102,12 @@ impl Sampler {
         }
         candidates.sort_unstable_by(by_logit_desc);
 
-        // Softmax over the survivors, then the nucleus and min-p cuts on the probabilities.
+        // Softmax at the temperature over the survivors, then the nucleus and min-p cuts on the
+        // probabilities. Subtracting the maximum before dividing keeps tiny temperatures finite.
         let max = candidates[0].1;
         let mut total = 0.0;
         for c in candidates.iter_mut() {
-            c.1 = (c.1 - max).exp();
+            c.1 = ((c.1 - max) / p.temperature).exp();
             total += c.1;
         }
         let mut kept = 0;
@@ -228,6 +229,12 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn a_tiny_temperature_is_practically_greedy() {
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-40, ..SamplingParams::default() }).unwrap();
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]), 1);
     }
 
     #[test]

@@ -69,7 +69,15 @@ impl LlamaConfig {
             None => 10_000.0,
         };
         let rope_scaling = match gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-            None | Some("none") => RopeScaling::None,
+            None | Some("none") => match gguf.tensor("rope_freqs.weight") {
+                // Llama 3.1 GGUFs carry their per-frequency divisors as a tensor.
+                Some(info) => {
+                    let mut factors = vec![0.0; (info.n_elements() as usize).min(1 << 16)];
+                    crate::quant::dequantize(info.ty, &gguf.tensor_data(info), &mut factors)?;
+                    RopeScaling::PerFrequency { factors }
+                }
+                None => RopeScaling::None,
+            },
             Some("linear") => RopeScaling::Linear { factor: gguf.get_f32(&key("rope.scaling.factor"))? },
             Some(other) => {
                 return Err(Error::Config(format!(
@@ -90,8 +98,19 @@ impl LlamaConfig {
             rope_scaling,
             rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             tied_embeddings: gguf.tensor("output.weight").is_none(),
-            architecture: arch,
+            architecture: arch.clone(),
         };
+        if let Some(dims) = gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()) {
+            if dims != config.head_dim as u64 {
+                return Err(Error::Config(format!(
+                    "{}.rope.dimension_count = {dims}: partial rotary embeddings (head dimension {}) are not supported",
+                    config.architecture, config.head_dim
+                )));
+            }
+        }
+        if let Some(bias) = gguf.tensors().iter().find(|t| t.name.ends_with(".bias")) {
+            return Err(Error::Config(format!("tensor '{}': linear biases are not supported", bias.name)));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -125,15 +144,18 @@ impl LlamaConfig {
                 let kind =
                     s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("");
                 let num = |k: &str| s.get(k).and_then(|v| v.as_f64()).map(|v| v as f32);
-                let factor = num("factor")
-                    .ok_or_else(|| Error::Config("config.json: rope_scaling.factor missing".into()))?;
+                let factor = || {
+                    num("factor")
+                        .ok_or_else(|| Error::Config("config.json: rope_scaling.factor missing".into()))
+                };
                 match kind {
-                    "linear" => RopeScaling::Linear { factor },
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: factor()? },
                     "llama3" => RopeScaling::PerFrequency {
                         factors: llama3_frequency_factors(
                             head_dim,
                             rope_theta,
-                            factor,
+                            factor()?,
                             num("low_freq_factor").unwrap_or(1.0),
                             num("high_freq_factor").unwrap_or(4.0),
                             num("original_max_position_embeddings").unwrap_or(8192.0),
@@ -147,6 +169,13 @@ impl LlamaConfig {
                 }
             }
         };
+        for flag in ["attention_bias", "mlp_bias"] {
+            if field(flag).and_then(|v| v.as_bool()) == Some(true) {
+                return Err(Error::Config(format!(
+                    "config.json: {flag} = true: linear biases are not supported"
+                )));
+            }
+        }
         let config = Self {
             architecture: arch,
             n_layers: usize_of("num_hidden_layers")?,
@@ -159,7 +188,7 @@ impl LlamaConfig {
             context_len: usize_of("max_position_embeddings")?,
             rope_theta,
             rope_scaling,
-            rms_eps: f32_of("rms_norm_eps", 1e-5),
+            rms_eps: f32_of("rms_norm_eps", 1e-6), // transformers' LlamaConfig default
             tied_embeddings: field("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
         };
         config.validate()?;
@@ -191,6 +220,25 @@ impl LlamaConfig {
             return bad(format!(
                 "rms epsilon {} and rope base {} must be positive",
                 self.rms_eps, self.rope_theta
+            ));
+        }
+        // Shapes multiply into allocation sizes: refuse any product that cannot be addressed.
+        let widths = [self.n_heads, self.n_kv_heads, self.d_model, self.ffn_dim, self.vocab_size];
+        let widest = self.head_dim.max(self.d_model).max(self.ffn_dim);
+        if widths.iter().any(|&w| w.checked_mul(widest).is_none_or(|p| p > isize::MAX as usize / 4)) {
+            return bad(format!("dimensions {widths:?} x {widest} overflow"));
+        }
+        let factors_ok = match &self.rope_scaling {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => factor.is_finite() && *factor > 0.0,
+            RopeScaling::PerFrequency { factors } => {
+                factors.len() == self.head_dim / 2 && factors.iter().all(|f| f.is_finite() && *f > 0.0)
+            }
+        };
+        if !factors_ok {
+            return bad(format!(
+                "RoPE scaling {:?} needs positive finite factors, one per rotated pair",
+                self.rope_scaling
             ));
         }
         Ok(())

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 use super::config::LlamaConfig;
 use crate::error::Error;
 
-/// Growth step; capacity is always a multiple of it (and never beyond the model's context).
+/// Growth step: capacities are multiples of it, capped at the model's context.
 const CHUNK: usize = 128;
 
 pub struct KvCache {
@@ -15,7 +15,6 @@ pub struct KvCache {
     kv_heads: usize,
     head_dim: usize,
     len: usize,
-    capacity: usize,
     max_len: usize,
 }
 
@@ -27,7 +26,6 @@ impl KvCache {
             kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
             len: 0,
-            capacity: 0,
             max_len: config.context_len,
         }
     }
@@ -47,6 +45,14 @@ impl KvCache {
 
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Whether this cache was made for a model of this shape.
+    pub fn fits(&self, config: &LlamaConfig) -> bool {
+        self.layers.len() == config.n_layers
+            && self.kv_heads == config.n_kv_heads
+            && self.head_dim == config.head_dim
+            && self.max_len == config.context_len
     }
 
     /// Forgets everything after the first `len` tokens (e.g. to reuse a shared prompt prefix).
@@ -72,11 +78,8 @@ impl KvCache {
         let (cache_k, cache_v) = match self.layers[layer].take() {
             Some((k, v)) if k.dims()[2] >= end => (k, v),
             old => {
-                let capacity = end.max(self.capacity * 2).div_ceil(CHUNK) * CHUNK;
-                let capacity = capacity.min(self.max_len).max(end);
-                if layer == 0 {
-                    self.capacity = capacity;
-                }
+                let current = old.as_ref().map_or(0, |(k, _)| k.dims()[2]);
+                let capacity = (end.max(current * 2).div_ceil(CHUNK) * CHUNK).min(self.max_len).max(end);
                 grow(old, [b, h, capacity, d], self.len, &device)
             }
         };

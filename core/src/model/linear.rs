@@ -32,7 +32,7 @@ impl QuantLinear {
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         let [b, t, _] = x.dims();
         let device = x.device();
-        let input = host_f32(x);
+        let input = host_f32(x)?;
         let mut out = vec![0.0; b * t * self.out_features()];
         self.weight.matmul(&input, b * t, &mut out)?;
         Ok(Tensor::from_data(TensorData::new(out, [b, t, self.out_features()]), &device))
@@ -40,7 +40,6 @@ impl QuantLinear {
 }
 
 /// The values of a float tensor on the host, converted to f32 whatever the device's float type.
-/// A failed read-back yields no values, which the kernels then reject as a length mismatch.
-pub(crate) fn host_f32<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-    x.try_into_vec_as::<f32>().unwrap_or_default()
+pub(crate) fn host_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, Error> {
+    x.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
 }

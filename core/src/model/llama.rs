@@ -12,6 +12,10 @@ use super::rope::{self, Rope};
 use crate::error::Error;
 use crate::quant::QuantMatrix;
 
+/// Tokens per forward pass of a long input: bounds attention memory at `groups x chunk x context`
+/// scores per layer while keeping the quantized matmuls in their efficient many-token path.
+const PREFILL_CHUNK: usize = 256;
+
 pub struct Block {
     pub attn_norm: Tensor<1>,
     pub attn_q: QuantLinear,
@@ -60,7 +64,8 @@ impl Llama {
     }
 
     /// Runs `tokens` (`batch` rows of equal length, row-major) after what `cache` already holds
-    /// and returns the final-normed hidden states `[batch, len, d_model]`.
+    /// and returns the final-normed hidden states `[batch, len, d_model]`. Long inputs go through
+    /// in chunks, so attention scores stay `chunk x context` rather than `len x len`.
     pub fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache) -> Result<Tensor<3>, Error> {
         let c = &self.config;
         if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 || batch != cache.batch() {
@@ -70,6 +75,9 @@ impl Llama {
                 cache.batch()
             )));
         }
+        if !cache.fits(c) {
+            return Err(Error::InvalidArgument("the KV cache was made for another model".into()));
+        }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::InvalidArgument(format!(
                 "token id {bad} is outside the vocabulary of {}",
@@ -78,6 +86,22 @@ impl Llama {
         }
         let len = tokens.len() / batch;
         cache.check_room(len)?;
+        if len <= PREFILL_CHUNK {
+            return self.forward_chunk(tokens, batch, cache);
+        }
+        let mut hidden = Vec::with_capacity(len.div_ceil(PREFILL_CHUNK));
+        for start in (0..len).step_by(PREFILL_CHUNK) {
+            let end = (start + PREFILL_CHUNK).min(len);
+            let chunk: Vec<u32> =
+                tokens.chunks_exact(len).flat_map(|row| &row[start..end]).copied().collect();
+            hidden.push(self.forward_chunk(&chunk, batch, cache)?);
+        }
+        Ok(Tensor::cat(hidden, 1))
+    }
+
+    fn forward_chunk(&self, tokens: &[u32], batch: usize, cache: &mut KvCache) -> Result<Tensor<3>, Error> {
+        let c = &self.config;
+        let len = tokens.len() / batch;
         let start = cache.len();
 
         let mut embedded = vec![0.0; tokens.len() * c.d_model];
@@ -100,7 +124,7 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>, positions: core::ops::Range<usize>) -> Result<Vec<f32>, Error> {
         let [b, _, d] = hidden.dims();
         let rows = b * positions.len();
-        let input = host_f32(hidden.slice([0..b, positions, 0..d]));
+        let input = host_f32(hidden.slice([0..b, positions, 0..d]))?;
         let mut out = vec![0.0; rows * self.config.vocab_size];
         self.output.matmul(&input, rows, &mut out)?;
         Ok(out)

@@ -30,7 +30,8 @@ impl Llama {
         } else {
             matrix("output.weight", c.vocab_size, c.d_model)?
         };
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        // Grown one block at a time: a hostile layer count fails at the first missing tensor.
+        let mut blocks = Vec::new();
         for i in 0..c.n_layers {
             let name = |part: &str| format!("blk.{i}.{part}.weight");
             blocks.push(Block {
@@ -45,16 +46,12 @@ impl Llama {
                 ffn_down: linear(name("ffn_down"), c.d_model, c.ffn_dim)?,
             });
         }
-        let mut rope = Rope::new(c);
-        if gguf.tensor("rope_freqs.weight").is_some() {
-            rope = rope.with_frequency_factors(&gguf_vector(gguf, "rope_freqs.weight", c.head_dim / 2)?);
-        }
         Ok(Self {
             output_norm: vector("output_norm.weight", c.d_model)?,
             token_embedding,
             output,
             blocks,
-            rope,
+            rope: Rope::new(c),
             device: device.clone(),
             config,
         })
@@ -116,7 +113,8 @@ impl Llama {
         } else {
             matrix("lm_head.weight", c.vocab_size, c.d_model)?
         };
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        // Grown one block at a time: a hostile layer count fails at the first missing tensor.
+        let mut blocks = Vec::new();
         for i in 0..c.n_layers {
             let name = |part: &str| format!("model.layers.{i}.{part}.weight");
             blocks.push(Block {

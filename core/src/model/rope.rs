@@ -27,12 +27,6 @@ impl Rope {
         Self { inv_freq, head_dim: d }
     }
 
-    /// Replaces the per-pair divisors (GGUF `rope_freqs.weight`).
-    pub fn with_frequency_factors(mut self, factors: &[f32]) -> Self {
-        self.inv_freq.iter_mut().zip(factors).for_each(|(f, s)| *f /= s);
-        self
-    }
-
     /// cos and sin tables for positions `start..start+len`, shaped to broadcast over
     /// `[batch, heads, len, head_dim/2, 1]`.
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<5>, Tensor<5>) {
