@@ -7,8 +7,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
-use super::linear::{host_f32, QuantLinear};
-use super::rope::{self, Rope};
+use super::linear::{host_f32, project, QuantLinear};
+use super::rope::{self, Rope, RopeTables};
 use crate::error::Error;
 use crate::quant::QuantMatrix;
 
@@ -108,11 +108,11 @@ impl Llama {
         self.token_embedding.get_rows(tokens, &mut embedded)?;
         let mut x = Tensor::<3>::from_data(TensorData::new(embedded, [batch, len, c.d_model]), &self.device);
 
-        let (cos, sin) = self.rope.tables(start, len, &self.device);
+        let rope = self.rope.tables(start, len, &self.device);
         let groups = c.n_heads / c.n_kv_heads;
         let mask = (len > 1).then(|| causal_mask(start, len, groups, &self.device));
         for (index, block) in self.blocks.iter().enumerate() {
-            let attention = Attention { config: c, cos: &cos, sin: &sin, mask: mask.as_ref() };
+            let attention = Attention { config: c, rope: &rope, mask: mask.as_ref() };
             x = block.forward(x, &attention, index, cache)?;
         }
         cache.advance(len);
@@ -134,8 +134,7 @@ impl Llama {
 /// What every layer's attention shares within one forward pass.
 struct Attention<'a> {
     config: &'a LlamaConfig,
-    cos: &'a Tensor<5>,
-    sin: &'a Tensor<5>,
+    rope: &'a RopeTables,
     mask: Option<&'a Tensor<4>>,
 }
 
@@ -154,9 +153,10 @@ impl Block {
 
         let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(heads(self.attn_q.forward(normed.clone())?, h), attn.cos, attn.sin);
-        let k = rope::apply(heads(self.attn_k.forward(normed.clone())?, kv), attn.cos, attn.sin);
-        let v = heads(self.attn_v.forward(normed)?, kv);
+        let [q, k, v] = project(normed, [&self.attn_q, &self.attn_k, &self.attn_v])?;
+        let q = rope::apply(heads(q, h), attn.rope);
+        let k = rope::apply(heads(k, kv), attn.rope);
+        let v = heads(v, kv);
         let (keys, values) = cache.append(layer, k, v);
 
         // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
@@ -171,7 +171,8 @@ impl Block {
         let x = x + self.attn_output.forward(context)?;
 
         let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
-        let gated = silu(self.ffn_gate.forward(normed.clone())?) * self.ffn_up.forward(normed)?;
+        let [gate, up] = project(normed, [&self.ffn_gate, &self.ffn_up])?;
+        let gated = silu(gate) * up;
         Ok(x + self.ffn_down.forward(gated)?)
     }
 }

@@ -27,34 +27,45 @@ impl Rope {
         Self { inv_freq, head_dim: d }
     }
 
-    /// cos and sin tables for positions `start..start+len`, shaped to broadcast over
-    /// `[batch, heads, len, head_dim/2, 1]`.
-    pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<5>, Tensor<5>) {
-        let half = self.head_dim / 2;
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
+    /// cos and sin tables for positions `start..start+len`, each angle repeated for both
+    /// members of its pair, shaped `[1, 1, len, head_dim]` to broadcast over
+    /// `[batch, heads, len, head_dim]`; and the pair rotation `R` for [`apply`].
+    pub fn tables(&self, start: usize, len: usize, device: &Device) -> RopeTables {
+        let d = self.head_dim;
+        let mut cos = Vec::with_capacity(len * d);
+        let mut sin = Vec::with_capacity(len * d);
         for pos in start..start + len {
             for &f in &self.inv_freq {
-                let angle = (pos as f32 * f) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                let (s, c) = ((pos as f32 * f) as f64).sin_cos();
+                cos.extend([c as f32; 2]);
+                sin.extend([s as f32; 2]);
             }
         }
-        let shape = [1, 1, len, half, 1];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        // (x R)[2i] = -x[2i+1], (x R)[2i+1] = x[2i]: the rotation by 90 degrees of every pair.
+        let mut rotation = vec![0.0f32; d * d];
+        for i in 0..d / 2 {
+            rotation[(2 * i + 1) * d + 2 * i] = -1.0;
+            rotation[(2 * i) * d + 2 * i + 1] = 1.0;
+        }
+        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, len, d]), device);
+        RopeTables {
+            cos: table(cos),
+            sin: table(sin),
+            rotation: Tensor::from_data(TensorData::new(rotation, [1, 1, d, d]), device),
+        }
     }
 }
 
-/// Rotates `x: [batch, heads, len, head_dim]` by the tables from [`Rope::tables`].
-pub fn apply(x: Tensor<4>, cos: &Tensor<5>, sin: &Tensor<5>) -> Tensor<4> {
-    let [b, h, t, d] = x.dims();
-    let pairs = x.reshape([b, h, t, d / 2, 2]);
-    let even = pairs.clone().slice([0..b, 0..h, 0..t, 0..d / 2, 0..1]);
-    let odd = pairs.slice([0..b, 0..h, 0..t, 0..d / 2, 1..2]);
-    let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
-    let rotated_odd = even * sin.clone() + odd * cos.clone();
-    Tensor::cat(vec![rotated_even, rotated_odd], 4).reshape([b, h, t, d])
+pub struct RopeTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    rotation: Tensor<4>,
+}
+
+/// Rotates `x: [batch, heads, len, head_dim]`: `x cos + (x R) sin`, four ops instead of slicing
+/// and re-interleaving the pairs (decode runs this twice per layer per token).
+pub fn apply(x: Tensor<4>, tables: &RopeTables) -> Tensor<4> {
+    let [b, h, _, d] = x.dims();
+    let rotated = x.clone().matmul(tables.rotation.clone().expand([b, h, d, d]));
+    x * tables.cos.clone() + rotated * tables.sin.clone()
 }
