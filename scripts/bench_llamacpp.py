@@ -158,6 +158,13 @@ def main():
 
     import llama_cpp
 
+    # ggml's worker threads spin while they wait for each other; with n_threads equal to the
+    # core count, any other busy process (a compiler, a test run) makes the numbers collapse
+    # (seen here: decode 111 tok/s idle, ~1 tok/s beside a cargo build). Say so.
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"warning: 1-minute load average is {load_before:.2f}; other processes will "
+              "distort this benchmark, run it on an idle machine", file=sys.stderr)
     print("warm-up run…", file=sys.stderr)
     one_run(args)
     runs = []
@@ -177,6 +184,8 @@ def main():
         "gen_tokens": args.gen,
         "runs": args.runs,
         "model": os.path.basename(args.model),
+        "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "all_runs": [{k: round(r[k], 2) for k in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb")}
                      for r in runs],
     }

@@ -9,7 +9,7 @@ cargo build --release -p adaptkit-cli
 adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
 
 model=$("$adaptkit" fetch)
-"$adaptkit" info "$model" --json | python3 -c 'import json,sys; i=json.loads(sys.stdin.readlines()[-1]); print(f"{i[\"name\"]}: {i[\"architecture\"]}, {i[\"parameters\"]/1e6:.0f}M parameters, {i[\"layers\"]} layers, tensor types {i[\"tensor_types\"]}")'
+"$adaptkit" info "$model"
 prompt="Give me three tips for remembering people's names."
 echo "> $prompt"
 "$adaptkit" generate --model "$model" --chat --prompt "$prompt" --max-tokens 160 --temperature 0.6 --seed 1

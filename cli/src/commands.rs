@@ -86,8 +86,21 @@ pub fn info(model: Option<PathBuf>, out: Output) -> Result<(), CliError> {
         "tensors": gguf.tensors().len(),
         "tensor_types": types,
     });
-    emit(out, report.clone(), || {
-        say(format_args!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default()));
+    emit(out, report, || {
+        let types: Vec<String> = types.iter().map(|(ty, n)| format!("{n} {ty}")).collect();
+        say(format_args!(
+            "{}: {}, {:.1}M parameters, {} layers, width {}, {} heads ({} kv), context {}, vocab {}; tensors: {}\n",
+            path.display(),
+            config.architecture,
+            parameters as f64 / 1e6,
+            config.n_layers,
+            config.d_model,
+            config.n_heads,
+            config.n_kv_heads,
+            config.context_len,
+            config.vocab_size,
+            types.join(", ")
+        ));
     });
     Ok(())
 }

@@ -10,7 +10,14 @@ Run inside the reference venv (scripts/reference-env.sh prints its python):
 How the numbers are made: transformers loads the GGUF through gguf-py, which dequantizes every
 Q4_1 / Q8_0 block to float32 (so the weights are exactly d*q + m per block, no re-quantization);
 the model runs in float32 on the CPU, eval mode, no grad, eager attention. The output head is
-tied to the (Q8_0) token embedding, as the GGUF has no output.weight.
+tied to the (Q8_0) token embedding, as the GGUF has no output.weight. As a check, the logits are
+also recomputed by a small float64 numpy forward pass written here from the GGUF tensors with
+llama.cpp's conventions; the script fails if the two differ by more than 1e-3 (they agree to
+~1e-4; the differences are recorded in logits.json).
+
+What to expect from other implementations: llama.cpp (which quantizes activations to 8 bits
+inside its quantized matmuls) differs from these logits by up to ~0.9 (mean ~0.16), with the
+same argmax; an implementation that keeps f32 activations should be within ~1e-3.
 
 Files:
   logits.json + logits.f32   per prompt: token ids, the full last-position logits
@@ -68,6 +75,61 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def numpy_reference(model_path):
+    """A second, from-scratch float64 forward pass in numpy, straight from the GGUF tensors with
+    llama.cpp's conventions (RoPE on adjacent pairs of the stored, permuted q/k weights; GQA;
+    tied output). It shares only gguf-py's dequantization with the transformers path, and
+    checks that transformers' GGUF conversion (q/k un-permutation, tying, eps, rope base) is
+    right. Returns forward(ids) -> logits [T, vocab] (float64)."""
+    import gguf
+    import numpy as np
+    from gguf import dequantize
+
+    r = gguf.GGUFReader(str(model_path))
+    w = {t.name: dequantize(t.data, t.tensor_type).astype(np.float64) for t in r.tensors}
+    f = lambda k: r.fields[k].contents()  # noqa: E731
+    n_layer, n_head = f("llama.block_count"), f("llama.attention.head_count")
+    n_kv, eps = f("llama.attention.head_count_kv"), f("llama.attention.layer_norm_rms_epsilon")
+    base, dim = f("llama.rope.freq_base"), f("llama.embedding_length")
+    hd = dim // n_head
+
+    def rms(x, g):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
+
+    def rope(x, pos):
+        ang = pos[:, None] * base ** (-2 * np.arange(hd // 2) / hd)[None, :]
+        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        out = np.empty_like(x)
+        out[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
+        out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
+        return out
+
+    def forward(ids):
+        t = len(ids)
+        x = w["token_embd.weight"][ids]
+        pos = np.arange(t, dtype=np.float64)
+        mask = np.triu(np.full((t, t), -np.inf), 1)
+        for l in range(n_layer):
+            p = f"blk.{l}."
+            h = rms(x, w[p + "attn_norm.weight"])
+            q = rope((h @ w[p + "attn_q.weight"].T).reshape(t, n_head, hd), pos)
+            k = rope((h @ w[p + "attn_k.weight"].T).reshape(t, n_kv, hd), pos)
+            v = (h @ w[p + "attn_v.weight"].T).reshape(t, n_kv, hd)
+            o = np.empty((t, n_head, hd))
+            for hh in range(n_head):
+                kv = hh // (n_head // n_kv)
+                a = q[:, hh] @ k[:, kv].T / np.sqrt(hd) + mask
+                a = np.exp(a - a.max(-1, keepdims=True))
+                o[:, hh] = (a / a.sum(-1, keepdims=True)) @ v[:, kv]
+            x = x + o.reshape(t, dim) @ w[p + "attn_output.weight"].T
+            h = rms(x, w[p + "ffn_norm.weight"])
+            g, u = h @ w[p + "ffn_gate.weight"].T, h @ w[p + "ffn_up.weight"].T
+            x = x + (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T
+        return rms(x, w["output_norm.weight"]) @ w["token_embd.weight"].T
+
+    return forward
 
 
 def write_json(path, obj):
@@ -184,8 +246,24 @@ def main():
         model.set_attn_implementation("eager")
     except Exception as e:  # older/newer transformers without set_attn_implementation
         print(f"sdpa cross-check skipped: {e}", file=sys.stderr)
+    # Cross-check against an independent float64 numpy forward pass (see numpy_reference): the
+    # full last-position logits, and the top-5 logits recorded at every position.
+    t = time.perf_counter()
+    np_forward = numpy_reference(model_path)
+    np_diff = {}
+    for p, r, e in zip(prompts, rows, entries):
+        ref = np_forward(p["ids"])
+        pos_diff = max(abs(ref[k, i] - v) for k, top in enumerate(e["top5_per_position"]) for i, v in top)
+        np_diff[p["name"]] = max(float(np.abs(ref[-1] - r).max()), float(pos_diff))
+        if np_diff[p["name"]] > 1e-3:
+            sys.exit(f"transformers and the numpy float64 reference disagree on {p['name']}: "
+                     f"{np_diff[p['name']]}")
+    del np_forward
+    print(f"numpy float64 cross-check: max |diff| {max(np_diff.values()):.2e} "
+          f"({time.perf_counter() - t:.1f}s)", file=sys.stderr)
     write_json(out / "logits.json", {
         **common,
+        "numpy_f64_max_abs_diff": np_diff,
         "vocab_size": vocab,
         "file": "logits.f32",
         "layout": "little-endian float32, shape [len(prompts)][vocab_size], row = prompts[i].row",

@@ -134,6 +134,45 @@ impl QuantMatrix {
         });
     }
 
+    /// `dx[t * cols + c] = Σ_r dy[t * rows + r] · W[r, c]`: the product with `Wᵀ`, which carries
+    /// gradients back through a frozen weight to the layer's input without an f32 copy of it.
+    /// Each task decodes a band of columns of every row, transposed into an f32 scratch, and
+    /// multiplies it with all tokens in the prefill micro-kernel.
+    pub fn matmul_transposed(&self, dy: &[f32], tokens: usize, dx: &mut [f32]) -> Result<(), QuantError> {
+        expect_len("dy", tokens.checked_mul(self.rows), dy.len())?;
+        expect_len("dx", tokens.checked_mul(self.cols), dx.len())?;
+        if self.rows == 0 || self.cols == 0 || tokens == 0 {
+            dx.fill(0.0);
+            return Ok(());
+        }
+        let block = self.ty.block_len();
+        // Bands are whole blocks (a block cannot be decoded in part) of at least 64 columns.
+        let band = (64usize.div_ceil(block) * block).min(self.cols);
+        let block_bytes = self.ty.block_bytes();
+        let mut dxt = vec![0f32; self.cols * tokens];
+        for_each_chunk_mut(&mut dxt, band * tokens, |i, out| {
+            let (first, n) = (i * band, out.len() / tokens);
+            let (offset, len) = (first / block * block_bytes, n / block * block_bytes);
+            let mut row = vec![0f32; n];
+            let mut wt = vec![0f32; n * self.rows];
+            for r in 0..self.rows {
+                let start = r * self.row_bytes + offset;
+                (self.ops.dequantize)(&self.data[start..start + len], &mut row);
+                for (c, &v) in row.iter().enumerate() {
+                    wt[c * self.rows + r] = v;
+                }
+            }
+            simd::gemm(self.isa, &wt, dy, self.rows, tokens, out);
+        });
+        let cols = self.cols;
+        for_each_chunk_mut(dx, cols, |t, dx| {
+            for (c, v) in dx.iter_mut().enumerate() {
+                *v = dxt[c * tokens + t];
+            }
+        });
+        Ok(())
+    }
+
     /// Row `r` of `W` as f32, bit-exact with ggml.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
         if r >= self.rows {
@@ -240,6 +279,37 @@ mod tests {
                         "{ty} {rows}x{cols}, {tokens} tokens on {}: y[{i}] = {} vs {}", isa.name(), y[i], exact[i]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transposed_product_matches_the_dequantized_weights() {
+        let mut rng = Rng::new(11);
+        for ty in SUPPORTED {
+            // Several bands, and a partial last band where blocks are narrower than a band.
+            let block = ty.block_len();
+            let (rows, cols) = (7, 2 * block.max(64) + block);
+            let m = QuantMatrix::quantize(ty, rows, cols, &rng.values(rows * cols, 2.0)).unwrap();
+            let w = m.dequantize();
+            for tokens in [1, 3, 17] {
+                let dy = rng.values(tokens * rows, 1.0);
+                let mut dx = vec![f32::NAN; tokens * cols];
+                m.matmul_transposed(&dy, tokens, &mut dx).unwrap();
+                for t in 0..tokens {
+                    for c in 0..cols {
+                        let terms =
+                            (0..rows).map(|r| f64::from(dy[t * rows + r]) * f64::from(w[r * cols + c]));
+                        let (exact, mag) = terms.fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()));
+                        let got = f64::from(dx[t * cols + c]);
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * mag + 1e-30,
+                            "{ty} t{t} c{c}: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+            let mut short = vec![0f32; cols];
+            assert!(m.matmul_transposed(&[0.0; 3], 1, &mut short).is_err());
         }
     }
 
