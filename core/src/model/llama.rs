@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
-use super::linear::{host_f32, project, QuantLinear};
+use super::linear::{host_f32, QuantLinear};
 use super::rope::{self, Rope, RopeTables};
 use crate::error::Error;
 use crate::quant::QuantMatrix;
@@ -153,10 +153,9 @@ impl Block {
 
         let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let [q, k, v] = project(normed, [&self.attn_q, &self.attn_k, &self.attn_v])?;
-        let q = rope::apply(heads(q, h), attn.rope);
-        let k = rope::apply(heads(k, kv), attn.rope);
-        let v = heads(v, kv);
+        let q = rope::apply(heads(self.attn_q.forward(normed.clone())?, h), attn.rope);
+        let k = rope::apply(heads(self.attn_k.forward(normed.clone())?, kv), attn.rope);
+        let v = heads(self.attn_v.forward(normed)?, kv);
         let (keys, values) = cache.append(layer, k, v);
 
         // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
@@ -171,8 +170,7 @@ impl Block {
         let x = x + self.attn_output.forward(context)?;
 
         let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
-        let [gate, up] = project(normed, [&self.ffn_gate, &self.ffn_up])?;
-        let gated = silu(gate) * up;
+        let gated = silu(self.ffn_gate.forward(normed.clone())?) * self.ffn_up.forward(normed)?;
         Ok(x + self.ffn_down.forward(gated)?)
     }
 }
