@@ -2,6 +2,7 @@
 //! of several runs after a warm-up. Compare with peers through `scripts/bench.sh`.
 
 use adaptkit::generate::{GenerateOptions, SamplingParams};
+use adaptkit::model::NoAdapters;
 use clap::Args;
 use serde_json::json;
 
@@ -50,7 +51,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..=args.repeats {
-        let timed = run_timed(&engine, &ids, &options, |_| {})?;
+        let timed = run_timed(&engine, &ids, &options, &NoAdapters, |_| {})?;
         eprintln!(
             "{} prefill {:.1} tok/s, decode {:.1} tok/s",
             if run == 0 { "warm-up".to_string() } else { format!("run {run}") },

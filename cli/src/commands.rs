@@ -1,14 +1,15 @@
 //! The verbs that load a model: `fetch`, `info`, `generate`, `eval`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use adaptkit::adapt::{AdapterSet, LoraAdapter};
 use adaptkit::control::CancelToken;
 use adaptkit::engine::{Engine, EngineOptions, Prompt};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::generate::{GenerateOptions, GenerationEvent, SamplingParams};
-use adaptkit::model::LlamaConfig;
+use adaptkit::model::{Adapters, LlamaConfig};
 use adaptkit::tokenizer::Message;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,6 +45,33 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, CliError> {
         return Err(CliError::msg(format!("{}: no such file or directory", path.display())));
     }
     Ok(path)
+}
+
+/// `--adapter PATH[:SCALE]`, repeatable: PEFT LoRA directories acting together.
+#[derive(Args, Clone)]
+pub struct AdapterArgs {
+    /// A PEFT LoRA adapter directory, optionally with a scale (`dir:0.5`); repeatable.
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
+}
+
+impl AdapterArgs {
+    pub fn load(&self, engine: &Engine) -> Result<AdapterSet, CliError> {
+        let mut set = AdapterSet::new();
+        for spec in &self.adapters {
+            let (path, scale) = match spec.rsplit_once(':') {
+                Some((path, scale)) if scale.parse::<f32>().is_ok() => {
+                    (path, scale.parse::<f32>().unwrap_or(1.0))
+                }
+                _ => (spec.as_str(), 1.0),
+            };
+            if !scale.is_finite() {
+                return Err(CliError::msg(format!("--adapter {spec}: the scale must be finite")));
+            }
+            set.push(LoraAdapter::load(Path::new(path), engine.model())?, scale);
+        }
+        Ok(set)
+    }
 }
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
@@ -111,6 +139,8 @@ pub struct GenerateArgs {
     model: ModelArgs,
     #[arg(long)]
     prompt: String,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// Treat the prompt as a user message and apply the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -168,6 +198,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), CliError> {
     let sampling = args.sampling.params();
     sampling.validate()?;
     let engine = load_engine(&args.model)?;
+    let adapters = args.adapters.load(&engine)?;
     let messages: Vec<Message>;
     let prompt = if args.chat {
         if engine.tokenizer().chat_template_source().is_none() {
@@ -187,7 +218,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), CliError> {
     let options =
         GenerateOptions { max_tokens: args.max_tokens, sampling, stop_strings: args.stop, stop_at_eos: true };
 
-    let timing = run_timed(&engine, &ids, &options, |text| {
+    let timing = run_timed(&engine, &ids, &options, &adapters, |text| {
         if !args.out.json {
             say(format_args!("{text}"));
         }
@@ -231,6 +262,7 @@ pub fn run_timed(
     engine: &Engine,
     ids: &[u32],
     options: &GenerateOptions,
+    adapters: &dyn Adapters,
     mut on_text: impl FnMut(&str) + Send,
 ) -> Result<Timed, CliError> {
     let start = Instant::now();
@@ -238,17 +270,18 @@ pub fn run_timed(
     let mut first_token = None;
     let mut last_token = start;
     let mut count = 0usize;
-    let generation = engine.generate(ids, options, &CancelToken::new(), &mut |event| match event {
-        GenerationEvent::Prefilled { .. } => prefilled = Some(Instant::now()),
-        GenerationEvent::Token { text, .. } => {
-            let now = Instant::now();
-            first_token.get_or_insert(now);
-            last_token = now;
-            count += 1;
-            on_text(text);
-        }
-        GenerationEvent::Tail { text } => on_text(text),
-    })?;
+    let generation =
+        engine.generate(ids, options, adapters, &CancelToken::new(), &mut |event| match event {
+            GenerationEvent::Prefilled { .. } => prefilled = Some(Instant::now()),
+            GenerationEvent::Token { text, .. } => {
+                let now = Instant::now();
+                first_token.get_or_insert(now);
+                last_token = now;
+                count += 1;
+                on_text(text);
+            }
+            GenerationEvent::Tail { text } => on_text(text),
+        })?;
     let prefill_secs = prefilled.map_or(0.0, |t| (t - start).as_secs_f64());
     let decode_secs = first_token.map_or(0.0, |t| (last_token - t).as_secs_f64());
     let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -266,6 +299,8 @@ pub struct EvalArgs {
     /// Text file to score.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     seq: usize,
@@ -282,13 +317,14 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
     }
     let text = std::fs::read_to_string(&args.data).map_err(|e| CliError::io(&args.data, e))?;
     let engine = load_engine(&args.model)?;
+    let adapters = args.adapters.load(&engine)?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows {elapsed}<{eta}")
             .expect("static template")
             .progress_chars("=> "),
     );
     bar.set_message("eval");
-    let result = engine.perplexity(&text, args.seq, &CancelToken::new(), &mut |done, total| {
+    let result = engine.perplexity(&text, args.seq, &adapters, &CancelToken::new(), &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

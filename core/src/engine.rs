@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsFile;
 use crate::generate::{self, GenerateOptions, Generation, GenerationEvent};
-use crate::model::{Llama, LlamaConfig};
+use crate::model::{Adapters, Llama, LlamaConfig};
 use crate::parallel::Threads;
 use crate::tokenizer::{Message, Tokenizer};
 
@@ -94,15 +94,19 @@ impl Engine {
         }
     }
 
+    /// Generates from `prompt` with `adapters` (e.g. an [`AdapterSet`](crate::adapt::AdapterSet),
+    /// or [`NoAdapters`](crate::model::NoAdapters)).
     pub fn generate(
         &self,
         prompt: &[u32],
         options: &GenerateOptions,
+        adapters: &dyn Adapters,
         cancel: &CancelToken,
         on_event: &mut (dyn FnMut(GenerationEvent) + Send),
     ) -> Result<Generation, Error> {
-        self.threads
-            .install(|| generate::generate(&self.model, &self.tokenizer, prompt, options, cancel, on_event))
+        self.threads.install(|| {
+            generate::generate(&self.model, &self.tokenizer, prompt, options, adapters, cancel, on_event)
+        })
     }
 
     /// Runs `tokens` and returns the logits of the last position (for tests and tools).
@@ -121,6 +125,7 @@ impl Engine {
         &self,
         text: &str,
         window: usize,
+        adapters: &dyn Adapters,
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Perplexity, Error> {
@@ -144,7 +149,7 @@ impl Engine {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                total_nll += self.window_nll(ids)?;
+                total_nll += self.window_nll(ids, adapters)?;
                 on_progress(w + 1, windows);
             }
             let counted = windows * (window - 1);
@@ -153,12 +158,12 @@ impl Engine {
     }
 
     /// Sum of next-token negative log-likelihoods over one window.
-    fn window_nll(&self, ids: &[u32]) -> Result<f64, Error> {
+    fn window_nll(&self, ids: &[u32], adapters: &dyn Adapters) -> Result<f64, Error> {
         // Logits of a whole window would take len x vocab floats; score them in slices.
         const SLICE: usize = 64;
         let vocab = self.model.config().vocab_size;
         let mut cache = self.model.new_cache(1);
-        let hidden = self.model.forward(ids, 1, &mut cache)?;
+        let hidden = self.model.forward_adapted(ids, 1, &mut cache, adapters)?;
         let mut nll = 0.0;
         let predicted = ids.len() - 1;
         for start in (0..predicted).step_by(SLICE) {

@@ -11,6 +11,10 @@ pub enum Error {
     Safetensors(#[from] crate::format::safetensors::SafetensorsError),
     #[error(transparent)]
     Quant(#[from] crate::quant::QuantError),
+    #[error(transparent)]
+    Peft(#[from] crate::format::peft::PeftError),
+    #[error("adapter {path}: {message}")]
+    Adapter { path: String, message: String },
     #[cfg(feature = "std")]
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),

@@ -15,6 +15,8 @@ pub mod parallel;
 pub mod quant;
 
 #[cfg(feature = "std")]
+pub mod adapt;
+#[cfg(feature = "std")]
 pub mod engine;
 #[cfg(feature = "std")]
 pub mod error;

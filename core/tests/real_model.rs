@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use adaptkit::control::CancelToken;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
+use adaptkit::model::NoAdapters;
 use adaptkit::{Engine, EngineOptions};
 use serde_json::Value;
 
@@ -104,7 +105,7 @@ fn perplexity_is_within_one_percent_of_the_reference() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(reference["text_file"].as_str().unwrap());
     let text = std::fs::read_to_string(text_path).unwrap();
     let seq = reference["seq_len"].as_u64().unwrap() as usize;
-    let got = engine.perplexity(&text, seq, &CancelToken::new(), &mut |_, _| {}).unwrap();
+    let got = engine.perplexity(&text, seq, &NoAdapters, &CancelToken::new(), &mut |_, _| {}).unwrap();
     let want = reference["perplexity"].as_f64().unwrap();
     assert_eq!(got.windows as u64, reference["windows"].as_u64().unwrap());
     let relative = (got.perplexity - want).abs() / want;
@@ -129,7 +130,7 @@ fn greedy_continuations_match_until_the_first_near_tie() {
         let name = case["name"].as_str().unwrap();
         let want = ids(&case["tokens"]);
         let got = engine
-            .generate(&ids(&case["prompt_ids"]), &options, &CancelToken::new(), &mut |_| {})
+            .generate(&ids(&case["prompt_ids"]), &options, &NoAdapters, &CancelToken::new(), &mut |_| {})
             .unwrap()
             .tokens;
         // Where the reference's top two logits are at least `threshold` apart the argmax is

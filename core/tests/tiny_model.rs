@@ -5,10 +5,12 @@
 
 use std::path::Path;
 
+use adaptkit::adapt::{AdapterSet, LoraAdapter};
 use adaptkit::burn::tensor::Device;
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
+use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
-use adaptkit::model::{KvCache, Llama, LlamaConfig};
+use adaptkit::model::{Adapters, KvCache, Llama, LlamaConfig, Projection};
 use adaptkit::quant::{self, GgmlType};
 use adaptkit::Error;
 
@@ -23,6 +25,7 @@ const CONTEXT: usize = 320; // > the decoder's prefill chunk of 256
 const EPS: f32 = 1e-5;
 const THETA: f32 = 10_000.0;
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: Vec<f32>,
     q: Vec<f32>,
@@ -36,6 +39,7 @@ struct Layer {
 }
 
 /// Weights in GGUF layout (row-major `[out, in]`, q/k rows in RoPE-pair order).
+#[derive(Clone)]
 struct Weights {
     embed: Vec<f32>,
     layers: Vec<Layer>,
@@ -176,8 +180,12 @@ impl Weights {
         for (i, l) in self.layers.iter().enumerate() {
             let n = |part: &str| format!("model.layers.{i}.{part}.weight");
             add(n("input_layernorm"), vec![D], &l.attn_norm);
-            add(n("self_attn.q_proj"), vec![D, D], &pairs_to_rotate_half(&l.q, HEADS));
-            add(n("self_attn.k_proj"), vec![KV_HEADS * HEAD_DIM, D], &pairs_to_rotate_half(&l.k, KV_HEADS));
+            add(n("self_attn.q_proj"), vec![D, D], &pairs_to_rotate_half(&l.q, HEADS, D));
+            add(
+                n("self_attn.k_proj"),
+                vec![KV_HEADS * HEAD_DIM, D],
+                &pairs_to_rotate_half(&l.k, KV_HEADS, D),
+            );
             add(n("self_attn.v_proj"), vec![KV_HEADS * HEAD_DIM, D], &l.v);
             add(n("self_attn.o_proj"), vec![D, D], &l.o);
             add(n("post_attention_layernorm"), vec![D], &l.ffn_norm);
@@ -263,16 +271,17 @@ impl Weights {
     }
 }
 
-/// HF's rotate-half row order from GGUF's pair order (the inverse of the loader's permutation).
-fn pairs_to_rotate_half(w: &[f32], heads: usize) -> Vec<f32> {
+/// HF's rotate-half row order from GGUF's pair order (the inverse of the loader's permutation),
+/// for rows of `row_len` values.
+fn pairs_to_rotate_half(w: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     let half = HEAD_DIM / 2;
     let mut out = vec![0.0; w.len()];
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {
-                let gguf = (h * HEAD_DIM + 2 * i + p) * D;
-                let hf = (h * HEAD_DIM + p * half + i) * D;
-                out[hf..hf + D].copy_from_slice(&w[gguf..gguf + D]);
+                let gguf = (h * HEAD_DIM + 2 * i + p) * row_len;
+                let hf = (h * HEAD_DIM + p * half + i) * row_len;
+                out[hf..hf + row_len].copy_from_slice(&w[gguf..gguf + row_len]);
             }
         }
     }
@@ -473,4 +482,160 @@ fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("adaptkit-tiny-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
+}
+
+/// A LoRA adapter as the test knows it: `A: [rank, in]`, `B: [out, rank]` in GGUF row order.
+struct Lora {
+    rank: usize,
+    alpha: f32,
+    pairs: Vec<(usize, Projection, Vec<f32>, Vec<f32>)>,
+}
+
+fn dims(p: Projection) -> (usize, usize) {
+    match p {
+        Projection::Q | Projection::O => (D, D),
+        Projection::K | Projection::V => (KV_HEADS * HEAD_DIM, D),
+        Projection::Gate | Projection::Up => (FFN, D),
+        Projection::Down => (D, FFN),
+    }
+}
+
+fn matrix(layer: &mut Layer, p: Projection) -> &mut Vec<f32> {
+    match p {
+        Projection::Q => &mut layer.q,
+        Projection::K => &mut layer.k,
+        Projection::V => &mut layer.v,
+        Projection::O => &mut layer.o,
+        Projection::Gate => &mut layer.gate,
+        Projection::Up => &mut layer.up,
+        Projection::Down => &mut layer.down,
+    }
+}
+
+impl Lora {
+    fn random(seed: u64, rank: usize, zero_b: bool) -> Self {
+        let mut r = Rng(seed);
+        let pairs = (0..LAYERS)
+            .flat_map(|layer| Projection::ALL.map(|p| (layer, p)))
+            .map(|(layer, p)| {
+                let (out, inp) = dims(p);
+                let b = if zero_b { vec![0.0; out * rank] } else { r.vec(out * rank, 0.05) };
+                (layer, p, r.vec(rank * inp, 1.0 / (inp as f32).sqrt()), b)
+            })
+            .collect();
+        Self { rank, alpha: 2.0 * rank as f32, pairs }
+    }
+
+    /// A PEFT directory in Hugging Face's layout (q/k `lora_B` rows in rotate-half order).
+    fn write_peft(&self, dir: &Path) {
+        let encode = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut tensors = Vec::new();
+        for (layer, p, a, b) in &self.pairs {
+            let (out, inp) = dims(*p);
+            let b = match p {
+                Projection::Q => pairs_to_rotate_half(b, HEADS, self.rank),
+                Projection::K => pairs_to_rotate_half(b, KV_HEADS, self.rank),
+                _ => b.clone(),
+            };
+            let name =
+                |w: &str| format!("base_model.model.model.layers.{layer}.{}.lora_{w}.weight", p.hf_path());
+            tensors.push((name("A"), Dtype::F32, vec![self.rank, inp], encode(a)));
+            tensors.push((name("B"), Dtype::F32, vec![out, self.rank], encode(&b)));
+        }
+        let config = serde_json::json!({
+            "peft_type": "LORA", "r": self.rank, "lora_alpha": self.alpha, "bias": "none",
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        });
+        PeftDir::write(dir, &config, &tensors).unwrap();
+    }
+
+    /// `weights` with `scale · (alpha / rank) · B A` added to every adapted matrix.
+    fn merge_into(&self, weights: &mut Weights, scale: f32) {
+        let s = scale * self.alpha / self.rank as f32;
+        for (layer, p, a, b) in &self.pairs {
+            let (out, inp) = dims(*p);
+            let w = matrix(&mut weights.layers[*layer], *p);
+            for o in 0..out {
+                for i in 0..inp {
+                    w[o * inp + i] +=
+                        s * (0..self.rank).map(|k| b[o * self.rank + k] * a[k * inp + i]).sum::<f32>();
+                }
+            }
+        }
+    }
+}
+
+fn adapted_logits(model: &Llama, tokens: &[u32], adapters: &dyn Adapters) -> Vec<f32> {
+    let mut cache = model.new_cache(1);
+    let hidden = model.forward_adapted(tokens, 1, &mut cache, adapters).unwrap();
+    model.logits(hidden, 0..tokens.len()).unwrap()
+}
+
+#[test]
+fn a_peft_lora_runs_like_its_merged_weights() {
+    let dir = tempdir();
+    let weights = Weights::random(9);
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let (first, second) = (Lora::random(10, 4, false), Lora::random(11, 2, false));
+    first.write_peft(&dir.join("first"));
+    second.write_peft(&dir.join("second"));
+
+    let mut set = AdapterSet::new();
+    set.push(LoraAdapter::load(&dir.join("first"), &model).unwrap(), 1.0);
+    let mut merged = weights.clone();
+    first.merge_into(&mut merged, 1.0);
+    let diff = max_diff(&adapted_logits(&model, &TOKENS, &set), &merged.reference_logits(&TOKENS).concat());
+    assert!(diff < 1e-3, "one adapter: max |logit diff| {diff}");
+
+    // Two at once with their own scales, against both merged.
+    set.push(LoraAdapter::load(&dir.join("second"), &model).unwrap(), -0.5);
+    second.merge_into(&mut merged, -0.5);
+    let diff = max_diff(&adapted_logits(&model, &TOKENS, &set), &merged.reference_logits(&TOKENS).concat());
+    assert!(diff < 1e-3, "two adapters: max |logit diff| {diff}");
+}
+
+#[test]
+fn lora_round_trips_through_peft_and_a_zero_b_changes_nothing() {
+    let dir = tempdir();
+    Weights::random(12).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    Lora::random(13, 3, false).write_peft(&dir.join("lora"));
+    let loaded = LoraAdapter::load(&dir.join("lora"), &model).unwrap();
+    assert_eq!(loaded.config().rank, 3);
+    loaded.save(&dir.join("again"), &model).unwrap();
+    assert_eq!(
+        adapted_logits(&model, &TOKENS, &loaded),
+        adapted_logits(&model, &TOKENS, &LoraAdapter::load(&dir.join("again"), &model).unwrap()),
+        "save then load must give the same adapter"
+    );
+    Lora::random(14, 3, true).write_peft(&dir.join("zero"));
+    let zero = LoraAdapter::load(&dir.join("zero"), &model).unwrap();
+    assert_eq!(adapted_logits(&model, &TOKENS, &zero), all_logits(&model, &TOKENS));
+}
+
+#[test]
+fn bad_adapters_are_named() {
+    let dir = tempdir();
+    Weights::random(15).write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let lora = Lora::random(16, 2, false);
+    let load = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join(name);
+        lora.write_peft(&path);
+        let config_path = path.join("adapter_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        LoraAdapter::load(&path, &model).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    assert!(load("prefix", &|c| c["peft_type"] = "PREFIX_TUNING".into()).contains("not LORA"));
+    assert!(load("embed", &|c| c["target_modules"] = serde_json::json!(["embed_tokens"]))
+        .contains("embed_tokens"));
+    assert!(load("rank0", &|c| c["r"] = 0.into()).contains("rank"));
+    assert!(load("rank", &|c| c["r"] = 5.into()).contains("expected [5,"));
+    assert!(load("dora", &|c| c["use_dora"] = true.into()).contains("DoRA"));
+    let missing = LoraAdapter::load(&dir.join("nowhere"), &model).err().unwrap().to_string();
+    assert!(missing.contains("adapter_config.json"), "{missing}");
 }

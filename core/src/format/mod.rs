@@ -1,6 +1,8 @@
 //! File formats: parse and write bytes, nothing else.
 
 pub mod gguf;
+#[cfg(feature = "std")]
+pub mod peft;
 pub mod safetensors;
 
 use alloc::vec::Vec;

@@ -8,7 +8,7 @@ pub use sampler::{Sampler, SamplingParams};
 
 use crate::control::CancelToken;
 use crate::error::Error;
-use crate::model::Llama;
+use crate::model::{Adapters, Llama};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 #[derive(Clone, Debug)]
@@ -76,6 +76,7 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
+    adapters: &dyn Adapters,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(GenerationEvent),
 ) -> Result<Generation, Error> {
@@ -88,7 +89,7 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(options.sampling.clone())?;
     let mut cache = model.new_cache(1);
-    let hidden = model.forward(prompt, 1, &mut cache)?;
+    let hidden = model.forward_adapted(prompt, 1, &mut cache, adapters)?;
     let mut logits = model.logits(hidden, prompt.len() - 1..prompt.len())?;
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
 
@@ -121,7 +122,7 @@ pub fn generate(
         if history.len() >= context {
             break StopReason::ContextFull;
         }
-        let hidden = model.forward(&[token], 1, &mut cache)?;
+        let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
         logits = model.logits(hidden, 0..1)?;
     };
     if stop != StopReason::StopString {

@@ -141,7 +141,7 @@ fn on_host(
 }
 
 /// The values of a float tensor on the host, converted to f32 whatever the device's float type.
-pub(crate) fn host_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, Error> {
+pub fn host_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, Error> {
     x.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
 }
 

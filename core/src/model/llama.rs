@@ -9,6 +9,7 @@ use super::config::LlamaConfig;
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
 use super::rope::{self, Rope, RopeTables};
+use super::sites::{Adapters, NoAdapters, Projection};
 use crate::error::Error;
 use crate::quant::QuantMatrix;
 
@@ -67,6 +68,17 @@ impl Llama {
     /// and returns the final-normed hidden states `[batch, len, d_model]`. Long inputs go through
     /// in chunks, so attention scores stay `chunk x context` rather than `len x len`.
     pub fn forward(&self, tokens: &[u32], batch: usize, cache: &mut KvCache) -> Result<Tensor<3>, Error> {
+        self.forward_adapted(tokens, batch, cache, &NoAdapters)
+    }
+
+    /// [`forward`](Self::forward) with `adapters` acting at their sites.
+    pub fn forward_adapted(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+        adapters: &dyn Adapters,
+    ) -> Result<Tensor<3>, Error> {
         let c = &self.config;
         if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 || batch != cache.batch() {
             return Err(Error::InvalidArgument(format!(
@@ -87,19 +99,25 @@ impl Llama {
         let len = tokens.len() / batch;
         cache.check_room(len)?;
         if len <= PREFILL_CHUNK {
-            return self.forward_chunk(tokens, batch, cache);
+            return self.forward_chunk(tokens, batch, cache, adapters);
         }
         let mut hidden = Vec::with_capacity(len.div_ceil(PREFILL_CHUNK));
         for start in (0..len).step_by(PREFILL_CHUNK) {
             let end = (start + PREFILL_CHUNK).min(len);
             let chunk: Vec<u32> =
                 tokens.chunks_exact(len).flat_map(|row| &row[start..end]).copied().collect();
-            hidden.push(self.forward_chunk(&chunk, batch, cache)?);
+            hidden.push(self.forward_chunk(&chunk, batch, cache, adapters)?);
         }
         Ok(Tensor::cat(hidden, 1))
     }
 
-    fn forward_chunk(&self, tokens: &[u32], batch: usize, cache: &mut KvCache) -> Result<Tensor<3>, Error> {
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut KvCache,
+        adapters: &dyn Adapters,
+    ) -> Result<Tensor<3>, Error> {
         let c = &self.config;
         let len = tokens.len() / batch;
         let start = cache.len();
@@ -112,7 +130,7 @@ impl Llama {
         let groups = c.n_heads / c.n_kv_heads;
         let mask = (len > 1).then(|| causal_mask(start, len, groups, &self.device));
         for (index, block) in self.blocks.iter().enumerate() {
-            let attention = Attention { config: c, rope: &rope, mask: mask.as_ref() };
+            let attention = Attention { config: c, rope: &rope, mask: mask.as_ref(), adapters };
             x = block.forward(x, &attention, index, cache)?;
         }
         cache.advance(len);
@@ -135,6 +153,7 @@ impl Llama {
 struct Attention<'a> {
     config: &'a LlamaConfig,
     rope: &'a RopeTables,
+    adapters: &'a dyn Adapters,
     mask: Option<&'a Tensor<4>>,
 }
 
@@ -153,9 +172,16 @@ impl Block {
 
         let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(heads(self.attn_q.forward(normed.clone())?, h), attn.rope);
-        let k = rope::apply(heads(self.attn_k.forward(normed.clone())?, kv), attn.rope);
-        let v = heads(self.attn_v.forward(normed)?, kv);
+        let linear = |projection: Projection, x: Tensor<3>| -> Result<Tensor<3>, Error> {
+            let y = self.linear(projection).forward(x.clone())?;
+            Ok(match attn.adapters.linear_delta(layer, projection, &x) {
+                Some(delta) => y + delta,
+                None => y,
+            })
+        };
+        let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h), attn.rope);
+        let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv), attn.rope);
+        let v = heads(linear(Projection::V, normed)?, kv);
         let (keys, values) = cache.append(layer, k, v);
 
         // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
@@ -167,11 +193,25 @@ impl Block {
         }
         let context =
             softmax(scores, 3).matmul(values).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
-        let x = x + self.attn_output.forward(context)?;
+        let x = x + linear(Projection::O, context)?;
 
         let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
-        let gated = silu(self.ffn_gate.forward(normed.clone())?) * self.ffn_up.forward(normed)?;
-        Ok(x + self.ffn_down.forward(gated)?)
+        let gated = silu(linear(Projection::Gate, normed.clone())?) * linear(Projection::Up, normed)?;
+        Ok(x + linear(Projection::Down, gated)?)
+    }
+}
+
+impl Block {
+    pub fn linear(&self, projection: Projection) -> &QuantLinear {
+        match projection {
+            Projection::Q => &self.attn_q,
+            Projection::K => &self.attn_k,
+            Projection::V => &self.attn_v,
+            Projection::O => &self.attn_output,
+            Projection::Gate => &self.ffn_gate,
+            Projection::Up => &self.ffn_up,
+            Projection::Down => &self.ffn_down,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::config::LlamaConfig;
 use super::linear::QuantLinear;
 use super::llama::{Block, Llama};
-use super::rope::Rope;
+use super::rope::{permute_rotary_rows, Rope, RowOrder};
 use crate::bytes::SharedBytes;
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
@@ -98,7 +98,8 @@ impl Llama {
             let rows = heads * c.head_dim;
             let (file, ty) = find(name, &[rows, c.d_model])?;
             let bytes = file.tensor_data(name)?;
-            let permuted = rotate_half_to_pairs(&bytes, heads, c.head_dim, bytes.len() / rows);
+            let permuted =
+                permute_rotary_rows(&bytes, heads, c.head_dim, bytes.len() / rows, RowOrder::ToPairs);
             Ok(QuantLinear::new(QuantMatrix::new(ty, rows, c.d_model, SharedBytes::from_vec(permuted))?))
         };
         let vector = |name: &str| -> Result<Tensor<1>, Error> {
@@ -167,21 +168,4 @@ fn gguf_vector(gguf: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, Erro
     let mut out = vec![0.0; len];
     quant::dequantize(info.ty, &gguf.tensor_data(info), &mut out)?;
     Ok(out)
-}
-
-/// HF stores each head's rows as [first halves; second halves]; GGUF interleaves them so that
-/// row 2i+p of a head is HF row p*head_dim/2 + i. Rows are moved as bytes, whatever the dtype.
-fn rotate_half_to_pairs(bytes: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> Vec<u8> {
-    let half = head_dim / 2;
-    let mut out = vec![0; bytes.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let dst = (h * head_dim + 2 * i + p) * row_bytes;
-                let src = (h * head_dim + p * half + i) * row_bytes;
-                out[dst..dst + row_bytes].copy_from_slice(&bytes[src..src + row_bytes]);
-            }
-        }
-    }
-    out
 }

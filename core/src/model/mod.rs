@@ -6,7 +6,9 @@ pub mod linear;
 pub mod llama;
 mod load;
 pub mod rope;
+pub mod sites;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
+pub use sites::{Adapters, NoAdapters, Projection};

@@ -69,3 +69,40 @@ pub fn apply(x: Tensor<4>, tables: &RopeTables) -> Tensor<4> {
     let rotated = x.clone().matmul(tables.rotation.clone().expand([b, h, d, d]));
     x * tables.cos.clone() + rotated * tables.sin.clone()
 }
+
+/// Which way [`permute_rotary_rows`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOrder {
+    /// From Hugging Face's rotate-half order to GGUF's adjacent pairs (loading).
+    ToPairs,
+    /// Back (saving, e.g. a PEFT adapter's `lora_B` for q/k).
+    ToRotateHalf,
+}
+
+/// Reorders the output rows of a q or k projection (`heads * head_dim` rows of `row_bytes`).
+/// HF keeps each head's rows as [first halves; second halves]; GGUF interleaves them, so that
+/// row 2i+p of a head is HF row p*head_dim/2 + i. Rows move as bytes, whatever the dtype.
+pub fn permute_rotary_rows(
+    bytes: &[u8],
+    heads: usize,
+    head_dim: usize,
+    row_bytes: usize,
+    order: RowOrder,
+) -> Vec<u8> {
+    let half = head_dim / 2;
+    let mut out = vec![0; bytes.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let pairs = (h * head_dim + 2 * i + p) * row_bytes;
+                let rotate_half = (h * head_dim + p * half + i) * row_bytes;
+                let (dst, src) = match order {
+                    RowOrder::ToPairs => (pairs, rotate_half),
+                    RowOrder::ToRotateHalf => (rotate_half, pairs),
+                };
+                out[dst..dst + row_bytes].copy_from_slice(&bytes[src..src + row_bytes]);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,249 @@
+//! LoRA (Hu et al. 2021): a projection `y = W x` gains `s · B (A x)` with `A: [r, in]`,
+//! `B: [out, r]` and `s = alpha / r` (rsLoRA: `alpha / sqrt(r)`). Stored as Hugging Face PEFT
+//! (`peft_type: LORA`, keys `base_model.model.model.layers.{i}.{module}.lora_{A,B}.weight`), in
+//! HF's row order for q/k, which this module permutes to and from our RoPE-pair layout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::format::peft::PeftDir;
+use crate::format::safetensors::Dtype;
+use crate::model::linear::host_f32;
+use crate::model::rope::{permute_rotary_rows, RowOrder};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub use_rslora: bool,
+    pub targets: Vec<Projection>,
+}
+
+impl LoraConfig {
+    /// The factor on `B A x`.
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f32).sqrt()
+        } else {
+            self.alpha / self.rank as f32
+        }
+    }
+}
+
+/// `A` and `B` of one projection, `B`'s rows in our layout.
+struct Pair {
+    a: Tensor<2>,
+    b: Tensor<2>,
+}
+
+pub struct LoraAdapter {
+    config: LoraConfig,
+    pairs: BTreeMap<(usize, Projection), Pair>,
+}
+
+const PREFIX: &str = "base_model.model.model.layers.";
+
+impl LoraAdapter {
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// `s · B (A x)` for projection `projection` of block `layer`, if this adapter has one.
+    pub fn delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
+        let pair = self.pairs.get(&(layer, projection))?;
+        let [b, t, d] = x.dims();
+        let out = pair.b.dims()[0];
+        let low = x.clone().reshape([b * t, d]).matmul(pair.a.clone().transpose());
+        Some(low.matmul(pair.b.clone().transpose()).mul_scalar(self.config.scale()).reshape([b, t, out]))
+    }
+
+    /// Reads a PEFT LoRA adapter made for `model` (shapes are checked against it).
+    pub fn load(dir: &Path, model: &Llama) -> Result<Self, Error> {
+        let peft = PeftDir::read(dir)?;
+        let bad = |message: String| Error::Adapter { path: dir.display().to_string(), message };
+        let config = parse_config(&peft.config).map_err(bad)?;
+        let c = model.config();
+        let mut found: BTreeMap<(usize, Projection), (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        for tensor in peft.tensors.tensors() {
+            let (layer, projection, is_b) = parse_key(&tensor.name).ok_or_else(|| {
+                bad(format!("tensor '{}' is not a LoRA weight of a decoder projection", tensor.name))
+            })?;
+            if layer >= c.n_layers {
+                return Err(bad(format!(
+                    "tensor '{}' is for layer {layer}; the model has {}",
+                    tensor.name, c.n_layers
+                )));
+            }
+            let (rows, cols) = if is_b {
+                (out_features(c, projection), config.rank)
+            } else {
+                (config.rank, in_features(c, projection))
+            };
+            if tensor.shape != [rows, cols] {
+                return Err(bad(format!(
+                    "tensor '{}' has shape {:?}, expected [{rows}, {cols}] for this model and rank {}",
+                    tensor.name, tensor.shape, config.rank
+                )));
+            }
+            let values = peft.tensors.tensor_f32(&tensor.name)?;
+            let slot = found.entry((layer, projection)).or_default();
+            *(if is_b { &mut slot.1 } else { &mut slot.0 }) = Some(values);
+        }
+        let device = model.device();
+        let mut pairs = BTreeMap::new();
+        for ((layer, projection), (a, b)) in found {
+            let (Some(a), Some(mut b)) = (a, b) else {
+                return Err(bad(format!(
+                    "layer {layer} {} has only one of lora_A and lora_B",
+                    projection.hf_name()
+                )));
+            };
+            if projection.is_rotary() {
+                let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
+                b = reorder_rows(&b, heads, c.head_dim, config.rank, RowOrder::ToPairs);
+            }
+            let out = out_features(c, projection);
+            pairs.insert(
+                (layer, projection),
+                Pair {
+                    a: tensor2(a, [config.rank, in_features(c, projection)], device),
+                    b: tensor2(b, [out, config.rank], device),
+                },
+            );
+        }
+        if pairs.is_empty() {
+            return Err(bad("the adapter has no LoRA weights".into()));
+        }
+        Ok(Self { config, pairs })
+    }
+}
+
+impl LoraAdapter {
+    /// Writes the adapter as a PEFT directory that `peft.PeftModel.from_pretrained` loads
+    /// (q/k `lora_B` rows back in HF order).
+    pub fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+        let c = model.config();
+        let mut tensors = Vec::new();
+        for (&(layer, projection), pair) in &self.pairs {
+            let name = |which: &str| format!("{PREFIX}{layer}.{}.lora_{which}.weight", projection.hf_path());
+            let a = host_f32(pair.a.clone())?;
+            let mut b = host_f32(pair.b.clone())?;
+            if projection.is_rotary() {
+                let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
+                b = reorder_rows(&b, heads, c.head_dim, self.config.rank, RowOrder::ToRotateHalf);
+            }
+            let bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            tensors.push((name("A"), Dtype::F32, pair.a.dims().to_vec(), bytes(a)));
+            tensors.push((name("B"), Dtype::F32, pair.b.dims().to_vec(), bytes(b)));
+        }
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": self.config.rank,
+            "lora_alpha": self.config.alpha,
+            "lora_dropout": self.config.dropout,
+            "use_rslora": self.config.use_rslora,
+            "target_modules": self.config.targets.iter().map(|p| p.hf_name()).collect::<Vec<_>>(),
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+        });
+        Ok(PeftDir::write(dir, &config, &tensors)?)
+    }
+}
+
+impl Adapters for LoraAdapter {
+    fn linear_delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
+        self.delta(layer, projection, x)
+    }
+}
+
+fn parse_config(json: &Value) -> Result<LoraConfig, String> {
+    match json.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => {}
+        other => return Err(format!("peft_type {other:?} is not LORA")),
+    }
+    for (flag, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out weights")] {
+        if json.get(flag).and_then(Value::as_bool) == Some(true) {
+            return Err(format!("{what} ({flag} = true) is not supported yet"));
+        }
+    }
+    if let Some(bias) = json.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
+        return Err(format!("bias = '{bias}' is not supported (only 'none')"));
+    }
+    let rank = json.get("r").and_then(Value::as_u64).unwrap_or(0) as usize;
+    if rank == 0 {
+        return Err("rank r must be a positive integer".into());
+    }
+    let alpha = json.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0) as f32;
+    if !alpha.is_finite() {
+        return Err(format!("lora_alpha {alpha} is not finite"));
+    }
+    let targets = match json.get("target_modules") {
+        Some(Value::Array(names)) => names
+            .iter()
+            .map(|n| {
+                let name = n.as_str().unwrap_or_default();
+                Projection::parse(name).ok_or_else(|| {
+                    format!("unknown target module '{name}' (supported: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        other => return Err(format!("target_modules must be a list of module names, found {other:?}")),
+    };
+    Ok(LoraConfig {
+        rank,
+        alpha,
+        dropout: json.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+        use_rslora: json.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        targets,
+    })
+}
+
+/// `base_model.model.model.layers.{i}.{self_attn|mlp}.{x}_proj.lora_{A|B}.weight`.
+fn parse_key(name: &str) -> Option<(usize, Projection, bool)> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, is_b) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+        (m, false)
+    } else {
+        (rest.strip_suffix(".lora_B.weight")?, true)
+    };
+    let projection = Projection::ALL.into_iter().find(|p| p.hf_path() == module)?;
+    Some((layer.parse().ok()?, projection, is_b))
+}
+
+fn in_features(c: &LlamaConfig, p: Projection) -> usize {
+    match p {
+        Projection::O => c.q_dim(),
+        Projection::Down => c.ffn_dim,
+        _ => c.d_model,
+    }
+}
+
+fn out_features(c: &LlamaConfig, p: Projection) -> usize {
+    match p {
+        Projection::Q => c.q_dim(),
+        Projection::K | Projection::V => c.kv_dim(),
+        Projection::Gate | Projection::Up => c.ffn_dim,
+        Projection::O | Projection::Down => c.d_model,
+    }
+}
+
+fn reorder_rows(values: &[f32], heads: usize, head_dim: usize, row_len: usize, order: RowOrder) -> Vec<f32> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    permute_rotary_rows(&bytes, heads, head_dim, row_len * 4, order)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
