@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates (idempotently) the Python reference environment that makes the golden data in
 # tests/reference/: a venv at $ADAPTKIT_HOME/refenv (default ~/.cache/adaptkit/refenv) with
-# pinned torch, transformers, gguf, numpy, tokenizers and accelerate (transformers' GGUF loader
-# refuses to run without accelerate). Prints the venv's python path on stdout; progress goes to
+# pinned torch, transformers, gguf, numpy, tokenizers, peft and accelerate (transformers' GGUF
+# loader refuses to run without accelerate). Prints the venv's python path on stdout; progress goes to
 # stderr. A second run installs nothing.
 #
 # torch comes from PyPI (the only index reachable here). PyPI's Linux x86_64 torch wheel is the
@@ -21,7 +21,7 @@ venv="$home/refenv"
 py="$venv/bin/python"
 
 # Direct requirements.
-REQS=(torch==2.15.0 transformers==5.24.0 gguf==0.19.0 numpy==2.4.6 tokenizers==0.23.3 accelerate==1.15.0)
+REQS=(torch==2.15.0 transformers==5.24.0 gguf==0.19.0 numpy==2.4.6 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2)
 
 # Every transitive dependency, pinned (pip freeze of a working environment).
 CONSTRAINTS=$(cat <<'PINS'
@@ -67,6 +67,7 @@ nvidia-nvjitlink==13.5.37
 nvidia-nvshmem-cu13==3.7.2
 nvidia-nvtx==13.2.86
 packaging==26.4
+peft==0.21.2
 psutil==7.2.2
 pydantic==2.14.4
 pydantic_core==2.50.5

@@ -181,3 +181,30 @@ fn fetch_into_a_cache_that_has_the_model_downloads_nothing() {
     assert_eq!(result["model"], model.to_str().unwrap());
     assert_eq!(result["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
 }
+
+#[test]
+fn generate_and_eval_take_peft_adapters() {
+    let Some(model) = real_model() else { return };
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden/peft_lora");
+    let adapter = adapter.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &model, "--prompt", "The quick brown fox", "--temperature", "0"];
+        args.extend(["--max-tokens", "8", "--json"]);
+        args.extend(extra);
+        last_json(&adaptkit(&args))["tokens"].clone()
+    };
+    let base = run(&[]);
+    assert_ne!(run(&["--adapter", adapter]), base, "the adapter changes the continuation");
+    assert_eq!(run(&["--adapter", &format!("{adapter}:0")]), base, "scale 0 is the base model");
+
+    let text = scratch("eval.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", &model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
+        args.extend(extra);
+        last_json(&adaptkit(&args))["perplexity"].as_f64().unwrap()
+    };
+    assert_ne!(eval(&["--adapter", adapter]), eval(&[]));
+
+    assert_clean_failure(&adaptkit(&["generate", "--model", &model, "--prompt", "x", "--adapter", "/nonexistent"]), "adapter_config.json");
+}

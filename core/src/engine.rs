@@ -110,10 +110,13 @@ impl Engine {
     }
 
     /// Runs `tokens` and returns the logits of the last position (for tests and tools).
-    pub fn last_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, Error> {
+    pub fn last_logits(&self, tokens: &[u32], adapters: &dyn Adapters) -> Result<Vec<f32>, Error> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens".into()));
+        }
         self.threads.install(|| {
             let mut cache = self.model.new_cache(1);
-            let hidden = self.model.forward(tokens, 1, &mut cache)?;
+            let hidden = self.model.forward_adapted(tokens, 1, &mut cache, adapters)?;
             self.model.logits(hidden, tokens.len() - 1..tokens.len())
         })
     }

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use adaptkit::adapt::LoraAdapter;
 use adaptkit::control::CancelToken;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
 use adaptkit::model::NoAdapters;
@@ -82,7 +83,7 @@ fn last_token_logits_match_the_reference() {
         }
         let row = prompt["row"].as_u64().unwrap() as usize;
         let want = &reference[row * vocab..][..vocab];
-        let got = engine.last_logits(&tokens).unwrap();
+        let got = engine.last_logits(&tokens, &NoAdapters).unwrap();
         let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         worst = worst.max(diff);
         assert!(diff < LOGIT_TOLERANCE, "{name}: max |logit diff| {diff}");
@@ -149,4 +150,25 @@ fn greedy_continuations_match_until_the_first_near_tie() {
         cases.len(),
         cases.len() * options.max_tokens
     );
+}
+
+#[test]
+fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
+    let Some(engine) = engine() else { return };
+    let index = golden("peft_lora.json");
+    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
+    let rows: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let adapter = LoraAdapter::load(&golden_dir().join(index["adapter"].as_str().unwrap()), engine.model()).unwrap();
+    let prompts = index["prompts"].as_array().unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let tokens = ids(&prompt["ids"]);
+        let (adapted, base) = (&rows[i * vocab..][..vocab], &rows[(prompts.len() + i) * vocab..][..vocab]);
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let got = engine.last_logits(&tokens, &adapter).unwrap();
+        assert!(max_diff(adapted, base) > 1.0, "the reference adapter must move the logits");
+        let diff = max_diff(&got, adapted);
+        eprintln!("PEFT LoRA, prompt {i}: max |logit diff| {diff:.5} (the adapter moves logits by up to {:.2})", max_diff(adapted, base));
+        assert!(diff < LOGIT_TOLERANCE, "prompt {i}: max |logit diff| {diff} against PEFT");
+    }
 }
