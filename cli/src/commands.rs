@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use adaptkit::adapt::merge::{export_merged, MergedType};
 use adaptkit::adapt::{AdapterSet, LoraAdapter};
 use adaptkit::control::CancelToken;
 use adaptkit::engine::{Engine, EngineOptions, Prompt};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::generate::{GenerateOptions, GenerationEvent, SamplingParams};
 use adaptkit::model::{Adapters, LlamaConfig};
+use adaptkit::quant::GgmlType;
 use adaptkit::tokenizer::Message;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -56,6 +58,10 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
+    pub fn is_empty(&self) -> bool {
+        self.adapters.is_empty()
+    }
+
     pub fn load(&self, engine: &Engine) -> Result<AdapterSet, CliError> {
         let mut set = AdapterSet::new();
         for spec in &self.adapters {
@@ -336,6 +342,60 @@ pub fn eval(args: EvalArgs) -> Result<(), CliError> {
             say(format_args!(
                 "perplexity {:.4} over {} tokens ({} windows of {})\n",
                 result.perplexity, result.tokens, result.windows, args.seq
+            ))
+        },
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    adapters: AdapterArgs,
+    /// The merged model (GGUF) to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Block format of the merged matrices: `same` (the base's, requantized) or a type name
+    /// (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
+    #[arg(long = "type", default_value = "same")]
+    merged_type: String,
+    #[command(flatten)]
+    out_format: Output,
+}
+
+pub fn merge(args: MergeArgs) -> Result<(), CliError> {
+    let merged_type = match args.merged_type.to_ascii_uppercase().as_str() {
+        "SAME" => MergedType::Same,
+        name => MergedType::Fixed(
+            (0..64)
+                .filter_map(GgmlType::from_id)
+                .find(|ty| ty.name() == name && adaptkit::quant::is_supported(*ty))
+                .ok_or_else(|| {
+                    CliError::msg(format!("--type {}: not a block format we can write", args.merged_type))
+                })?,
+        ),
+    };
+    if args.adapters.is_empty() {
+        return Err(CliError::msg("merge needs at least one --adapter"));
+    }
+    let path = resolve_model(args.model.model.clone())?;
+    if path.is_dir() {
+        return Err(CliError::msg(format!("{}: merge reads GGUF models", path.display())));
+    }
+    let engine = load_engine(&args.model)?;
+    let adapters = args.adapters.load(&engine)?;
+    let base = GgufFile::open(&path).map_err(adaptkit::Error::from)?;
+    let report = export_merged(&base, &adapters, merged_type, &args.out)?;
+    let out = args.out.display().to_string();
+    emit(
+        args.out_format,
+        json!({"out": out, "tensors_merged": report.tensors_merged, "tensors_copied": report.tensors_copied}),
+        || {
+            say(format_args!(
+                "{out}: {} tensors merged, {} copied\n",
+                report.tensors_merged, report.tensors_copied
             ))
         },
     );

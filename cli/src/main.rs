@@ -42,6 +42,8 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Merge LoRA adapters into the model's weights and write a GGUF.
+    Merge(commands::MergeArgs),
 }
 
 /// Options every verb shares.
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate(args),
         Command::Eval(args) => commands::eval(args),
         Command::Bench(args) => bench::run(args),
+        Command::Merge(args) => commands::merge(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -188,7 +188,8 @@ fn generate_and_eval_take_peft_adapters() {
     let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden/peft_lora");
     let adapter = adapter.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", &model, "--prompt", "The quick brown fox", "--temperature", "0"];
+        let mut args =
+            vec!["generate", "--model", &model, "--prompt", "The quick brown fox", "--temperature", "0"];
         args.extend(["--max-tokens", "8", "--json"]);
         args.extend(extra);
         last_json(&adaptkit(&args))["tokens"].clone()
@@ -200,11 +201,57 @@ fn generate_and_eval_take_peft_adapters() {
     let text = scratch("eval.txt");
     std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
     let eval = |extra: &[&str]| {
-        let mut args = vec!["eval", "--model", &model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
+        let mut args =
+            vec!["eval", "--model", &model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
         args.extend(extra);
         last_json(&adaptkit(&args))["perplexity"].as_f64().unwrap()
     };
     assert_ne!(eval(&["--adapter", adapter]), eval(&[]));
 
-    assert_clean_failure(&adaptkit(&["generate", "--model", &model, "--prompt", "x", "--adapter", "/nonexistent"]), "adapter_config.json");
+    assert_clean_failure(
+        &adaptkit(&["generate", "--model", &model, "--prompt", "x", "--adapter", "/nonexistent"]),
+        "adapter_config.json",
+    );
+}
+
+#[test]
+fn merge_writes_a_gguf_that_scores_like_the_unmerged_adapter() {
+    let Some(model) = real_model() else { return };
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden/peft_lora");
+    let adapter = adapter.to_str().unwrap();
+    let merged = scratch("merged.gguf");
+    let merged = merged.to_str().unwrap();
+    let report = last_json(&adaptkit(&[
+        "merge",
+        "--model",
+        &model,
+        "--adapter",
+        adapter,
+        "--out",
+        merged,
+        "--type",
+        "F16",
+        "--json",
+    ]));
+    assert_eq!(report["tensors_merged"], 21, "{report}");
+    let text = scratch("merge-eval.txt");
+    std::fs::write(&text, "A short story: the lighthouse keeper counted ships every night. ".repeat(12))
+        .unwrap();
+    let text = text.to_str().unwrap();
+    let eval = |args: &[&str]| {
+        let mut all = vec!["eval", "--data", text, "--seq", "64", "--json"];
+        all.extend(args);
+        last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
+    };
+    let (with_adapter, merged_ppl) =
+        (eval(&["--model", &model, "--adapter", adapter]), eval(&["--model", merged]));
+    assert!(
+        (with_adapter - merged_ppl).abs() / with_adapter < 0.005,
+        "unmerged {with_adapter} vs merged {merged_ppl}"
+    );
+    assert_clean_failure(&adaptkit(&["merge", "--model", &model, "--out", merged]), "--adapter");
+    assert_clean_failure(
+        &adaptkit(&["merge", "--model", &model, "--adapter", adapter, "--out", merged, "--type", "Q2_K"]),
+        "Q2_K",
+    );
 }

@@ -159,7 +159,8 @@ fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
     let vocab = index["vocab_size"].as_u64().unwrap() as usize;
     let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
     let rows: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    let adapter = LoraAdapter::load(&golden_dir().join(index["adapter"].as_str().unwrap()), engine.model()).unwrap();
+    let adapter =
+        LoraAdapter::load(&golden_dir().join(index["adapter"].as_str().unwrap()), engine.model()).unwrap();
     let prompts = index["prompts"].as_array().unwrap();
     for (i, prompt) in prompts.iter().enumerate() {
         let tokens = ids(&prompt["ids"]);
@@ -168,7 +169,10 @@ fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
         let got = engine.last_logits(&tokens, &adapter).unwrap();
         assert!(max_diff(adapted, base) > 1.0, "the reference adapter must move the logits");
         let diff = max_diff(&got, adapted);
-        eprintln!("PEFT LoRA, prompt {i}: max |logit diff| {diff:.5} (the adapter moves logits by up to {:.2})", max_diff(adapted, base));
+        eprintln!(
+            "PEFT LoRA, prompt {i}: max |logit diff| {diff:.5} (the adapter moves logits by up to {:.2})",
+            max_diff(adapted, base)
+        );
         assert!(diff < LOGIT_TOLERANCE, "prompt {i}: max |logit diff| {diff} against PEFT");
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use adaptkit::adapt::merge::{export_merged, MergedType};
 use adaptkit::adapt::{AdapterSet, LoraAdapter};
 use adaptkit::burn::tensor::Device;
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
@@ -638,4 +639,32 @@ fn bad_adapters_are_named() {
     assert!(load("dora", &|c| c["use_dora"] = true.into()).contains("DoRA"));
     let missing = LoraAdapter::load(&dir.join("nowhere"), &model).err().unwrap().to_string();
     assert!(missing.contains("adapter_config.json"), "{missing}");
+}
+
+#[test]
+fn merged_gguf_equals_the_unmerged_adapters() {
+    let dir = tempdir();
+    Weights::random(17).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let base = GgufFile::open(dir.join("m.gguf")).unwrap();
+    let model = load_gguf(&dir.join("m.gguf"));
+    Lora::random(18, 4, false).write_peft(&dir.join("a"));
+    Lora::random(19, 2, false).write_peft(&dir.join("b"));
+    let mut set = AdapterSet::new();
+    set.push(LoraAdapter::load(&dir.join("a"), &model).unwrap(), 1.0);
+    set.push(LoraAdapter::load(&dir.join("b"), &model).unwrap(), 0.5);
+    let unmerged = adapted_logits(&model, &TOKENS, &set);
+    let moved = max_diff(&unmerged, &all_logits(&model, &TOKENS));
+    assert!(moved > 0.05, "the adapters must change the model ({moved})");
+
+    let report = export_merged(&base, &set, MergedType::Fixed(GgmlType::F32), &dir.join("f32.gguf")).unwrap();
+    assert_eq!(report.tensors_merged, LAYERS * 7);
+    let diff = max_diff(&all_logits(&load_gguf(&dir.join("f32.gguf")), &TOKENS), &unmerged);
+    assert!(diff < 1e-3, "merged in f32: max |logit diff| {diff}");
+
+    // Requantized to the base's Q8_0: what remains is Q8_0's rounding of the merged weights.
+    export_merged(&base, &set, MergedType::Same, &dir.join("q8.gguf")).unwrap();
+    let merged_q8 = load_gguf(&dir.join("q8.gguf"));
+    assert_eq!(merged_q8.blocks()[0].attn_q.weight().ty(), GgmlType::Q8_0);
+    let diff = max_diff(&all_logits(&merged_q8, &TOKENS), &unmerged);
+    assert!(diff < moved / 5.0, "merged in Q8_0: max |logit diff| {diff}, adapters moved logits by {moved}");
 }

@@ -63,6 +63,12 @@ impl LoraAdapter {
         Some(low.matmul(pair.b.clone().transpose()).mul_scalar(self.config.scale()).reshape([b, t, out]))
     }
 
+    /// The weight change `s · B A` (`[out, in]`, our row layout) for one projection, if adapted.
+    pub fn weight_delta(&self, layer: usize, projection: Projection) -> Result<Option<Vec<f32>>, Error> {
+        let Some(pair) = self.pairs.get(&(layer, projection)) else { return Ok(None) };
+        host_f32(pair.b.clone().matmul(pair.a.clone()).mul_scalar(self.config.scale())).map(Some)
+    }
+
     /// Reads a PEFT LoRA adapter made for `model` (shapes are checked against it).
     pub fn load(dir: &Path, model: &Llama) -> Result<Self, Error> {
         let peft = PeftDir::read(dir)?;

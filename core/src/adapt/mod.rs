@@ -2,11 +2,13 @@
 //! the model never imports this module (see `shared/design.md`).
 
 pub mod lora;
+pub mod merge;
 
 pub use lora::{LoraAdapter, LoraConfig};
 
 use burn::tensor::Tensor;
 
+use crate::error::Error;
 use crate::model::{Adapters, Projection};
 
 /// Several adapters acting at once, each with its own scale. Switching adapters means building
@@ -27,6 +29,18 @@ impl AdapterSet {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// The summed, scaled weight change of one projection (`[out, in]`), if any member adapts it.
+    pub fn weight_delta(&self, layer: usize, projection: Projection) -> Result<Option<Vec<f32>>, Error> {
+        let mut total: Option<Vec<f32>> = None;
+        for (adapter, scale) in &self.members {
+            if let Some(delta) = adapter.weight_delta(layer, projection)? {
+                let total = total.get_or_insert_with(|| vec![0.0; delta.len()]);
+                total.iter_mut().zip(delta).for_each(|(t, d)| *t += scale * d);
+            }
+        }
+        Ok(total)
     }
 }
 

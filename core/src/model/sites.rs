@@ -45,6 +45,20 @@ impl Projection {
         }
     }
 
+    /// The GGUF tensor name inside block `layer` (`blk.{layer}.attn_q.weight`, …).
+    pub fn gguf_tensor(self, layer: usize) -> String {
+        let part = match self {
+            Self::Q => "attn_q",
+            Self::K => "attn_k",
+            Self::V => "attn_v",
+            Self::O => "attn_output",
+            Self::Gate => "ffn_gate",
+            Self::Up => "ffn_up",
+            Self::Down => "ffn_down",
+        };
+        format!("blk.{layer}.{part}.weight")
+    }
+
     /// The short names the CLI takes (`q,k,v,o,gate,up,down`) and PEFT's names both parse.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.hf_name() == name || p.hf_name().trim_end_matches("_proj") == name)
