@@ -26,6 +26,8 @@ pub mod generate;
 pub mod model;
 #[cfg(feature = "std")]
 pub mod tokenizer;
+#[cfg(feature = "std")]
+pub mod train;
 
 #[cfg(feature = "std")]
 pub use burn;

@@ -63,6 +63,56 @@ impl LoraAdapter {
         Some(low.matmul(pair.b.clone().transpose()).mul_scalar(self.config.scale()).reshape([b, t, out]))
     }
 
+    /// A fresh adapter on `config.targets` of every layer, initialised as PEFT does: `A`
+    /// Kaiming-uniform (bound `1/sqrt(in)`), `B` zero, so it starts as the base model.
+    pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
+        if config.rank == 0 || config.targets.is_empty() {
+            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
+        }
+        let c = model.config();
+        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        let mut uniform = move || {
+            // xorshift64*: reproducible on every platform.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut pairs = BTreeMap::new();
+        for layer in 0..c.n_layers {
+            for &projection in &config.targets {
+                let (inp, out) = (in_features(c, projection), out_features(c, projection));
+                let bound = 1.0 / (inp as f32).sqrt();
+                let a = (0..config.rank * inp).map(|_| uniform() * bound).collect();
+                pairs.insert(
+                    (layer, projection),
+                    Pair {
+                        a: tensor2(a, [config.rank, inp], model.device()),
+                        b: tensor2(vec![0.0; out * config.rank], [out, config.rank], model.device()),
+                    },
+                );
+            }
+        }
+        Ok(Self { config, pairs })
+    }
+
+    /// Marks every `A` and `B` for gradients (the model must be on an autodiff device).
+    pub fn trainable(mut self) -> Self {
+        for pair in self.pairs.values_mut() {
+            pair.a = pair.a.clone().require_grad();
+            pair.b = pair.b.clone().require_grad();
+        }
+        self
+    }
+
+    /// Every parameter tensor with a stable name (its PEFT key), for optimizers.
+    pub fn parameters_mut(&mut self) -> impl Iterator<Item = (String, &mut Tensor<2>)> {
+        self.pairs.iter_mut().flat_map(|(&(layer, projection), pair)| {
+            let name = move |w: &str| format!("{PREFIX}{layer}.{}.lora_{w}.weight", projection.hf_path());
+            [(name("A"), &mut pair.a), (name("B"), &mut pair.b)]
+        })
+    }
+
     /// The weight change `s · B A` (`[out, in]`, our row layout) for one projection, if adapted.
     pub fn weight_delta(&self, layer: usize, projection: Projection) -> Result<Option<Vec<f32>>, Error> {
         let Some(pair) = self.pairs.get(&(layer, projection)) else { return Ok(None) };

@@ -1,0 +1,77 @@
+//! Training adapters on the frozen quantized base: next-token cross-entropy through the model
+//! (gradients reach the adapters through our quantized linear op, see `model::linear`) and
+//! AdamW on the adapter's tensors.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::Gradients;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::adapt::LoraAdapter;
+use crate::error::Error;
+use crate::model::linear::QuantLinear;
+use crate::model::{Adapters, Llama};
+
+/// Mean next-token negative log-likelihood of `tokens` (`batch` rows of equal length): every
+/// position but the last predicts the next token.
+pub fn next_token_loss(
+    model: &Llama,
+    adapters: &dyn Adapters,
+    tokens: &[u32],
+    batch: usize,
+) -> Result<Tensor<1>, Error> {
+    let len = tokens.len() / batch.max(1);
+    if len < 2 || batch == 0 || tokens.len() != batch * len {
+        return Err(Error::InvalidArgument(format!(
+            "{} tokens are not {batch} rows of at least 2",
+            tokens.len()
+        )));
+    }
+    let mut cache = model.new_cache(batch);
+    let hidden = model.forward_adapted(tokens, batch, &mut cache, adapters)?;
+    let d = model.config().d_model;
+    let head = QuantLinear::new(model.output().clone());
+    let logits = head.forward(hidden.slice([0..batch, 0..len - 1, 0..d]))?;
+    let targets: Vec<i64> =
+        tokens.chunks_exact(len).flat_map(|row| row[1..].iter().map(|&t| i64::from(t))).collect();
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [batch, len - 1, 1]), model.device());
+    Ok(log_softmax(logits, 2).gather(2, targets).mean().neg())
+}
+
+/// AdamW (decoupled weight decay), with state per parameter name.
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    steps: i32,
+    moments: BTreeMap<String, (Tensor<2>, Tensor<2>)>,
+}
+
+impl AdamW {
+    pub fn new(lr: f32, weight_decay: f32) -> Self {
+        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, steps: 0, moments: BTreeMap::new() }
+    }
+
+    /// One update of every parameter of `adapter` that has a gradient in `grads`.
+    pub fn step(&mut self, adapter: &mut LoraAdapter, grads: &Gradients) {
+        self.steps += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let correction1 = 1.0 - b1.powi(self.steps);
+        let correction2 = 1.0 - b2.powi(self.steps);
+        for (name, param) in adapter.parameters_mut() {
+            let Some(grad) = param.grad(grads) else { continue };
+            let value = param.clone().inner();
+            let (m, v) = self.moments.remove(&name).unwrap_or_else(|| (grad.zeros_like(), grad.zeros_like()));
+            let m = m.mul_scalar(b1) + grad.clone().mul_scalar(1.0 - b1);
+            let v = v.mul_scalar(b2) + grad.square().mul_scalar(1.0 - b2);
+            let update = m.clone().div_scalar(correction1)
+                / (v.clone().div_scalar(correction2).sqrt().add_scalar(self.eps));
+            let value = value.mul_scalar(1.0 - self.lr * self.weight_decay) - update.mul_scalar(self.lr);
+            *param = Tensor::from_inner(value).require_grad();
+            self.moments.insert(name, (m, v));
+        }
+    }
+}
