@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: build the CLI, fetch the demo model (verified,
-# cached), show what it is, and chat with it.
+# cached), show what it is, chat with it, then fine-tune a LoRA adapter on the bundled sample
+# notes (progress bar), generate again with it, and save it as a PEFT directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -13,3 +14,14 @@ model=$("$adaptkit" fetch)
 prompt="Give me three tips for remembering people's names."
 echo "> $prompt"
 "$adaptkit" generate --model "$model" --chat --prompt "$prompt" --max-tokens 160 --temperature 0.6 --seed 1
+
+prompt="Saturday is bread day. I feed my sourdough starter, which I call"
+out="${ADAPTKIT_HOME:-$HOME/.cache/adaptkit}/adapters/sample-notes"
+echo
+echo "> before fine-tuning: $prompt"
+"$adaptkit" generate --model "$model" --prompt "$prompt" --max-tokens 40 --temperature 0
+"$adaptkit" train --model "$model" --data data/sample/notes.txt --out "$out" \
+  --steps 30 --batch 2 --seq 128 --lr 5e-4
+echo "> after fine-tuning on data/sample/notes.txt: $prompt"
+"$adaptkit" generate --model "$model" --adapter "$out" --prompt "$prompt" --max-tokens 40 --temperature 0
+echo "adapter saved in $out (Hugging Face PEFT format)"

@@ -82,7 +82,7 @@ impl AdapterArgs {
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
     let path = resolve_model(args.model.clone())?;
-    Ok(Engine::load(&path, &EngineOptions { threads: args.threads })?)
+    Ok(Engine::load(&path, &EngineOptions { threads: args.threads, trainable: false })?)
 }
 
 pub fn info(model: Option<PathBuf>, out: Output) -> Result<(), CliError> {

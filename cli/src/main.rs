@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod fetch;
 mod memory;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Merge LoRA adapters into the model's weights and write a GGUF.
     Merge(commands::MergeArgs),
+    /// Fine-tune a LoRA adapter on a text file and save it (PEFT format).
+    Train(train::TrainArgs),
 }
 
 /// Options every verb shares.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval(args),
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => commands::merge(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -255,3 +255,35 @@ fn merge_writes_a_gguf_that_scores_like_the_unmerged_adapter() {
         "Q2_K",
     );
 }
+
+#[test]
+fn train_saves_an_adapter_that_generate_loads() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let out = scratch("trained-adapter");
+    let args = ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let report = last_json(&adaptkit(
+        &[&args[..], &["--steps", "2", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--json"]].concat(),
+    ));
+    assert_eq!(report["steps"], 2, "{report}");
+    assert!(
+        report["train_loss"].as_f64().unwrap().is_finite() && report["eval_loss"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(out.join("adapter_config.json").is_file() && out.join("adapter_model.safetensors").is_file());
+    let generated = last_json(&adaptkit(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--prompt",
+        "Bees",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]));
+    assert!(generated["tokens"].as_array().is_some());
+    assert_clean_failure(&adaptkit(&[&args[..], &["--targets", "q,lm_head"]].concat()), "lm_head");
+    assert_clean_failure(&adaptkit(&[&args[..], &["--rank", "0"]].concat()), "--rank");
+}

@@ -21,6 +21,8 @@ pub const MAX_THREADS: usize = 256;
 pub struct EngineOptions {
     /// Worker threads; 0 = one per core.
     pub threads: usize,
+    /// Run the model on an autodiff device, so that adapters can be trained on it.
+    pub trainable: bool,
 }
 
 pub struct Engine {
@@ -48,7 +50,7 @@ impl Engine {
     /// Loads a GGUF file, or a Hugging Face model directory (`config.json`, `*.safetensors`,
     /// `tokenizer.json`).
     pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, Error> {
-        let device = Device::flex();
+        let device = if options.trainable { Device::flex().autodiff() } else { Device::flex() };
         let (model, tokenizer) = if path.is_dir() {
             load_hf_dir(path, &device)?
         } else {
@@ -80,6 +82,11 @@ impl Engine {
 
     pub fn threads(&self) -> usize {
         self.threads.count()
+    }
+
+    /// Runs `work` on this engine's worker pool (training, tools).
+    pub fn run<R: Send>(&self, work: impl FnOnce(&Self) -> R + Send) -> R {
+        self.threads.install(|| work(self))
     }
 
     /// Token ids of a prompt, with the chat template applied for conversations.

@@ -50,7 +50,7 @@ fn engine() -> Option<&'static Engine> {
                 );
                 return None;
             }
-            Some(Engine::load(&path, &EngineOptions { threads: 0 }).unwrap())
+            Some(Engine::load(&path, &EngineOptions { threads: 0, trainable: false }).unwrap())
         })
         .as_ref()
 }

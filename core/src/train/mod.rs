@@ -2,6 +2,8 @@
 //! (gradients reach the adapters through our quantized linear op, see `model::linear`) and
 //! AdamW on the adapter's tensors.
 
+pub mod data;
+
 use std::collections::BTreeMap;
 
 use burn::tensor::activation::log_softmax;
@@ -74,4 +76,91 @@ impl AdamW {
             self.moments.insert(name, (m, v));
         }
     }
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+/// What the progress callback sees after each step.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub tokens: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub train_loss: f32,
+    /// Mean loss over the held-out windows before and after training (`None` without any).
+    pub eval_loss_before: Option<f32>,
+    pub eval_loss: Option<f32>,
+    pub tokens: usize,
+}
+
+/// Trains `adapter` (made `trainable` on a model on an autodiff device) on `windows`, cycling
+/// through the training windows in batches. Stops cleanly at a step boundary when `cancel` is
+/// set.
+pub fn fit(
+    model: &Llama,
+    adapter: &mut LoraAdapter,
+    windows: &data::Windows,
+    options: &TrainOptions,
+    cancel: &crate::control::CancelToken,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TrainReport, Error> {
+    if options.steps == 0 || options.batch == 0 || windows.train.is_empty() {
+        return Err(Error::InvalidArgument("training needs steps >= 1, batch >= 1 and data".into()));
+    }
+    let eval_loss_before = mean_loss(model, adapter, &windows.held_out)?;
+    let mut optimizer = AdamW::new(options.lr, options.weight_decay);
+    let mut order: Vec<usize> = (0..windows.train.len()).collect();
+    let mut next = 0;
+    let (mut train_loss, mut tokens) = (f32::NAN, 0);
+    for step in 1..=options.steps {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut batch = Vec::with_capacity(options.batch * windows.train[0].len());
+        for _ in 0..options.batch {
+            if next == order.len() {
+                data::shuffle(&mut order, options.seed.wrapping_add(step as u64));
+                next = 0;
+            }
+            batch.extend(&windows.train[order[next]]);
+            next += 1;
+        }
+        let loss = next_token_loss(model, adapter, &batch, options.batch)?;
+        let grads = loss.backward();
+        train_loss = crate::model::linear::host_f32(loss)?[0];
+        if !train_loss.is_finite() {
+            return Err(Error::Backend(format!("the training loss became {train_loss} at step {step}")));
+        }
+        optimizer.step(adapter, &grads);
+        tokens += batch.len();
+        on_step(&StepReport { step, steps: options.steps, loss: train_loss, tokens });
+    }
+    let eval_loss = mean_loss(model, adapter, &windows.held_out)?;
+    Ok(TrainReport { steps: options.steps, train_loss, eval_loss_before, eval_loss, tokens })
+}
+
+/// Mean next-token loss over `windows` (one at a time, no gradients kept).
+fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[Vec<u32>]) -> Result<Option<f32>, Error> {
+    if windows.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0.0;
+    for window in windows {
+        let loss = next_token_loss(model, adapters, window, 1)?;
+        total += crate::model::linear::host_f32(loss.detach())?[0];
+    }
+    Ok(Some(total / windows.len() as f32))
 }

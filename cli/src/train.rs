@@ -1,0 +1,127 @@
+//! `adaptkit train`: fine-tune a LoRA adapter on a text file, with a progress bar, and save it
+//! as a Hugging Face PEFT directory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use adaptkit::adapt::{LoraAdapter, LoraConfig};
+use adaptkit::control::CancelToken;
+use adaptkit::engine::{Engine, EngineOptions};
+use adaptkit::model::Projection;
+use adaptkit::train::{self, data, TrainOptions};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::commands::resolve_model;
+use crate::memory::peak_rss_mb;
+use crate::{emit, say, CliError, ModelArgs, Output};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training text (`.txt`: documents separated by blank lines).
+    #[arg(long)]
+    data: PathBuf,
+    /// Directory to write the adapter to (PEFT format).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Projections to adapt, comma-separated.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    targets: String,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per training window.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    out_format: Output,
+}
+
+pub fn run(args: TrainArgs) -> Result<(), CliError> {
+    let targets = args
+        .targets
+        .split(',')
+        .map(|t| {
+            Projection::parse(t.trim())
+                .ok_or_else(|| CliError::msg(format!("--targets: unknown projection '{t}'")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.rank == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(CliError::msg("--rank must be at least 1 and --lr positive"));
+    }
+    let text = std::fs::read_to_string(&args.data).map_err(|e| CliError::io(&args.data, e))?;
+    let path = resolve_model(args.model.model.clone())?;
+    let engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
+    let windows = data::text_windows(&text, engine.tokenizer(), args.seq, 0.1, args.seed)?;
+    let config = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: 0.0, use_rslora: false, targets };
+    let mut adapter = LoraAdapter::new(config, engine.model(), args.seed)?.trainable();
+    let options = TrainOptions {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: 0.0,
+        seed: args.seed,
+    };
+
+    let bar = ProgressBar::new(args.steps as u64).with_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps, {msg} {elapsed}<{eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    // Throughput of the steps after the first (the held-out evaluations before and after, and
+    // the first step's warm-up, are not training).
+    let mut first: Option<(Instant, usize)> = None;
+    let mut tokens_per_s = 0.0;
+    let report = engine.run(|engine| {
+        train::fit(engine.model(), &mut adapter, &windows, &options, &CancelToken::new(), &mut |step| {
+            let now = Instant::now();
+            let (t0, n0) = *first.get_or_insert((now, step.tokens));
+            let secs = (now - t0).as_secs_f64();
+            if secs > 0.0 {
+                tokens_per_s = (step.tokens - n0) as f64 / secs;
+            }
+            bar.set_message(format!("loss {:.3}, {tokens_per_s:.0} tok/s", step.loss));
+            bar.set_position(step.step as u64);
+        })
+    })?;
+    bar.finish_and_clear();
+    adapter.save(&args.out, engine.model())?;
+    let out = args.out.display().to_string();
+    emit(
+        args.out_format,
+        json!({
+            "steps": report.steps,
+            "train_loss": report.train_loss,
+            "eval_loss": report.eval_loss,
+            "eval_loss_before": report.eval_loss_before,
+            "train_windows": windows.train.len(),
+            "eval_windows": windows.held_out.len(),
+            "tokens_per_s": tokens_per_s,
+            "peak_rss_mb": peak_rss_mb(),
+            "out": out,
+        }),
+        || {
+            let eval = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.3}"));
+            say(format_args!(
+                "{} steps, train loss {:.3}, held-out loss {} -> {}, {tokens_per_s:.0} tok/s; adapter in {out}\n",
+                report.steps,
+                report.train_loss,
+                eval(report.eval_loss_before),
+                eval(report.eval_loss)
+            ))
+        },
+    );
+    Ok(())
+}
