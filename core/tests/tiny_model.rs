@@ -675,7 +675,7 @@ fn load_for_training(path: &Path) -> Llama {
 }
 
 fn scalar(t: adaptkit::burn::tensor::Tensor<1>) -> f32 {
-    t.into_data().to_vec::<f32>().unwrap()[0]
+    t.into_data().try_to_vec::<f32>().unwrap()[0]
 }
 
 #[test]
@@ -691,7 +691,7 @@ fn lora_gradients_match_finite_differences_through_the_quantized_base() {
         // Layer 0's A and B of q and down: gradients that pass through RoPE, attention, the MLP
         // and every later quantized layer.
         if name.contains("layers.0.self_attn.q_proj") || name.contains("layers.0.mlp.down_proj") {
-            let g = param.grad(&grads).expect("tracked").into_data().to_vec::<f32>().unwrap();
+            let g = param.grad(&grads).expect("tracked").into_data().try_to_vec::<f32>().unwrap();
             let at = (0..g.len()).max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs())).unwrap();
             analytic.push((name, at, g[at]));
         }
@@ -702,7 +702,7 @@ fn lora_gradients_match_finite_differences_through_the_quantized_base() {
         let mut loss_at = |delta: f32| {
             for (n, param) in adapter.parameters_mut() {
                 if n == name {
-                    let mut values = param.clone().into_data().to_vec::<f32>().unwrap();
+                    let mut values = param.clone().into_data().try_to_vec::<f32>().unwrap();
                     values[at] += delta;
                     *param = adaptkit::burn::tensor::Tensor::from_data(
                         adaptkit::burn::tensor::TensorData::new(values, param.dims()),

@@ -14,7 +14,7 @@ use crate::format::peft::PeftDir;
 use crate::format::safetensors::Dtype;
 use crate::model::linear::host_f32;
 use crate::model::rope::{permute_rotary_rows, RowOrder};
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Llama, Projection};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
@@ -81,7 +81,7 @@ impl LoraAdapter {
         let mut pairs = BTreeMap::new();
         for layer in 0..c.n_layers {
             for &projection in &config.targets {
-                let (inp, out) = (in_features(c, projection), out_features(c, projection));
+                let (inp, out) = (c.projection_shape(projection).1, c.projection_shape(projection).0);
                 let bound = 1.0 / (inp as f32).sqrt();
                 let a = (0..config.rank * inp).map(|_| uniform() * bound).collect();
                 pairs.insert(
@@ -137,9 +137,9 @@ impl LoraAdapter {
                 )));
             }
             let (rows, cols) = if is_b {
-                (out_features(c, projection), config.rank)
+                (c.projection_shape(projection).0, config.rank)
             } else {
-                (config.rank, in_features(c, projection))
+                (config.rank, c.projection_shape(projection).1)
             };
             if tensor.shape != [rows, cols] {
                 return Err(bad(format!(
@@ -164,11 +164,11 @@ impl LoraAdapter {
                 let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
                 b = reorder_rows(&b, heads, c.head_dim, config.rank, RowOrder::ToPairs);
             }
-            let out = out_features(c, projection);
+            let out = c.projection_shape(projection).0;
             pairs.insert(
                 (layer, projection),
                 Pair {
-                    a: tensor2(a, [config.rank, in_features(c, projection)], device),
+                    a: tensor2(a, [config.rank, c.projection_shape(projection).1], device),
                     b: tensor2(b, [out, config.rank], device),
                 },
             );
@@ -273,23 +273,6 @@ fn parse_key(name: &str) -> Option<(usize, Projection, bool)> {
     };
     let projection = Projection::ALL.into_iter().find(|p| p.hf_path() == module)?;
     Some((layer.parse().ok()?, projection, is_b))
-}
-
-fn in_features(c: &LlamaConfig, p: Projection) -> usize {
-    match p {
-        Projection::O => c.q_dim(),
-        Projection::Down => c.ffn_dim,
-        _ => c.d_model,
-    }
-}
-
-fn out_features(c: &LlamaConfig, p: Projection) -> usize {
-    match p {
-        Projection::Q => c.q_dim(),
-        Projection::K | Projection::V => c.kv_dim(),
-        Projection::Gate | Projection::Up => c.ffn_dim,
-        Projection::O | Projection::Down => c.d_model,
-    }
 }
 
 fn reorder_rows(values: &[f32], heads: usize, head_dim: usize, row_len: usize, order: RowOrder) -> Vec<f32> {

@@ -244,6 +244,18 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// `(out, in)` features of a block's projection.
+    pub fn projection_shape(&self, projection: super::Projection) -> (usize, usize) {
+        use super::Projection::*;
+        match projection {
+            Q => (self.q_dim(), self.d_model),
+            K | V => (self.kv_dim(), self.d_model),
+            O => (self.d_model, self.q_dim()),
+            Gate | Up => (self.ffn_dim, self.d_model),
+            Down => (self.d_model, self.ffn_dim),
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
