@@ -208,7 +208,7 @@ fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, Tokenizer), Error>
     if shards.is_empty() {
         return Err(Error::Config(format!("{}: no *.safetensors files", dir.display())));
     }
-    let files = shards.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let files = shards.iter().map(SafetensorsFile::open).collect::<Result<Vec<_>, _>>()?;
     let model = Llama::from_safetensors(config, &files, device)?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
     Ok((model, tokenizer))

@@ -49,6 +49,9 @@ pub struct LoraAdapter {
 
 const PREFIX: &str = "base_model.model.model.layers.";
 
+/// `lora_A` and `lora_B` of one projection as read, before both are known to be present.
+type HalfPair = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 impl LoraAdapter {
     pub fn config(&self) -> &LoraConfig {
         &self.config
@@ -125,7 +128,7 @@ impl LoraAdapter {
         let bad = |message: String| Error::Adapter { path: dir.display().to_string(), message };
         let config = parse_config(&peft.config).map_err(bad)?;
         let c = model.config();
-        let mut found: BTreeMap<(usize, Projection), (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        let mut found: BTreeMap<(usize, Projection), HalfPair> = BTreeMap::new();
         for tensor in peft.tensors.tensors() {
             let (layer, projection, is_b) = parse_key(&tensor.name).ok_or_else(|| {
                 bad(format!("tensor '{}' is not a LoRA weight of a decoder projection", tensor.name))

@@ -204,10 +204,10 @@ impl LlamaConfig {
                 self.n_layers, self.d_model, self.n_heads, self.n_kv_heads
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even and positive", self.head_dim));
         }
         if self.vocab_size == 0 || self.ffn_dim == 0 || self.context_len == 0 {
@@ -216,7 +216,8 @@ impl LlamaConfig {
                 self.vocab_size, self.ffn_dim, self.context_len
             ));
         }
-        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_eps.is_nan() || self.rms_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0
+        {
             return bad(format!(
                 "rms epsilon {} and rope base {} must be positive",
                 self.rms_eps, self.rope_theta

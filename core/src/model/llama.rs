@@ -80,7 +80,7 @@ impl Llama {
         adapters: &dyn Adapters,
     ) -> Result<Tensor<3>, Error> {
         let c = &self.config;
-        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 || batch != cache.batch() {
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) || batch != cache.batch() {
             return Err(Error::InvalidArgument(format!(
                 "{} tokens do not form {batch} equal rows for a cache of batch {}",
                 tokens.len(),

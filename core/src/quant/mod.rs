@@ -154,7 +154,7 @@ impl GgmlType {
     /// size overflows (both are signs of a corrupt or hostile file).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let block = self.block_len() as u64;
-        if n % block != 0 {
+        if !n.is_multiple_of(block) {
             return None;
         }
         (n / block).checked_mul(self.block_bytes() as u64)
@@ -236,7 +236,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 /// Bytes that `values` values of `ty` occupy, validating that they are whole blocks.
 fn byte_len(ty: GgmlType, values: usize) -> Result<usize, QuantError> {
     let block_len = ty.block_len();
-    if values % block_len != 0 {
+    if !values.is_multiple_of(block_len) {
         return Err(QuantError::NotWholeBlocks { ty, len: values, block_len });
     }
     (values / block_len).checked_mul(ty.block_bytes()).ok_or(QuantError::TooLarge {
