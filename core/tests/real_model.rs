@@ -176,3 +176,29 @@ fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
         assert!(diff < LOGIT_TOLERANCE, "prompt {i}: max |logit diff| {diff} against PEFT");
     }
 }
+
+#[test]
+fn hugging_face_peft_scores_an_adaptkit_trained_adapter_like_we_do() {
+    let Some(engine) = engine() else { return };
+    let reference = golden("peft_loads_adaptkit.json");
+    let adapter =
+        LoraAdapter::load(&golden_dir().join(reference["adapter"].as_str().unwrap()), engine.model())
+            .unwrap();
+    let text_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(reference["text_file"].as_str().unwrap());
+    let text = std::fs::read_to_string(text_path).unwrap();
+    let seq = reference["seq_len"].as_u64().unwrap() as usize;
+    let got =
+        engine.perplexity(&text, seq, &adapter, &CancelToken::new(), &mut |_, _| {}).unwrap().perplexity;
+    let (want, base) = (
+        reference["perplexity_with_adapter"].as_f64().unwrap(),
+        reference["perplexity_base"].as_f64().unwrap(),
+    );
+    assert!((want - base).abs() / base > 0.005, "the adapter must matter: {want} vs base {base}");
+    let relative = (got - want).abs() / want;
+    eprintln!(
+        "adaptkit-trained adapter: perplexity {got:.5} here, {want:.5} in PEFT ({:.4}%)",
+        relative * 100.0
+    );
+    assert!(relative < 1e-3, "perplexity {got} vs PEFT {want}");
+}
