@@ -41,8 +41,18 @@ pub struct TrainArgs {
     /// Tokens per training window.
     #[arg(long, default_value_t = 128)]
     seq: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// Peak learning rate (after warm-up; cosine decay to a tenth by the last step).
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -70,7 +80,10 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let options = TrainOptions {
         steps: args.steps,
         batch: args.batch,
+        accumulate: args.accumulate,
         lr: args.lr,
+        warmup: args.warmup,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         weight_decay: 0.0,
         seed: args.seed,
     };
@@ -92,7 +105,10 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             if secs > 0.0 {
                 tokens_per_s = (step.tokens - n0) as f64 / secs;
             }
-            bar.set_message(format!("loss {:.3}, {tokens_per_s:.0} tok/s", step.loss));
+            bar.set_message(format!(
+                "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s",
+                step.loss, step.lr, step.grad_norm
+            ));
             bar.set_position(step.step as u64);
         })
     })?;

@@ -13,7 +13,7 @@ use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
 use adaptkit::model::{Adapters, KvCache, Llama, LlamaConfig, Projection};
 use adaptkit::quant::{self, GgmlType};
-use adaptkit::train::{next_token_loss, AdamW};
+use adaptkit::train::{collect_grads, next_token_loss, AdamW};
 use adaptkit::Error;
 
 const VOCAB: usize = 128;
@@ -740,15 +740,55 @@ fn lora_training_memorises_a_sequence() {
         targets: Projection::ALL.to_vec(),
     };
     let mut adapter = LoraAdapter::new(config, &model, 1).unwrap().trainable();
-    let mut optimizer = AdamW::new(3e-3, 0.0);
+    let mut optimizer = AdamW::new(0.0);
     let first = scalar(next_token_loss(&model, &adapter, &TOKENS, 1).unwrap());
     let mut last = first;
     for _ in 0..STEPS {
         let loss = next_token_loss(&model, &adapter, &TOKENS, 1).unwrap();
         let grads = loss.backward();
         last = scalar(loss);
-        optimizer.step(&mut adapter, &grads);
+        let grads = collect_grads(&mut adapter, &grads);
+        optimizer.step(&mut adapter, &grads, 3e-3);
     }
     eprintln!("memorising {} tokens: loss {first:.4} -> {last:.4} in {STEPS} steps", TOKENS.len());
     assert!(first > 4.0 && last < 0.15, "loss {first} -> {last}");
+}
+
+#[test]
+fn accumulating_two_micro_batches_is_one_batch_of_two() {
+    let dir = tempdir();
+    Weights::random(23).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_0, None);
+    let model = load_for_training(&dir.join("m.gguf"));
+    Lora::random(24, 2, false).write_peft(&dir.join("lora"));
+    let load = || LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
+    let (rows, row) = (TOKENS.to_vec(), TOKENS.len() / 2);
+
+    let mut batched = load();
+    let grads = next_token_loss(&model, &batched, &rows, 2).unwrap().backward();
+    let batched = collect_grads(&mut batched, &grads);
+
+    let mut accumulated = load();
+    let mut sum: std::collections::BTreeMap<String, adaptkit::burn::tensor::Tensor<2>> = Default::default();
+    for micro in rows.chunks(row) {
+        let grads = next_token_loss(&model, &accumulated, micro, 1).unwrap().backward();
+        for (name, g) in collect_grads(&mut accumulated, &grads) {
+            let total = sum.remove(&name).map_or(g.clone(), |t| t + g);
+            sum.insert(name, total);
+        }
+    }
+    let values = |grads: &std::collections::BTreeMap<String, adaptkit::burn::tensor::Tensor<2>>,
+                  scale: f32|
+     -> Vec<f32> {
+        grads
+            .values()
+            .flat_map(|g| g.clone().mul_scalar(scale).into_data().try_to_vec::<f32>().unwrap())
+            .collect()
+    };
+    let (want, got) = (values(&batched, 1.0), values(&sum, 0.5));
+    let largest = want.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+    let diff = max_diff(&want, &got);
+    assert!(
+        largest > 1e-3 && diff < 1e-5 * largest.max(1.0),
+        "max |gradient diff| {diff} (largest {largest})"
+    );
 }

@@ -43,7 +43,6 @@ pub fn next_token_loss(
 
 /// AdamW (decoupled weight decay), with state per parameter name.
 pub struct AdamW {
-    pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
@@ -53,38 +52,78 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(lr: f32, weight_decay: f32) -> Self {
-        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, steps: 0, moments: BTreeMap::new() }
+    pub fn new(weight_decay: f32) -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, steps: 0, moments: BTreeMap::new() }
     }
 
-    /// One update of every parameter of `adapter` that has a gradient in `grads`.
-    pub fn step(&mut self, adapter: &mut LoraAdapter, grads: &Gradients) {
+    /// One update, at learning rate `lr`, of every parameter of `adapter` named in `grads`.
+    pub fn step(&mut self, adapter: &mut LoraAdapter, grads: &BTreeMap<String, Tensor<2>>, lr: f32) {
         self.steps += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let correction1 = 1.0 - b1.powi(self.steps);
         let correction2 = 1.0 - b2.powi(self.steps);
         for (name, param) in adapter.parameters_mut() {
-            let Some(grad) = param.grad(grads) else { continue };
+            let Some(grad) = grads.get(&name).cloned() else { continue };
             let value = param.clone().inner();
             let (m, v) = self.moments.remove(&name).unwrap_or_else(|| (grad.zeros_like(), grad.zeros_like()));
             let m = m.mul_scalar(b1) + grad.clone().mul_scalar(1.0 - b1);
             let v = v.mul_scalar(b2) + grad.square().mul_scalar(1.0 - b2);
             let update = m.clone().div_scalar(correction1)
                 / (v.clone().div_scalar(correction2).sqrt().add_scalar(self.eps));
-            let value = value.mul_scalar(1.0 - self.lr * self.weight_decay) - update.mul_scalar(self.lr);
+            let value = value.mul_scalar(1.0 - lr * self.weight_decay) - update.mul_scalar(lr);
             *param = Tensor::from_inner(value).require_grad();
             self.moments.insert(name, (m, v));
         }
     }
 }
 
+/// The gradients of `adapter`'s parameters in `grads`, by name, off the autodiff graph.
+pub fn collect_grads(adapter: &mut LoraAdapter, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
+    adapter.parameters_mut().filter_map(|(name, param)| Some((name, param.grad(grads)?))).collect()
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor<2>>, max_norm: f32) -> Result<f32, Error> {
+    let mut squares = 0.0f64;
+    for g in grads.values() {
+        squares += f64::from(crate::model::linear::host_f32(g.clone().square().sum())?[0]);
+    }
+    let norm = squares.sqrt() as f32;
+    if norm > max_norm {
+        let scale = max_norm / norm;
+        grads.values_mut().for_each(|g| *g = g.clone().mul_scalar(scale));
+    }
+    Ok(norm)
+}
+
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub steps: usize,
+    /// Windows per micro-batch.
     pub batch: usize,
+    /// Micro-batches whose gradients are averaged into one optimizer step.
+    pub accumulate: usize,
+    /// Peak learning rate, reached after `warmup` steps, then cosine decay to a tenth of it.
     pub lr: f32,
+    pub warmup: usize,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub max_grad_norm: Option<f32>,
     pub weight_decay: f32,
     pub seed: u64,
+}
+
+impl TrainOptions {
+    /// Linear warm-up over `warmup` steps, then cosine decay from `lr` to `lr / 10` at the
+    /// last step. Steps count from 1.
+    pub fn learning_rate(&self, step: usize) -> f32 {
+        if step <= self.warmup {
+            return self.lr * step as f32 / self.warmup as f32;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f32;
+        let progress = ((step - self.warmup) as f32 / span).min(1.0);
+        let floor = self.lr / 10.0;
+        floor + (self.lr - floor) * 0.5 * (1.0 + (core::f32::consts::PI * progress).cos())
+    }
 }
 
 /// What the progress callback sees after each step.
@@ -93,6 +132,9 @@ pub struct StepReport {
     pub step: usize,
     pub steps: usize,
     pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
     pub tokens: usize,
 }
 
@@ -117,36 +159,59 @@ pub fn fit(
     cancel: &crate::control::CancelToken,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainReport, Error> {
-    if options.steps == 0 || options.batch == 0 || windows.train.is_empty() {
-        return Err(Error::InvalidArgument("training needs steps >= 1, batch >= 1 and data".into()));
+    if options.steps == 0 || options.batch == 0 || options.accumulate == 0 || windows.train.is_empty() {
+        return Err(Error::InvalidArgument(
+            "training needs steps, batch and accumulation >= 1, and data".into(),
+        ));
     }
     let eval_loss_before = mean_loss(model, adapter, &windows.held_out)?;
-    let mut optimizer = AdamW::new(options.lr, options.weight_decay);
+    let mut optimizer = AdamW::new(options.weight_decay);
     let mut order: Vec<usize> = (0..windows.train.len()).collect();
     let mut next = 0;
+    let mut epoch = 0u64;
     let (mut train_loss, mut tokens) = (f32::NAN, 0);
     for step in 1..=options.steps {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let mut batch = Vec::with_capacity(options.batch * windows.train[0].len());
-        for _ in 0..options.batch {
-            if next == order.len() {
-                data::shuffle(&mut order, options.seed.wrapping_add(step as u64));
-                next = 0;
+        let mut summed: BTreeMap<String, Tensor<2>> = BTreeMap::new();
+        let mut loss_sum = 0.0;
+        for _ in 0..options.accumulate {
+            let mut batch = Vec::with_capacity(options.batch * windows.train[0].len());
+            for _ in 0..options.batch {
+                if next == order.len() {
+                    epoch += 1;
+                    data::shuffle(&mut order, options.seed.wrapping_add(epoch));
+                    next = 0;
+                }
+                batch.extend(&windows.train[order[next]]);
+                next += 1;
             }
-            batch.extend(&windows.train[order[next]]);
-            next += 1;
+            let loss = next_token_loss(model, adapter, &batch, options.batch)?;
+            let grads = loss.backward();
+            loss_sum += crate::model::linear::host_f32(loss)?[0];
+            for (name, g) in collect_grads(adapter, &grads) {
+                let total = match summed.remove(&name) {
+                    Some(total) => total + g,
+                    None => g,
+                };
+                summed.insert(name, total);
+            }
+            tokens += batch.len();
         }
-        let loss = next_token_loss(model, adapter, &batch, options.batch)?;
-        let grads = loss.backward();
-        train_loss = crate::model::linear::host_f32(loss)?[0];
+        train_loss = loss_sum / options.accumulate as f32;
         if !train_loss.is_finite() {
             return Err(Error::Backend(format!("the training loss became {train_loss} at step {step}")));
         }
-        optimizer.step(adapter, &grads);
-        tokens += batch.len();
-        on_step(&StepReport { step, steps: options.steps, loss: train_loss, tokens });
+        let mut grads: BTreeMap<String, Tensor<2>> =
+            summed.into_iter().map(|(name, g)| (name, g.div_scalar(options.accumulate as f32))).collect();
+        let grad_norm = match options.max_grad_norm {
+            Some(max) => clip_grad_norm(&mut grads, max)?,
+            None => clip_grad_norm(&mut grads, f32::INFINITY)?,
+        };
+        let lr = options.learning_rate(step);
+        optimizer.step(adapter, &grads, lr);
+        on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens });
     }
     let eval_loss = mean_loss(model, adapter, &windows.held_out)?;
     Ok(TrainReport { steps: options.steps, train_loss, eval_loss_before, eval_loss, tokens })
@@ -163,4 +228,28 @@ fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[Vec<u32>]) -> Re
         total += crate::model::linear::host_f32(loss.detach())?[0];
     }
     Ok(Some(total / windows.len() as f32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainOptions;
+
+    #[test]
+    fn warm_up_then_cosine_to_a_tenth() {
+        let o = TrainOptions {
+            steps: 110,
+            batch: 1,
+            accumulate: 1,
+            lr: 1e-3,
+            warmup: 10,
+            max_grad_norm: None,
+            weight_decay: 0.0,
+            seed: 0,
+        };
+        assert!((o.learning_rate(1) - 1e-4).abs() < 1e-9);
+        assert!((o.learning_rate(10) - 1e-3).abs() < 1e-9);
+        assert!((o.learning_rate(60) - 5.5e-4).abs() < 1e-8, "{}", o.learning_rate(60));
+        assert!((o.learning_rate(110) - 1e-4).abs() < 1e-9);
+        assert!((1..110).all(|s| s < 10 || o.learning_rate(s + 1) <= o.learning_rate(s)));
+    }
 }
