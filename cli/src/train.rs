@@ -21,7 +21,8 @@ use crate::{emit, say, CliError, ModelArgs, Output};
 pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Training text (`.txt`: documents separated by blank lines).
+    /// Training data: `.txt` (documents separated by blank lines) or `.jsonl` with `{"text"}`,
+    /// `{"prompt","completion"}` or `{"messages":[{"role","content"}]}` per line.
     #[arg(long)]
     data: PathBuf,
     /// Directory to write the adapter to (PEFT format).
@@ -74,7 +75,8 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let text = std::fs::read_to_string(&args.data).map_err(|e| CliError::io(&args.data, e))?;
     let path = resolve_model(args.model.model.clone())?;
     let engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
-    let windows = data::text_windows(&text, engine.tokenizer(), args.seq, 0.1, args.seed)?;
+    let format = data::Format::of(&args.data);
+    let windows = data::windows(&text, format, engine.tokenizer(), args.seq, 0.1, args.seed)?;
     let config = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: 0.0, use_rslora: false, targets };
     let mut adapter = LoraAdapter::new(config, engine.model(), args.seed)?.trainable();
     let options = TrainOptions {

@@ -287,3 +287,43 @@ fn train_saves_an_adapter_that_generate_loads() {
     assert_clean_failure(&adaptkit(&[&args[..], &["--targets", "q,lm_head"]].concat()), "lm_head");
     assert_clean_failure(&adaptkit(&[&args[..], &["--rank", "0"]].concat()), "--rank");
 }
+
+#[test]
+fn train_takes_chat_and_prompt_completion_jsonl() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/chat.jsonl");
+    let out = scratch("chat-adapter");
+    let report = last_json(&adaptkit(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--seq",
+        "32",
+        "--lr",
+        "1e-3",
+        "--json",
+    ]));
+    assert!(report["train_loss"].as_f64().unwrap().is_finite(), "{report}");
+    let bad = scratch("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"question\": \"?\"}\n").unwrap();
+    assert_clean_failure(
+        &adaptkit(&[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "data line 2",
+    );
+}

@@ -13,6 +13,7 @@ use adaptkit::adapt::LoraAdapter;
 use adaptkit::control::CancelToken;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
 use adaptkit::model::NoAdapters;
+use adaptkit::tokenizer::Message;
 use adaptkit::{Engine, EngineOptions};
 use serde_json::Value;
 
@@ -201,4 +202,36 @@ fn hugging_face_peft_scores_an_adaptkit_trained_adapter_like_we_do() {
         relative * 100.0
     );
     assert!(relative < 1e-3, "perplexity {got} vs PEFT {want}");
+}
+
+#[test]
+fn jsonl_examples_count_only_completion_and_assistant_tokens() {
+    use adaptkit::train::data::{pack, Format};
+    let Some(engine) = engine() else { return };
+    let t = engine.tokenizer();
+    let encode = |s: &str| t.encode(s, false).unwrap();
+    let eos = t.eos().unwrap();
+
+    let stream = pack(r#"{"prompt": "Q: 2+2?", "completion": " A: 4"}"#, Format::JsonLines, t).unwrap();
+    let (prompt, completion) = (encode("Q: 2+2?"), encode(" A: 4"));
+    assert_eq!(stream.tokens, [prompt.clone(), completion.clone(), vec![eos]].concat());
+    let expected: Vec<bool> =
+        prompt.iter().map(|_| false).chain(completion.iter().chain([&eos]).map(|_| true)).collect();
+    assert_eq!(stream.targets, expected);
+
+    let line =
+        r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}"#;
+    let stream = pack(line, Format::JsonLines, t).unwrap();
+    let messages = [Message::new("user", "Hi"), Message::new("assistant", "Hello!")];
+    let template = t.chat_template().unwrap();
+    assert_eq!(stream.tokens, encode(&template.render(&messages, false).unwrap()));
+    let learned: Vec<u32> =
+        stream.tokens.iter().zip(&stream.targets).filter(|(_, &on)| on).map(|(&id, _)| id).collect();
+    // Exactly the assistant's reply and its end-of-turn markup.
+    assert_eq!(t.decode(&learned, false).unwrap(), "Hello!<|im_end|>\n");
+
+    let err = pack("{\"text\": \"ok\"}\n\n{\"oops\": 1}", Format::JsonLines, t).err().unwrap().to_string();
+    assert!(err.contains("data line 3") && err.contains("expected"), "{err}");
+    let err = pack("{\"text\": ", Format::JsonLines, t).err().unwrap().to_string();
+    assert!(err.contains("data line 1"), "{err}");
 }

@@ -11,9 +11,9 @@ use adaptkit::burn::tensor::Device;
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
 use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
-use adaptkit::model::{Adapters, KvCache, Llama, LlamaConfig, Projection};
+use adaptkit::model::{Adapters, KvCache, Llama, LlamaConfig, NoAdapters, Projection};
 use adaptkit::quant::{self, GgmlType};
-use adaptkit::train::{collect_grads, next_token_loss, AdamW};
+use adaptkit::train::{collect_grads, masked_next_token_loss, next_token_loss, AdamW};
 use adaptkit::Error;
 
 const VOCAB: usize = 128;
@@ -790,5 +790,24 @@ fn accumulating_two_micro_batches_is_one_batch_of_two() {
     assert!(
         largest > 1e-3 && diff < 1e-5 * largest.max(1.0),
         "max |gradient diff| {diff} (largest {largest})"
+    );
+}
+
+#[test]
+fn a_masked_loss_splits_the_full_loss_by_position() {
+    let dir = tempdir();
+    Weights::random(25).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let targets: Vec<bool> = (0..TOKENS.len()).map(|i| i % 3 == 0).collect();
+    let others: Vec<bool> = targets.iter().map(|t| !t).collect();
+    let count = |t: &[bool]| t[1..].iter().filter(|&&x| x).count() as f32;
+    let loss =
+        |t: Option<&[bool]>| scalar(masked_next_token_loss(&model, &NoAdapters, &TOKENS, t, 1).unwrap());
+    let whole = loss(None) * (TOKENS.len() - 1) as f32;
+    let split = loss(Some(&targets)) * count(&targets) + loss(Some(&others)) * count(&others);
+    assert!((whole - split).abs() < 1e-3 * whole.abs(), "{whole} vs {split}");
+    assert_eq!(loss(Some(&vec![true; TOKENS.len()])), loss(None));
+    assert!(
+        masked_next_token_loss(&model, &NoAdapters, &TOKENS, Some(&vec![false; TOKENS.len()]), 1).is_err()
     );
 }

@@ -1,18 +1,53 @@
-//! Training text as fixed-length token windows: `.txt` documents (split on blank lines) are
-//! tokenized, packed into one stream separated by the end-of-sequence token, cut into windows,
-//! shuffled with a seed, and split into training and held-out windows.
+//! Training data as fixed-length token windows. `.txt`: documents split at blank lines, every
+//! token counts. JSONL: one object a line, `{"text"}` (every token counts), `{"prompt",
+//! "completion"}` or `{"messages": [{"role", "content"}]}` (rendered with the model's chat
+//! template), where only the completion / assistant tokens count in the loss. Examples are
+//! tokenized, packed into one stream (end-of-sequence between them), cut into windows,
+//! shuffled with a seed and split into training and held-out windows.
 
 use crate::error::Error;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Message, Tokenizer};
 
-pub struct Windows {
-    pub train: Vec<Vec<u32>>,
-    pub held_out: Vec<Vec<u32>>,
+/// Token ids and, for each, whether predicting it counts in the loss.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Window {
+    pub tokens: Vec<u32>,
+    pub targets: Vec<bool>,
 }
 
-/// `held_out_fraction` of the windows (at least one when there are two or more) are held out.
-pub fn text_windows(
-    text: &str,
+impl Window {
+    fn push(&mut self, tokens: &[u32], target: bool) {
+        self.tokens.extend_from_slice(tokens);
+        self.targets.extend(std::iter::repeat_n(target, tokens.len()));
+    }
+}
+
+pub struct Windows {
+    pub train: Vec<Window>,
+    pub held_out: Vec<Window>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    JsonLines,
+}
+
+impl Format {
+    /// `.jsonl` / `.json` are JSON lines; anything else is text.
+    pub fn of(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "json") => Self::JsonLines,
+            _ => Self::Text,
+        }
+    }
+}
+
+/// Windows of `seq` tokens from `data`; `held_out_fraction` of them (at least one when there
+/// are two or more) are held out. Windows in which no token counts are dropped.
+pub fn windows(
+    data: &str,
+    format: Format,
     tokenizer: &Tokenizer,
     seq: usize,
     held_out_fraction: f32,
@@ -21,16 +56,18 @@ pub fn text_windows(
     if seq < 2 {
         return Err(Error::InvalidArgument(format!("sequence length {seq} must be at least 2")));
     }
-    let mut stream = Vec::new();
-    for document in text.split("\n\n").map(str::trim).filter(|d| !d.is_empty()) {
-        stream.extend(tokenizer.encode(document, true)?);
-        stream.extend(tokenizer.eos());
-    }
-    let mut windows: Vec<Vec<u32>> = stream.chunks_exact(seq).map(<[u32]>::to_vec).collect();
+    let stream = pack(data, format, tokenizer)?;
+    let mut windows: Vec<Window> = stream
+        .tokens
+        .chunks_exact(seq)
+        .zip(stream.targets.chunks_exact(seq))
+        .filter(|(_, targets)| targets[1..].iter().any(|&t| t))
+        .map(|(tokens, targets)| Window { tokens: tokens.to_vec(), targets: targets.to_vec() })
+        .collect();
     if windows.is_empty() {
         return Err(Error::InvalidArgument(format!(
-            "the data has {} tokens, fewer than one window of {seq}",
-            stream.len()
+            "the data has {} tokens, fewer than one window of {seq} with tokens to learn",
+            stream.tokens.len()
         )));
     }
     shuffle(&mut windows, seed);
@@ -41,6 +78,82 @@ pub fn text_windows(
     };
     let held_out = windows.split_off(windows.len() - held);
     Ok(Windows { train: windows, held_out })
+}
+
+/// Every example of `data` tokenized and packed into one stream, end-of-sequence after each.
+pub fn pack(data: &str, format: Format, tokenizer: &Tokenizer) -> Result<Window, Error> {
+    let mut stream = Window::default();
+    match format {
+        Format::Text => {
+            for document in data.split("\n\n").map(str::trim).filter(|d| !d.is_empty()) {
+                stream.push(&tokenizer.encode(document, true)?, true);
+                stream.push(tokenizer.eos().as_slice(), true);
+            }
+        }
+        Format::JsonLines => {
+            for (index, line) in data.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let bad =
+                    |message: String| Error::InvalidArgument(format!("data line {}: {message}", index + 1));
+                let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+                example(&value, tokenizer, &mut stream).map_err(|e| match e {
+                    Error::InvalidArgument(message) => bad(message),
+                    other => other,
+                })?;
+                // A rendered conversation already ends its last turn.
+                if value.get("messages").is_none() {
+                    stream.push(tokenizer.eos().as_slice(), true);
+                }
+            }
+        }
+    }
+    Ok(stream)
+}
+
+/// Appends one JSONL example to `out`.
+fn example(value: &serde_json::Value, tokenizer: &Tokenizer, out: &mut Window) -> Result<(), Error> {
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str());
+    if let Some(text) = text("text") {
+        out.push(&tokenizer.encode(text, true)?, true);
+    } else if let (Some(prompt), Some(completion)) = (text("prompt"), text("completion")) {
+        out.push(&tokenizer.encode(prompt, true)?, false);
+        out.push(&tokenizer.encode(completion, false)?, true);
+    } else if let Some(messages) = value.get("messages") {
+        let messages: Vec<Message> = serde_json::from_value(messages.clone())
+            .map_err(|e| Error::InvalidArgument(format!("messages: {e}")))?;
+        chat(&messages, tokenizer, out)?;
+    } else {
+        return Err(Error::InvalidArgument(
+            "expected {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A conversation rendered with the chat template one message at a time, so that exactly the
+/// assistant turns (their content and end-of-turn markup) count in the loss.
+fn chat(messages: &[Message], tokenizer: &Tokenizer, out: &mut Window) -> Result<(), Error> {
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(Error::InvalidArgument("the conversation has no assistant message to learn".into()));
+    }
+    let template = tokenizer.chat_template()?;
+    let not_incremental =
+        || Error::InvalidArgument("the chat template does not render messages incrementally".into());
+    let mut done = String::new();
+    for i in 0..messages.len() {
+        let full = template.render(&messages[..=i], false)?;
+        if messages[i].role == "assistant" {
+            let head = template.render(&messages[..i], true)?;
+            let prompt = head.strip_prefix(done.as_str()).ok_or_else(not_incremental)?;
+            let reply = full.strip_prefix(head.as_str()).ok_or_else(not_incremental)?;
+            out.push(&tokenizer.encode(prompt, false)?, false);
+            out.push(&tokenizer.encode(reply, false)?, true);
+        } else {
+            let turn = full.strip_prefix(done.as_str()).ok_or_else(not_incremental)?;
+            out.push(&tokenizer.encode(turn, false)?, false);
+        }
+        done = full;
+    }
+    Ok(())
 }
 
 /// Fisher-Yates with a platform-independent generator, so a seed gives the same order everywhere.

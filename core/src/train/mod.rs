@@ -23,6 +23,18 @@ pub fn next_token_loss(
     tokens: &[u32],
     batch: usize,
 ) -> Result<Tensor<1>, Error> {
+    masked_next_token_loss(model, adapters, tokens, None, batch)
+}
+
+/// [`next_token_loss`] counting only the tokens with `targets[i]` set (e.g. the completion of a
+/// prompt/completion pair): the mean over those predictions.
+pub fn masked_next_token_loss(
+    model: &Llama,
+    adapters: &dyn Adapters,
+    tokens: &[u32],
+    targets: Option<&[bool]>,
+    batch: usize,
+) -> Result<Tensor<1>, Error> {
     let len = tokens.len() / batch.max(1);
     if len < 2 || batch == 0 || tokens.len() != batch * len {
         return Err(Error::InvalidArgument(format!(
@@ -35,10 +47,28 @@ pub fn next_token_loss(
     let d = model.config().d_model;
     let head = QuantLinear::new(model.output().clone());
     let logits = head.forward(hidden.slice([0..batch, 0..len - 1, 0..d]))?;
-    let targets: Vec<i64> =
+    let next: Vec<i64> =
         tokens.chunks_exact(len).flat_map(|row| row[1..].iter().map(|&t| i64::from(t))).collect();
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [batch, len - 1, 1]), model.device());
-    Ok(log_softmax(logits, 2).gather(2, targets).mean().neg())
+    let next = Tensor::<3, Int>::from_data(TensorData::new(next, [batch, len - 1, 1]), model.device());
+    let picked = log_softmax(logits, 2).gather(2, next);
+    let Some(targets) = targets else { return Ok(picked.mean().neg()) };
+    if targets.len() != tokens.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{} target flags for {} tokens",
+            targets.len(),
+            tokens.len()
+        )));
+    }
+    let weights: Vec<f32> = targets
+        .chunks_exact(len)
+        .flat_map(|row| row[1..].iter().map(|&t| if t { 1.0 } else { 0.0 }))
+        .collect();
+    let counted = weights.iter().sum::<f32>();
+    if counted == 0.0 {
+        return Err(Error::InvalidArgument("no token of this batch counts in the loss".into()));
+    }
+    let weights = Tensor::<3>::from_data(TensorData::new(weights, [batch, len - 1, 1]), model.device());
+    Ok((picked * weights).sum().div_scalar(counted).neg())
 }
 
 /// AdamW (decoupled weight decay), with state per parameter name.
@@ -177,17 +207,20 @@ pub fn fit(
         let mut summed: BTreeMap<String, Tensor<2>> = BTreeMap::new();
         let mut loss_sum = 0.0;
         for _ in 0..options.accumulate {
-            let mut batch = Vec::with_capacity(options.batch * windows.train[0].len());
+            let mut batch = data::Window::default();
             for _ in 0..options.batch {
                 if next == order.len() {
                     epoch += 1;
                     data::shuffle(&mut order, options.seed.wrapping_add(epoch));
                     next = 0;
                 }
-                batch.extend(&windows.train[order[next]]);
+                let window = &windows.train[order[next]];
+                batch.tokens.extend(&window.tokens);
+                batch.targets.extend(&window.targets);
                 next += 1;
             }
-            let loss = next_token_loss(model, adapter, &batch, options.batch)?;
+            let loss =
+                masked_next_token_loss(model, adapter, &batch.tokens, Some(&batch.targets), options.batch)?;
             let grads = loss.backward();
             loss_sum += crate::model::linear::host_f32(loss)?[0];
             for (name, g) in collect_grads(adapter, &grads) {
@@ -197,7 +230,7 @@ pub fn fit(
                 };
                 summed.insert(name, total);
             }
-            tokens += batch.len();
+            tokens += batch.tokens.len();
         }
         train_loss = loss_sum / options.accumulate as f32;
         if !train_loss.is_finite() {
@@ -218,13 +251,13 @@ pub fn fit(
 }
 
 /// Mean next-token loss over `windows` (one at a time, no gradients kept).
-fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[Vec<u32>]) -> Result<Option<f32>, Error> {
+fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -> Result<Option<f32>, Error> {
     if windows.is_empty() {
         return Ok(None);
     }
     let mut total = 0.0;
     for window in windows {
-        let loss = next_token_loss(model, adapters, window, 1)?;
+        let loss = masked_next_token_loss(model, adapters, &window.tokens, Some(&window.targets), 1)?;
         total += crate::model::linear::host_f32(loss.detach())?[0];
     }
     Ok(Some(total / windows.len() as f32))
