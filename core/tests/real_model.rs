@@ -56,6 +56,15 @@ fn engine() -> Option<&'static Engine> {
         .as_ref()
 }
 
+/// A golden index, its vocabulary size, and the little-endian f32 logits file it names.
+fn golden_logits(name: &str) -> (Value, usize, Vec<f32>) {
+    let index = golden(name);
+    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
+    let logits = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (index, vocab, logits)
+}
+
 fn ids(value: &Value) -> Vec<u32> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
@@ -63,11 +72,7 @@ fn ids(value: &Value) -> Vec<u32> {
 #[test]
 fn last_token_logits_match_the_reference() {
     let Some(engine) = engine() else { return };
-    let index = golden("logits.json");
-    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
-    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
-    let reference: Vec<f32> =
-        bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let (index, vocab, reference) = golden_logits("logits.json");
     let prompts = index["prompts"].as_array().unwrap();
     assert!(prompts.len() >= 8);
     let mut worst = 0.0f32;
@@ -156,10 +161,7 @@ fn greedy_continuations_match_until_the_first_near_tie() {
 #[test]
 fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
     let Some(engine) = engine() else { return };
-    let index = golden("peft_lora.json");
-    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
-    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
-    let rows: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let (index, vocab, rows) = golden_logits("peft_lora.json");
     let adapter =
         LoraAdapter::load(&golden_dir().join(index["adapter"].as_str().unwrap()), engine.model()).unwrap();
     let prompts = index["prompts"].as_array().unwrap();
