@@ -8,7 +8,7 @@ use adaptkit::adapt::{LoraAdapter, LoraConfig};
 use adaptkit::control::CancelToken;
 use adaptkit::engine::{Engine, EngineOptions};
 use adaptkit::model::Projection;
-use adaptkit::train::{self, data, TrainOptions};
+use adaptkit::train::{self, checkpoint, data, Checkpointing, TrainOptions};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -56,6 +56,12 @@ pub struct TrainArgs {
     max_grad_norm: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write OUT/checkpoint.safetensors every N steps (0 = never).
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: usize,
+    /// Continue from OUT/checkpoint.safetensors (same data and options).
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     out_format: Output,
 }
@@ -90,6 +96,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         seed: args.seed,
     };
 
+    std::fs::create_dir_all(&args.out).map_err(|e| CliError::io(&args.out, e))?;
+    let checkpoint_path = args.out.join("checkpoint.safetensors");
+    let resume = if args.resume { Some(checkpoint::load(&checkpoint_path, &mut adapter)?) } else { None };
     let bar = ProgressBar::new(args.steps as u64).with_style(
         ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps, {msg} {elapsed}<{eta}")
             .expect("static template")
@@ -100,19 +109,29 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let mut first: Option<(Instant, usize)> = None;
     let mut tokens_per_s = 0.0;
     let report = engine.run(|engine| {
-        train::fit(engine.model(), &mut adapter, &windows, &options, &CancelToken::new(), &mut |step| {
-            let now = Instant::now();
-            let (t0, n0) = *first.get_or_insert((now, step.tokens));
-            let secs = (now - t0).as_secs_f64();
-            if secs > 0.0 {
-                tokens_per_s = (step.tokens - n0) as f64 / secs;
-            }
-            bar.set_message(format!(
-                "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s",
-                step.loss, step.lr, step.grad_norm
-            ));
-            bar.set_position(step.step as u64);
-        })
+        let checkpointing =
+            Checkpointing { resume, save: Some((checkpoint_path.as_path(), args.checkpoint_every)) };
+        train::fit(
+            engine.model(),
+            &mut adapter,
+            &windows,
+            &options,
+            checkpointing,
+            &CancelToken::new(),
+            &mut |step| {
+                let now = Instant::now();
+                let (t0, n0) = *first.get_or_insert((now, step.tokens));
+                let secs = (now - t0).as_secs_f64();
+                if secs > 0.0 {
+                    tokens_per_s = (step.tokens - n0) as f64 / secs;
+                }
+                bar.set_message(format!(
+                    "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s",
+                    step.loss, step.lr, step.grad_norm
+                ));
+                bar.set_position(step.step as u64);
+            },
+        )
     })?;
     bar.finish_and_clear();
     adapter.save(&args.out, engine.model())?;

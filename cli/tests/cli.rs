@@ -327,3 +327,54 @@ fn train_takes_chat_and_prompt_completion_jsonl() {
         "data line 2",
     );
 }
+
+#[test]
+fn a_killed_training_run_resumes_to_the_same_result() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let args = |out: &Path| -> Vec<String> {
+        ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()]
+            .into_iter()
+            .chain([
+                "--steps",
+                "6",
+                "--batch",
+                "1",
+                "--seq",
+                "32",
+                "--lr",
+                "1e-3",
+                "--checkpoint-every",
+                "1",
+                "--json",
+            ])
+            .map(String::from)
+            .collect()
+    };
+    let straight_dir = scratch("straight");
+    let straight =
+        last_json(&Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(args(&straight_dir)).output().unwrap());
+
+    let killed_dir = scratch("killed");
+    let _ = std::fs::remove_dir_all(&killed_dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptkit"))
+        .args(args(&killed_dir))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = killed_dir.join("checkpoint.safetensors");
+    let started = std::time::Instant::now();
+    while !checkpoint.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(checkpoint.exists(), "no checkpoint was written");
+
+    let mut resume = args(&killed_dir);
+    resume.push("--resume".into());
+    let resumed = last_json(&Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(resume).output().unwrap());
+    assert_eq!(resumed["train_loss"], straight["train_loss"], "straight {straight} vs resumed {resumed}");
+    assert_eq!(resumed["eval_loss"], straight["eval_loss"]);
+}

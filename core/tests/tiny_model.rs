@@ -811,3 +811,68 @@ fn a_masked_loss_splits_the_full_loss_by_position() {
         masked_next_token_loss(&model, &NoAdapters, &TOKENS, Some(&vec![false; TOKENS.len()]), 1).is_err()
     );
 }
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_losses() {
+    use adaptkit::control::CancelToken;
+    use adaptkit::train::data::{Window, Windows};
+    use adaptkit::train::{checkpoint, fit, Checkpointing, TrainOptions};
+
+    let dir = tempdir();
+    Weights::random(26).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    let model = load_for_training(&dir.join("m.gguf"));
+    let window = |shift: u32| Window {
+        tokens: TOKENS.iter().map(|t| (t + shift) % VOCAB as u32).collect(),
+        targets: vec![true; TOKENS.len()],
+    };
+    let windows = Windows { train: (0..5).map(window).collect(), held_out: vec![window(9)] };
+    let options = TrainOptions {
+        steps: 5,
+        batch: 2,
+        accumulate: 1,
+        lr: 1e-2,
+        warmup: 1,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.01,
+        seed: 4,
+    };
+    let config = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        use_rslora: false,
+        targets: Projection::ALL.to_vec(),
+    };
+    let fresh = || LoraAdapter::new(config.clone(), &model, 7).unwrap().trainable();
+
+    let mut straight = Vec::new();
+    fit(&model, &mut fresh(), &windows, &options, Checkpointing::default(), &CancelToken::new(), &mut |s| {
+        straight.push(s.loss)
+    })
+    .unwrap();
+
+    // Interrupted after step 2, right after its checkpoint was written (as if killed there).
+    let path = dir.join("checkpoint.safetensors");
+    let cancel = CancelToken::new();
+    let mut first = Vec::new();
+    let save = Checkpointing { resume: None, save: Some((&path, 2)) };
+    let interrupted = fit(&model, &mut fresh(), &windows, &options, save, &cancel, &mut |s| {
+        first.push(s.loss);
+        if s.step == 2 {
+            cancel.cancel();
+        }
+    });
+    assert!(matches!(interrupted, Err(adaptkit::Error::Cancelled)));
+
+    let mut resumed = fresh();
+    let state = checkpoint::load(&path, &mut resumed).unwrap();
+    assert_eq!(state.step, 2);
+    let mut rest = Vec::new();
+    let from = Checkpointing { resume: Some(state), save: None };
+    fit(&model, &mut resumed, &windows, &options, from, &CancelToken::new(), &mut |s| rest.push(s.loss))
+        .unwrap();
+    let joined = [first, rest].concat();
+    eprintln!("straight {straight:?}\nresumed  {joined:?}");
+    assert_eq!(joined.len(), straight.len());
+    assert!(max_diff(&joined, &straight) < 1e-5, "straight {straight:?} vs resumed {joined:?}");
+}

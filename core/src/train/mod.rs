@@ -2,6 +2,7 @@
 //! (gradients reach the adapters through our quantized linear op, see `model::linear`) and
 //! AdamW on the adapter's tensors.
 
+pub mod checkpoint;
 pub mod data;
 
 use std::collections::BTreeMap;
@@ -71,14 +72,48 @@ pub fn masked_next_token_loss(
     Ok((picked * weights).sum().div_scalar(counted).neg())
 }
 
+/// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
+/// (`save`: a path and every how many steps).
+#[derive(Default)]
+pub struct Checkpointing<'a> {
+    pub resume: Option<TrainState>,
+    pub save: Option<(&'a std::path::Path, usize)>,
+}
+
+/// Everything a run needs to continue exactly where it stopped (with the adapter itself).
+#[derive(Clone)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Passes through the training windows begun (the shuffle of each is seeded by it).
+    pub epoch: u64,
+    /// Position in `order` of the next window.
+    pub next: usize,
+    pub order: Vec<usize>,
+    pub optimizer: AdamW,
+}
+
+impl TrainState {
+    pub fn new(windows: usize, weight_decay: f32) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            next: 0,
+            order: (0..windows).collect(),
+            optimizer: AdamW::new(weight_decay),
+        }
+    }
+}
+
 /// AdamW (decoupled weight decay), with state per parameter name.
+#[derive(Clone)]
 pub struct AdamW {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    steps: i32,
-    moments: BTreeMap<String, (Tensor<2>, Tensor<2>)>,
+    pub(crate) steps: i32,
+    pub(crate) moments: BTreeMap<String, (Tensor<2>, Tensor<2>)>,
 }
 
 impl AdamW {
@@ -179,13 +214,16 @@ pub struct TrainReport {
 }
 
 /// Trains `adapter` (made `trainable` on a model on an autodiff device) on `windows`, cycling
-/// through the training windows in batches. Stops cleanly at a step boundary when `cancel` is
+/// through the training windows in batches, from `checkpointing.resume` when given. With
+/// `checkpointing.save = (path, every)`, the whole state is written atomically to `path` every
+/// `every` steps, so a killed run resumes with the same losses. Stops cleanly at a step boundary when `cancel` is
 /// set.
 pub fn fit(
     model: &Llama,
     adapter: &mut LoraAdapter,
     windows: &data::Windows,
     options: &TrainOptions,
+    checkpointing: Checkpointing,
     cancel: &crate::control::CancelToken,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainReport, Error> {
@@ -195,12 +233,21 @@ pub fn fit(
         ));
     }
     let eval_loss_before = mean_loss(model, adapter, &windows.held_out)?;
-    let mut optimizer = AdamW::new(options.weight_decay);
-    let mut order: Vec<usize> = (0..windows.train.len()).collect();
-    let mut next = 0;
-    let mut epoch = 0u64;
+    let fresh = TrainState::new(windows.train.len(), options.weight_decay);
+    let Checkpointing { resume, save } = checkpointing;
+    let mut state = resume.unwrap_or(fresh);
+    let n = windows.train.len();
+    let permutation = state.next <= n && state.order.iter().all(|&i| i < n);
+    if state.order.len() != n || !permutation {
+        return Err(Error::InvalidArgument(format!(
+            "the checkpoint was made on {} training windows, this data has {}",
+            state.order.len(),
+            windows.train.len()
+        )));
+    }
+    let TrainState { step: done, ref mut epoch, ref mut next, ref mut order, ref mut optimizer } = state;
     let (mut train_loss, mut tokens) = (f32::NAN, 0);
-    for step in 1..=options.steps {
+    for step in done + 1..=options.steps {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -209,15 +256,15 @@ pub fn fit(
         for _ in 0..options.accumulate {
             let mut batch = data::Window::default();
             for _ in 0..options.batch {
-                if next == order.len() {
-                    epoch += 1;
-                    data::shuffle(&mut order, options.seed.wrapping_add(epoch));
-                    next = 0;
+                if *next == order.len() {
+                    *epoch += 1;
+                    data::shuffle(order, options.seed.wrapping_add(*epoch));
+                    *next = 0;
                 }
-                let window = &windows.train[order[next]];
+                let window = &windows.train[order[*next]];
                 batch.tokens.extend(&window.tokens);
                 batch.targets.extend(&window.targets);
-                next += 1;
+                *next += 1;
             }
             let loss =
                 masked_next_token_loss(model, adapter, &batch.tokens, Some(&batch.targets), options.batch)?;
@@ -245,6 +292,16 @@ pub fn fit(
         let lr = options.learning_rate(step);
         optimizer.step(adapter, &grads, lr);
         on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens });
+        if let Some((path, _)) = save.filter(|(_, every)| *every > 0 && step % *every == 0) {
+            let state = TrainState {
+                step,
+                epoch: *epoch,
+                next: *next,
+                order: order.clone(),
+                optimizer: optimizer.clone(),
+            };
+            checkpoint::save(path, adapter, &state)?;
+        }
     }
     let eval_loss = mean_loss(model, adapter, &windows.held_out)?;
     Ok(TrainReport { steps: options.steps, train_loss, eval_loss_before, eval_loss, tokens })

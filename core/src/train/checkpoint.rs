@@ -1,0 +1,90 @@
+//! Training checkpoints: the adapter, the optimizer's moments and the run's position, in one
+//! safetensors file (state in its metadata) written atomically, so a run killed at any moment
+//! leaves either the previous checkpoint or the new one, never half of one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData};
+
+use super::{AdamW, TrainState};
+use crate::adapt::LoraAdapter;
+use crate::error::Error;
+use crate::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
+use crate::model::linear::host_f32;
+
+pub fn save(path: &Path, adapter: &mut LoraAdapter, state: &TrainState) -> Result<(), Error> {
+    let mut tensors = Vec::new();
+    let mut add = |name: String, t: &Tensor<2>| -> Result<(), Error> {
+        let bytes = host_f32(t.clone())?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        tensors.push((name, Dtype::F32, t.dims().to_vec(), bytes));
+        Ok(())
+    };
+    for (name, param) in adapter.parameters_mut() {
+        add(format!("adapter/{name}"), param)?;
+    }
+    for (name, (m, v)) in &state.optimizer.moments {
+        add(format!("m/{name}"), m)?;
+        add(format!("v/{name}"), v)?;
+    }
+    let position = serde_json::json!({
+        "step": state.step,
+        "epoch": state.epoch,
+        "next": state.next,
+        "order": state.order,
+        "optimizer_steps": state.optimizer.steps,
+        "weight_decay": state.optimizer.weight_decay,
+    })
+    .to_string();
+    write_safetensors(path, &tensors, &[("adaptkit_train_state", &position)])?;
+    Ok(())
+}
+
+/// Restores `adapter` (made with the same configuration) and returns the run's state.
+pub fn load(path: &Path, adapter: &mut LoraAdapter) -> Result<TrainState, Error> {
+    let bad = |message: String| Error::Adapter { path: path.display().to_string(), message };
+    let file = SafetensorsFile::open(path)?;
+    let position = file
+        .metadata()
+        .iter()
+        .find(|(k, _)| k == "adaptkit_train_state")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| bad("not an adaptkit training checkpoint".into()))?;
+    let position: serde_json::Value = serde_json::from_str(&position).map_err(|e| bad(e.to_string()))?;
+    let number =
+        |key: &str| position[key].as_u64().ok_or_else(|| bad(format!("state field '{key}' is missing")));
+    let tensor = |name: &str, like: &Tensor<2>| -> Result<Tensor<2>, Error> {
+        let values =
+            file.tensor_f32(name).map_err(|_| bad(format!("no tensor '{name}': another adapter shape?")))?;
+        if values.len() != like.dims().iter().product::<usize>() {
+            return Err(bad(format!("tensor '{name}' does not fit this adapter")));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, like.dims()), &like.device()))
+    };
+    let mut optimizer = AdamW::new(position["weight_decay"].as_f64().unwrap_or(0.0) as f32);
+    optimizer.steps = number("optimizer_steps")? as i32;
+    let mut moments = BTreeMap::new();
+    for (name, param) in adapter.parameters_mut() {
+        let value = tensor(&format!("adapter/{name}"), param)?;
+        if file.tensor(&format!("m/{name}")).is_some() {
+            let inner = value.clone().inner();
+            let (m, v) = (tensor(&format!("m/{name}"), &inner)?, tensor(&format!("v/{name}"), &inner)?);
+            moments.insert(name.clone(), (m.inner(), v.inner()));
+        }
+        *param = value.require_grad();
+    }
+    optimizer.moments = moments;
+    let order = position["order"]
+        .as_array()
+        .ok_or_else(|| bad("state field 'order' is missing".into()))?
+        .iter()
+        .map(|v| v.as_u64().map(|i| i as usize).ok_or_else(|| bad("bad window index".into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TrainState {
+        step: number("step")? as usize,
+        epoch: number("epoch")?,
+        next: number("next")? as usize,
+        order,
+        optimizer,
+    })
+}
