@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# adaptkit against llama.cpp on the same GGUF, in one run, on the same threads: prefill tok/s of
-# a 128-token prompt, decode tok/s over 128 greedy tokens, peak RSS. Prints both JSON reports
-# and a Markdown table with adaptkit/llama.cpp ratios (the README's benchmark table).
+# adaptkit against its peers on the same GGUF, in one run, on the same 2 threads: llama.cpp for
+# prefill tok/s of a 128-token prompt, decode tok/s over 128 greedy tokens and peak RSS;
+# PyTorch + PEFT (fp32) for LoRA training tok/s (r=8, all projections, batch 4 x 128) and its
+# peak RSS. Prints the JSON reports and a Markdown table with ratios (the README's tables).
 # Usage: scripts/bench.sh [MODEL.gguf]    (THREADS=2 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,13 @@ cargo build --release -p adaptkit-cli >&2
 model="${1:-$(scripts/fetch-model.sh)}"
 ours=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" --json | tail -1)
 peer=$(scripts/bench-llamacpp.sh "$model" | tail -1)
+torch=$("$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
 echo "$ours"
 echo "$peer"
-python3 - "$ours" "$peer" <<'PY'
+echo "$torch"
+python3 - "$ours" "$peer" "$torch" <<'PY'
 import json, sys
-ours, peer = (json.loads(a) for a in sys.argv[1:])
+ours, peer, torch = (json.loads(a) for a in sys.argv[1:])
 print(f"\n{ours['threads']} threads, batch 1, {ours['prompt_tokens']}-token prompt, {ours['gen_tokens']} generated tokens\n")
 print("| | adaptkit | llama.cpp | ratio |")
 print("|---|---|---|---|")
@@ -24,4 +27,10 @@ for key, label, unit in [("prefill_tok_s", "prefill", "tok/s"), ("decode_tok_s",
                          ("peak_rss_mb", "peak RSS", "MiB")]:
     a, b = ours[key], peer[key]
     print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+print(f"\nLoRA training: {ours['train_config']}\n")
+print("| | adaptkit | PyTorch + PEFT (fp32) | ratio |")
+print("|---|---|---|---|")
+for label, a, b in [("train (tok/s)", ours["train_tok_s"], torch["train_tok_s"]),
+                    ("train peak RSS (MiB)", ours["train_peak_rss_mb"], torch["peak_rss_mb"])]:
+    print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
 PY

@@ -1,8 +1,16 @@
 //! `adaptkit bench`: prefill and decode speed (batch 1) and peak memory of a model, as the median
 //! of several runs after a warm-up. Compare with peers through `scripts/bench.sh`.
 
+use std::time::Instant;
+
+use adaptkit::adapt::{LoraAdapter, LoraConfig};
+use adaptkit::control::CancelToken;
+use adaptkit::engine::{Engine, EngineOptions};
 use adaptkit::generate::{GenerateOptions, SamplingParams};
 use adaptkit::model::NoAdapters;
+use adaptkit::model::Projection;
+use adaptkit::train::data::{Window, Windows};
+use adaptkit::train::{self, Checkpointing, TrainOptions};
 use clap::Args;
 use serde_json::json;
 
@@ -27,6 +35,10 @@ pub struct BenchArgs {
     /// Timed runs after one warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Timed LoRA training steps (r=8, all seven projections, batch 4 x 128) after one warm-up
+    /// step; 0 skips training.
+    #[arg(long, default_value_t = 3)]
+    train_steps: usize,
     #[command(flatten)]
     out: Output,
 }
@@ -63,14 +75,22 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             decode.push(timed.decode_tok_s);
         }
     }
+    // Inference's peak, before training raises the high-water mark.
+    let inference_rss = peak_rss_mb();
+    let (source, threads) = (engine.source().to_path_buf(), engine.threads());
+    drop(engine);
+    let train_tok_s = if args.train_steps > 0 { Some(train_speed(&args, &source, &ids)?) } else { None };
     let report = json!({
-        "model": engine.source().display().to_string(),
-        "threads": engine.threads(),
+        "model": source.display().to_string(),
+        "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
         "prefill_tok_s": median(&mut prefill),
         "decode_tok_s": median(&mut decode),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": inference_rss,
+        "train_tok_s": train_tok_s,
+        "train_peak_rss_mb": train_tok_s.and(peak_rss_mb()),
+        "train_config": "LoRA r=8 alpha=16 on q,k,v,o,gate,up,down; batch 4 x 128 tokens; AdamW",
     });
     emit(args.out, report.clone(), || say(format_args!("{report}\n")));
     Ok(())
@@ -79,4 +99,56 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// Training tokens/s of LoRA r=8 on every projection, batch 4 x 128, over `train_steps` steps
+/// after a warm-up step (the same configuration as `scripts/bench_torch_peft.py`).
+fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> Result<f64, CliError> {
+    const BATCH: usize = 4;
+    const SEQ: usize = 128;
+    let engine = Engine::load(model, &EngineOptions { threads: args.model.threads, trainable: true })?;
+    let window = |i: usize| Window {
+        tokens: (0..SEQ).map(|j| text_ids[(i * 7 + j) % text_ids.len()]).collect(),
+        targets: vec![true; SEQ],
+    };
+    let windows = Windows { train: (0..BATCH).map(window).collect(), held_out: Vec::new() };
+    let config = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        use_rslora: false,
+        targets: Projection::ALL.to_vec(),
+    };
+    let mut adapter = LoraAdapter::new(config, engine.model(), 0)?.trainable();
+    let options = TrainOptions {
+        steps: args.train_steps + 1,
+        batch: BATCH,
+        accumulate: 1,
+        lr: 1e-4,
+        warmup: 0,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.0,
+        seed: 0,
+    };
+    let mut first: Option<Instant> = None;
+    let mut rate = 0.0;
+    engine.run(|engine| {
+        train::fit(
+            engine.model(),
+            &mut adapter,
+            &windows,
+            &options,
+            Checkpointing::default(),
+            &CancelToken::new(),
+            &mut |step| {
+                let now = Instant::now();
+                let start = *first.get_or_insert(now);
+                if step.step > 1 {
+                    rate = ((step.step - 1) * BATCH * SEQ) as f64 / (now - start).as_secs_f64();
+                }
+                eprintln!("train step {}/{}: loss {:.3}", step.step, step.steps, step.loss);
+            },
+        )
+    })?;
+    Ok(rate)
 }

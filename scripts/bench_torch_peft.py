@@ -1,0 +1,52 @@
+"""PyTorch + transformers + PEFT peer for the training figure of `adaptkit bench`: the same model
+(the GGUF dequantized to fp32 by transformers), LoRA r=8 alpha=16 on all seven projections,
+batch 4 x 128 tokens, AdamW lr 1e-4, gradient clipping at 1.0, 2 threads; one warm-up step,
+then the mean over 3 timed steps. Prints one JSON object as its last line.
+
+Usage: "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py [MODEL.gguf]
+"""
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import peft
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+BATCH, SEQ, STEPS = 4, 128, 3
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(MODEL.parent, gguf_file=MODEL.name, dtype=torch.float32)
+config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+model = get_peft_model(model, config).train()
+params = [p for p in model.parameters() if p.requires_grad]
+optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+
+
+def step():
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+step()
+start = time.perf_counter()
+for _ in range(STEPS):
+    step()
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "peer": "pytorch+peft",
+    "versions": {"torch": torch.__version__, "peft": peft.__version__},
+    "train_tok_s": STEPS * BATCH * SEQ / seconds,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "threads": 2, "batch": BATCH, "seq": SEQ,
+}))
