@@ -378,3 +378,28 @@ fn a_killed_training_run_resumes_to_the_same_result() {
     assert_eq!(resumed["train_loss"], straight["train_loss"], "straight {straight} vs resumed {resumed}");
     assert_eq!(resumed["eval_loss"], straight["eval_loss"]);
 }
+
+#[test]
+fn bench_reports_inference_and_training_figures() {
+    let Some(model) = real_model() else { return };
+    let report = last_json(&adaptkit(&[
+        "bench",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--train-steps",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]));
+    for key in ["prefill_tok_s", "decode_tok_s", "peak_rss_mb", "train_tok_s", "train_peak_rss_mb"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
+    assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--gen-tokens", "1"]), "--gen-tokens");
+}
