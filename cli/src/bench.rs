@@ -112,13 +112,7 @@ fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> R
         targets: vec![true; SEQ],
     };
     let windows = Windows { train: (0..BATCH).map(window).collect(), held_out: Vec::new() };
-    let config = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: Projection::ALL.to_vec(),
-    };
+    let config = LoraConfig::new(8, 16.0, Projection::ALL.to_vec());
     let mut adapter = LoraAdapter::new(config, engine.model(), 0)?.trainable();
     let options = TrainOptions {
         steps: args.train_steps + 1,

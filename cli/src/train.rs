@@ -83,7 +83,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
     let format = data::Format::of(&args.data);
     let windows = data::windows(&text, format, engine.tokenizer(), args.seq, 0.1, args.seed)?;
-    let config = LoraConfig { rank: args.rank, alpha: args.alpha, dropout: 0.0, use_rslora: false, targets };
+    let config = LoraConfig::new(args.rank, args.alpha, targets);
     let mut adapter = LoraAdapter::new(config, engine.model(), args.seed)?.trainable();
     let options = TrainOptions {
         steps: args.steps,

@@ -30,6 +30,12 @@ fn last_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
+/// `adaptkit train` on `data` into `out`, with `extra` arguments.
+fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let base = ["train", "--model", model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    adaptkit(&[&base[..], extra].concat())
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("adaptkit-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -261,10 +267,8 @@ fn train_saves_an_adapter_that_generate_loads() {
     let Some(model) = real_model() else { return };
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
     let out = scratch("trained-adapter");
-    let args = ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    let report = last_json(&adaptkit(
-        &[&args[..], &["--steps", "2", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--json"]].concat(),
-    ));
+    const SHORT: [&str; 9] = ["--steps", "2", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--json"];
+    let report = last_json(&train(&model, &data, &out, &SHORT));
     assert_eq!(report["steps"], 2, "{report}");
     assert!(
         report["train_loss"].as_f64().unwrap().is_finite() && report["eval_loss"].as_f64().is_some(),
@@ -284,8 +288,8 @@ fn train_saves_an_adapter_that_generate_loads() {
         "--json",
     ]));
     assert!(generated["tokens"].as_array().is_some());
-    assert_clean_failure(&adaptkit(&[&args[..], &["--targets", "q,lm_head"]].concat()), "lm_head");
-    assert_clean_failure(&adaptkit(&[&args[..], &["--rank", "0"]].concat()), "--rank");
+    assert_clean_failure(&train(&model, &data, &out, &["--targets", "q,lm_head"]), "lm_head");
+    assert_clean_failure(&train(&model, &data, &out, &["--rank", "0"]), "--rank");
 }
 
 #[test]
@@ -293,39 +297,16 @@ fn train_takes_chat_and_prompt_completion_jsonl() {
     let Some(model) = real_model() else { return };
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/chat.jsonl");
     let out = scratch("chat-adapter");
-    let report = last_json(&adaptkit(&[
-        "train",
-        "--model",
+    let report = last_json(&train(
         &model,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        "2",
-        "--batch",
-        "1",
-        "--seq",
-        "32",
-        "--lr",
-        "1e-3",
-        "--json",
-    ]));
+        &data,
+        &out,
+        &["--steps", "2", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--json"],
+    ));
     assert!(report["train_loss"].as_f64().unwrap().is_finite(), "{report}");
     let bad = scratch("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"question\": \"?\"}\n").unwrap();
-    assert_clean_failure(
-        &adaptkit(&[
-            "train",
-            "--model",
-            &model,
-            "--data",
-            bad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]),
-        "data line 2",
-    );
+    assert_clean_failure(&train(&model, &bad, &out, &[]), "data line 2");
 }
 
 #[test]

@@ -732,13 +732,7 @@ fn lora_training_memorises_a_sequence() {
     weights.embed.iter_mut().for_each(|v| *v *= 0.05);
     weights.write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
     let model = load_for_training(&dir.join("m.gguf"));
-    let config = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: Projection::ALL.to_vec(),
-    };
+    let config = LoraConfig::new(8, 16.0, Projection::ALL.to_vec());
     let mut adapter = LoraAdapter::new(config, &model, 1).unwrap().trainable();
     let mut optimizer = AdamW::new(0.0);
     let first = scalar(next_token_loss(&model, &adapter, &TOKENS, 1).unwrap());
@@ -836,13 +830,7 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         weight_decay: 0.01,
         seed: 4,
     };
-    let config = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: Projection::ALL.to_vec(),
-    };
+    let config = LoraConfig::new(4, 8.0, Projection::ALL.to_vec());
     let fresh = || LoraAdapter::new(config.clone(), &model, 7).unwrap().trainable();
 
     let mut straight = Vec::new();

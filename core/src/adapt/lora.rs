@@ -26,6 +26,11 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// Plain LoRA (no dropout, `alpha / r` scaling) of `rank` on `targets`.
+    pub fn new(rank: usize, alpha: f32, targets: Vec<Projection>) -> Self {
+        Self { rank, alpha, dropout: 0.0, use_rslora: false, targets }
+    }
+
     /// The factor on `B A x`.
     pub fn scale(&self) -> f32 {
         if self.use_rslora {
