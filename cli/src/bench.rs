@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// step; 0 skips training.
     #[arg(long, default_value_t = 3)]
     train_steps: usize,
+    /// Train with activation checkpointing (see `train --checkpoint-activations`).
+    #[arg(long)]
+    checkpoint_activations: bool,
     #[command(flatten)]
     out: Output,
 }
@@ -91,6 +94,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         "train_tok_s": train_tok_s,
         "train_peak_rss_mb": train_tok_s.and(peak_rss_mb()),
         "train_config": "LoRA r=8 alpha=16 on q,k,v,o,gate,up,down; batch 4 x 128 tokens; AdamW",
+        "checkpoint_activations": args.checkpoint_activations,
     });
     emit(args.out, report.clone(), || say(format_args!("{report}\n")));
     Ok(())
@@ -123,6 +127,7 @@ fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> R
         max_grad_norm: Some(1.0),
         weight_decay: 0.0,
         seed: 0,
+        checkpoint_activations: args.checkpoint_activations,
     };
     let mut first: Option<Instant> = None;
     let mut rate = 0.0;

@@ -1,9 +1,10 @@
 //! Quantized matmul throughput on SmolLM2-135M's shapes: one token (decode, a matvec) and 128
 //! tokens (prefill) per format, with the plain f32 matrix of the same shape as the peer.
 //!
-//! `cargo bench --bench quant -- [FORMAT...] [--threads N] [--tokens 1,128] [--reference]`;
-//! formats by ggml name (`Q4_1`, `Q6_K`, ...), default all. Threads default to one and then
-//! every core. `--reference` adds a row for the portable scalar kernels after each SIMD one.
+//! `cargo bench --bench quant -- [FORMAT...] [--threads N] [--tokens 1,128] [--reference]
+//! [--transposed]`; formats by ggml name (`Q4_1`, `Q6_K`, ...), default all. Threads default
+//! to one and then every core. `--reference` adds a row for the portable scalar kernels after
+//! each SIMD one. `--transposed` times the product with `Wᵀ` (training's backward) instead.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ fn main() {
     let mut threads = vec![1, 0];
     let mut token_counts = vec![1, 128];
     let mut reference = false;
+    let mut transposed = false;
     let mut names = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -47,6 +49,7 @@ fn main() {
                 token_counts = list.split(',').map(|n| n.parse().expect("--tokens N,N,...")).collect();
             }
             "--reference" => reference = true,
+            "--transposed" => transposed = true,
             _ => names.push(a.to_uppercase()),
         }
     }
@@ -74,10 +77,20 @@ fn main() {
                     if reference { vec![simd.clone(), simd.with_reference_kernels()] } else { vec![simd] };
                 for &tokens in &token_counts {
                     for m in &kernels {
+                        let (inputs, outputs) = if transposed { (rows, cols) } else { (cols, rows) };
                         let x: Vec<f32> =
-                            (0..tokens * cols).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
-                        let mut y = vec![0f32; tokens * rows];
-                        let t = pool.install(|| time(|| m.matmul(black_box(&x), tokens, &mut y).unwrap()));
+                            (0..tokens * inputs).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
+                        let mut y = vec![0f32; tokens * outputs];
+                        let t = pool.install(|| {
+                            time(|| {
+                                let x = black_box(&x);
+                                if transposed {
+                                    m.matmul_transposed(x, tokens, &mut y).unwrap()
+                                } else {
+                                    m.matmul(x, tokens, &mut y).unwrap()
+                                }
+                            })
+                        });
                         let secs = t.as_secs_f64();
                         let flops = 2.0 * (rows * cols * tokens) as f64;
                         println!(

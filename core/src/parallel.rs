@@ -63,3 +63,26 @@ pub fn for_each_chunk_mut<T: Send>(
     #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
     out.chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| work(i, c));
 }
+
+/// [`for_each_chunk_mut`] over two slices at once: `work(i, a_chunk, b_chunk)` for the `i`-th
+/// `a_len`-sized piece of `a` and `b_len`-sized piece of `b`.
+pub fn for_each_chunk_pair_mut<T: Send, U: Send>(
+    a: &mut [T],
+    a_len: usize,
+    b: &mut [U],
+    b_len: usize,
+    work: impl Fn(usize, &mut [T], &mut [U]) + Send + Sync,
+) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    {
+        a.par_chunks_mut(a_len.max(1))
+            .zip(b.par_chunks_mut(b_len.max(1)))
+            .enumerate()
+            .for_each(|(i, (a, b))| work(i, a, b));
+    }
+    #[cfg(not(all(feature = "std", not(target_arch = "wasm32"))))]
+    a.chunks_mut(a_len.max(1))
+        .zip(b.chunks_mut(b_len.max(1)))
+        .enumerate()
+        .for_each(|(i, (a, b))| work(i, a, b));
+}

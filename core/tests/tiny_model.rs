@@ -13,7 +13,7 @@ use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
 use adaptkit::model::{Adapters, KvCache, Llama, LlamaConfig, NoAdapters, Projection};
 use adaptkit::quant::{self, GgmlType};
-use adaptkit::train::{collect_grads, masked_next_token_loss, next_token_loss, AdamW};
+use adaptkit::train::{collect_grads, loss_and_gradients, masked_next_token_loss, next_token_loss, AdamW};
 use adaptkit::Error;
 
 const VOCAB: usize = 128;
@@ -723,6 +723,36 @@ fn lora_gradients_match_finite_differences_through_the_quantized_base() {
     }
 }
 
+/// Activation checkpointing (blocks rerun in backward from their saved inputs) gives the
+/// same loss and gradients as keeping the whole graph, with a mask and a batch of two.
+#[test]
+fn checkpointed_gradients_equal_the_full_graph() {
+    let dir = tempdir();
+    Weights::random(25).write_gguf(&dir.join("m.gguf"), GgmlType::Q4K, None);
+    let model = load_for_training(&dir.join("m.gguf"));
+    Lora::random(26, 2, false).write_peft(&dir.join("lora"));
+    let mut adapter = LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
+    let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 5 != 2).collect();
+    let (full_loss, full) =
+        loss_and_gradients(&model, &mut adapter, &TOKENS, Some(&counted), 2, false).unwrap();
+    let (loss, checkpointed) =
+        loss_and_gradients(&model, &mut adapter, &TOKENS, Some(&counted), 2, true).unwrap();
+    assert!((loss - full_loss).abs() < 1e-5 * full_loss, "loss {loss} vs {full_loss}");
+    assert_eq!(full.keys().collect::<Vec<_>>(), checkpointed.keys().collect::<Vec<_>>());
+    assert!(full.len() >= 4);
+    for (name, g) in &full {
+        let (a, b) = (
+            g.clone().into_data().try_to_vec::<f32>().unwrap(),
+            checkpointed[name].clone().into_data().try_to_vec::<f32>().unwrap(),
+        );
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{name} has no gradient");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 * scale, "{name}: {x} vs {y}");
+        }
+    }
+}
+
 #[test]
 fn lora_training_memorises_a_sequence() {
     const STEPS: usize = 100;
@@ -829,6 +859,7 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         max_grad_norm: Some(1.0),
         weight_decay: 0.01,
         seed: 4,
+        checkpoint_activations: false,
     };
     let config = LoraConfig::new(4, 8.0, Projection::ALL.to_vec());
     let fresh = || LoraAdapter::new(config.clone(), &model, 7).unwrap().trainable();

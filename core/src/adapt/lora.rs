@@ -113,6 +113,17 @@ impl LoraAdapter {
         self
     }
 
+    /// The same adapter with its parameters off the autodiff graph, for forward passes that
+    /// keep no activations for backward.
+    pub fn detached(&self) -> Self {
+        let pairs = self
+            .pairs
+            .iter()
+            .map(|(&site, pair)| (site, Pair { a: untracked(&pair.a), b: untracked(&pair.b) }))
+            .collect();
+        Self { config: self.config.clone(), pairs }
+    }
+
     /// Every parameter tensor with a stable name (its PEFT key), for optimizers.
     pub fn parameters_mut(&mut self) -> impl Iterator<Item = (String, &mut Tensor<2>)> {
         self.pairs.iter_mut().flat_map(|(&(layer, projection), pair)| {
@@ -289,6 +300,12 @@ fn reorder_rows(values: &[f32], heads: usize, head_dim: usize, row_len: usize, o
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
+}
+
+/// `x` off the autodiff graph. (`detach` would keep a parameter's `require_grad`, so ops on it
+/// would still record a graph.)
+fn untracked(x: &Tensor<2>) -> Tensor<2> {
+    x.clone().set_require_grad(false)
 }
 
 fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {

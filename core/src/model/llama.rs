@@ -118,23 +118,50 @@ impl Llama {
         cache: &mut KvCache,
         adapters: &dyn Adapters,
     ) -> Result<Tensor<3>, Error> {
-        let c = &self.config;
         let len = tokens.len() / batch;
-        let start = cache.len();
-
-        let mut embedded = vec![0.0; tokens.len() * c.d_model];
-        self.token_embedding.get_rows(tokens, &mut embedded)?;
-        let mut x = Tensor::<3>::from_data(TensorData::new(embedded, [batch, len, c.d_model]), &self.device);
-
-        let rope = self.rope.tables(start, len, &self.device);
-        let groups = c.n_heads / c.n_kv_heads;
-        let mask = (len > 1).then(|| causal_mask(start, len, groups, &self.device));
-        for (index, block) in self.blocks.iter().enumerate() {
-            let attention = Attention { config: c, rope: &rope, mask: mask.as_ref(), adapters };
-            x = block.forward(x, &attention, index, cache)?;
+        let positions = self.positions(cache.len(), len);
+        let mut x = self.embed(tokens, batch)?;
+        for layer in 0..self.blocks.len() {
+            x = self.block_forward(layer, x, &positions, cache, adapters)?;
         }
         cache.advance(len);
-        Ok(rms_norm(x, &self.output_norm, c.rms_eps))
+        Ok(self.final_norm(x))
+    }
+
+    /// The token embeddings `[batch, len, d_model]` of `tokens` (`batch` equal rows).
+    pub fn embed(&self, tokens: &[u32], batch: usize) -> Result<Tensor<3>, Error> {
+        let d = self.config.d_model;
+        let mut embedded = vec![0.0; tokens.len() * d];
+        self.token_embedding.get_rows(tokens, &mut embedded)?;
+        Ok(Tensor::from_data(TensorData::new(embedded, [batch, tokens.len() / batch, d]), &self.device))
+    }
+
+    /// What every block of a pass over positions `start..start + len` shares.
+    pub fn positions(&self, start: usize, len: usize) -> Positions {
+        let groups = self.config.n_heads / self.config.n_kv_heads;
+        Positions {
+            rope: self.rope.tables(start, len, &self.device),
+            mask: (len > 1).then(|| causal_mask(start, len, groups, &self.device)),
+        }
+    }
+
+    /// Block `layer` on `x: [batch, len, d_model]` at `positions`, its keys and values appended
+    /// to `cache` (whose length the caller advances once every block has run).
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        x: Tensor<3>,
+        positions: &Positions,
+        cache: &mut KvCache,
+        adapters: &dyn Adapters,
+    ) -> Result<Tensor<3>, Error> {
+        let attention = Attention { config: &self.config, positions, adapters };
+        self.blocks[layer].forward(x, &attention, layer, cache)
+    }
+
+    /// The final RMSNorm, whose output the head turns into logits.
+    pub fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        rms_norm(x, &self.output_norm, self.config.rms_eps)
     }
 
     /// Logits `[rows, vocab]` (row-major, on the host) of hidden states `[batch, len, d_model]`
@@ -149,12 +176,17 @@ impl Llama {
     }
 }
 
+/// RoPE tables and causal mask of one pass over a range of positions.
+pub struct Positions {
+    rope: RopeTables,
+    mask: Option<Tensor<4>>,
+}
+
 /// What every layer's attention shares within one forward pass.
 struct Attention<'a> {
     config: &'a LlamaConfig,
-    rope: &'a RopeTables,
+    positions: &'a Positions,
     adapters: &'a dyn Adapters,
-    mask: Option<&'a Tensor<4>>,
 }
 
 impl Block {
@@ -179,8 +211,8 @@ impl Block {
                 None => y,
             })
         };
-        let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h), attn.rope);
-        let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv), attn.rope);
+        let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h), &attn.positions.rope);
+        let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv), &attn.positions.rope);
         let v = heads(linear(Projection::V, normed)?, kv);
         let (keys, values) = cache.append(layer, k, v);
 
@@ -188,7 +220,7 @@ impl Block {
         // instead of repeating keys and values `groups` times.
         let q = q.reshape([b, kv, groups * t, hd]);
         let mut scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f32).sqrt());
-        if let Some(mask) = attn.mask {
+        if let Some(mask) = &attn.positions.mask {
             scores = scores + mask.clone();
         }
         let context =

@@ -4,73 +4,18 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod loss;
+
+pub use loss::{loss_and_gradients, masked_next_token_loss, next_token_loss};
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::Gradients;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::adapt::LoraAdapter;
 use crate::error::Error;
-use crate::model::linear::QuantLinear;
 use crate::model::{Adapters, Llama};
-
-/// Mean next-token negative log-likelihood of `tokens` (`batch` rows of equal length): every
-/// position but the last predicts the next token.
-pub fn next_token_loss(
-    model: &Llama,
-    adapters: &dyn Adapters,
-    tokens: &[u32],
-    batch: usize,
-) -> Result<Tensor<1>, Error> {
-    masked_next_token_loss(model, adapters, tokens, None, batch)
-}
-
-/// [`next_token_loss`] counting only the tokens with `targets[i]` set (e.g. the completion of a
-/// prompt/completion pair): the mean over those predictions.
-pub fn masked_next_token_loss(
-    model: &Llama,
-    adapters: &dyn Adapters,
-    tokens: &[u32],
-    targets: Option<&[bool]>,
-    batch: usize,
-) -> Result<Tensor<1>, Error> {
-    let len = tokens.len() / batch.max(1);
-    if len < 2 || batch == 0 || tokens.len() != batch * len {
-        return Err(Error::InvalidArgument(format!(
-            "{} tokens are not {batch} rows of at least 2",
-            tokens.len()
-        )));
-    }
-    let mut cache = model.new_cache(batch);
-    let hidden = model.forward_adapted(tokens, batch, &mut cache, adapters)?;
-    let d = model.config().d_model;
-    let head = QuantLinear::new(model.output().clone());
-    let logits = head.forward(hidden.slice([0..batch, 0..len - 1, 0..d]))?;
-    let next: Vec<i64> =
-        tokens.chunks_exact(len).flat_map(|row| row[1..].iter().map(|&t| i64::from(t))).collect();
-    let next = Tensor::<3, Int>::from_data(TensorData::new(next, [batch, len - 1, 1]), model.device());
-    let picked = log_softmax(logits, 2).gather(2, next);
-    let Some(targets) = targets else { return Ok(picked.mean().neg()) };
-    if targets.len() != tokens.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} target flags for {} tokens",
-            targets.len(),
-            tokens.len()
-        )));
-    }
-    let weights: Vec<f32> = targets
-        .chunks_exact(len)
-        .flat_map(|row| row[1..].iter().map(|&t| if t { 1.0 } else { 0.0 }))
-        .collect();
-    let counted = weights.iter().sum::<f32>();
-    if counted == 0.0 {
-        return Err(Error::InvalidArgument("no token of this batch counts in the loss".into()));
-    }
-    let weights = Tensor::<3>::from_data(TensorData::new(weights, [batch, len - 1, 1]), model.device());
-    Ok((picked * weights).sum().div_scalar(counted).neg())
-}
 
 /// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
 /// (`save`: a path and every how many steps).
@@ -175,6 +120,9 @@ pub struct TrainOptions {
     pub max_grad_norm: Option<f32>,
     pub weight_decay: f32,
     pub seed: u64,
+    /// Keep only each block's input during the forward pass and recompute the block in
+    /// backward (activation checkpointing): far less memory for one more forward pass.
+    pub checkpoint_activations: bool,
 }
 
 impl TrainOptions {
@@ -232,7 +180,7 @@ pub fn fit(
             "training needs steps, batch and accumulation >= 1, and data".into(),
         ));
     }
-    let eval_loss_before = mean_loss(model, adapter, &windows.held_out)?;
+    let eval_loss_before = mean_loss(model, &adapter.detached(), &windows.held_out)?;
     let fresh = TrainState::new(windows.train.len(), options.weight_decay);
     let Checkpointing { resume, save } = checkpointing;
     let mut state = resume.unwrap_or(fresh);
@@ -266,11 +214,16 @@ pub fn fit(
                 batch.targets.extend(&window.targets);
                 *next += 1;
             }
-            let loss =
-                masked_next_token_loss(model, adapter, &batch.tokens, Some(&batch.targets), options.batch)?;
-            let grads = loss.backward();
-            loss_sum += crate::model::linear::host_f32(loss)?[0];
-            for (name, g) in collect_grads(adapter, &grads) {
+            let (loss, grads) = loss_and_gradients(
+                model,
+                adapter,
+                &batch.tokens,
+                Some(&batch.targets),
+                options.batch,
+                options.checkpoint_activations,
+            )?;
+            loss_sum += loss;
+            for (name, g) in grads {
                 let total = match summed.remove(&name) {
                     Some(total) => total + g,
                     None => g,
@@ -303,11 +256,11 @@ pub fn fit(
             checkpoint::save(path, adapter, &state)?;
         }
     }
-    let eval_loss = mean_loss(model, adapter, &windows.held_out)?;
+    let eval_loss = mean_loss(model, &adapter.detached(), &windows.held_out)?;
     Ok(TrainReport { steps: options.steps, train_loss, eval_loss_before, eval_loss, tokens })
 }
 
-/// Mean next-token loss over `windows` (one at a time, no gradients kept).
+/// Mean next-token loss over `windows` (one at a time; `adapters` off the autodiff graph).
 fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -> Result<Option<f32>, Error> {
     if windows.is_empty() {
         return Ok(None);
@@ -315,7 +268,7 @@ fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -
     let mut total = 0.0;
     for window in windows {
         let loss = masked_next_token_loss(model, adapters, &window.tokens, Some(&window.targets), 1)?;
-        total += crate::model::linear::host_f32(loss.detach())?[0];
+        total += crate::model::linear::host_f32(loss)?[0];
     }
     Ok(Some(total / windows.len() as f32))
 }
@@ -335,6 +288,7 @@ mod tests {
             max_grad_norm: None,
             weight_decay: 0.0,
             seed: 0,
+            checkpoint_activations: false,
         };
         assert!((o.learning_rate(1) - 1e-4).abs() < 1e-9);
         assert!((o.learning_rate(10) - 1e-3).abs() < 1e-9);

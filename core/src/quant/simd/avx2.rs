@@ -39,6 +39,21 @@ pub(super) unsafe fn gemm(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize
     super::gemm_with(s, w, x, k, tokens, out)
 }
 
+/// # Safety
+/// As [`super::gemm_acc`], whose checks the caller has made.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm_acc(
+    s: Avx2,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    n: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    super::gemm_acc_with(s, a, lda, w, n, tokens, out)
+}
+
 // SAFETY (every method): an `Avx2` exists only where the features are present.
 impl Simd for Avx2 {
     type F = __m256;
@@ -59,6 +74,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn load_le(self, p: *const u8) -> __m256 {
         _mm256_loadu_ps(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
     }
     #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {

@@ -29,6 +29,9 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p` points at 32 readable bytes holding eight little-endian f32, at any alignment.
     unsafe fn load_le(self, p: *const u8) -> Self::F;
+    /// # Safety
+    /// `p` points at eight writable f32.
+    unsafe fn store(self, p: *mut f32, v: Self::F);
     fn add(self, a: Self::F, b: Self::F) -> Self::F;
     fn mul(self, a: Self::F, b: Self::F) -> Self::F;
     /// `a * b + c`, fused where the ISA has it.
@@ -222,6 +225,108 @@ pub(crate) fn gemm(isa: Isa, w: &[f32], x: &[f32], k: usize, tokens: usize, out:
         Isa::Neon(s) => unsafe { neon::gemm(s, w, x, k, tokens, out) },
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         Isa::Simd128(s) => unsafe { wasm::gemm(s, w, x, k, tokens, out) },
+    }
+}
+
+/// `out[t * width + c] += Σ_{r < n} a[t * lda + r] · w[r * width + c]` for `tokens` rows of `a`
+/// and f32 weight rows `w` (`n` of `width`): the product with `Wᵀ` once a slab of weight rows
+/// is decoded, accumulated over slabs. Unlike [`gemm`] it needs no transposed copy of the
+/// weights: each step broadcasts one value of `a` per token against whole weight rows.
+pub(crate) fn gemm_acc(isa: Isa, a: &[f32], lda: usize, w: &[f32], n: usize, tokens: usize, out: &mut [f32]) {
+    let width = out.len() / tokens.max(1);
+    assert!(n <= lda && w.len() >= n * width && out.len() == tokens * width);
+    assert!(tokens == 0 || a.len() >= (tokens - 1) * lda + n);
+    match isa {
+        Isa::Scalar => {
+            for (t, out) in out.chunks_exact_mut(width.max(1)).enumerate() {
+                for (r, w) in w.chunks_exact(width.max(1)).take(n).enumerate() {
+                    let a = a[t * lda + r];
+                    out.iter_mut().zip(w).for_each(|(o, w)| *o += a * w);
+                }
+            }
+        }
+        // SAFETY: the asserts above bound every access; the token proves the ISA.
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Isa::Avx2(s) => unsafe { avx2::gemm_acc(s, a, lda, w, n, tokens, out) },
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        Isa::Neon(s) => unsafe { neon::gemm_acc(s, a, lda, w, n, tokens, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128(s) => unsafe { wasm::gemm_acc(s, a, lda, w, n, tokens, out) },
+    }
+}
+
+/// The body of the ISA entry points of [`gemm_acc`]: tiles of 6 tokens by 16 columns keep
+/// twelve accumulators in registers, loading two weight vectors and broadcasting six values
+/// per step; columns past the last multiple of 8 are summed as scalars.
+#[inline(always)]
+unsafe fn gemm_acc_with<S: Simd>(
+    s: S,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    n: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    const T: usize = 6;
+    let width = out.len() / tokens.max(1);
+    let (a, w, o) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+    let body = width / 8 * 8;
+    let mut t = 0;
+    while t < tokens {
+        let tn = if tokens - t >= T { T } else { 1 };
+        let mut c = 0;
+        while c < body {
+            let cn = if body - c >= 16 { 2 } else { 1 };
+            match (tn, cn) {
+                (T, 2) => acc_tile::<S, T, 2>(s, a, lda, w, n, width, t, c, o),
+                (T, _) => acc_tile::<S, T, 1>(s, a, lda, w, n, width, t, c, o),
+                (_, 2) => acc_tile::<S, 1, 2>(s, a, lda, w, n, width, t, c, o),
+                _ => acc_tile::<S, 1, 1>(s, a, lda, w, n, width, t, c, o),
+            }
+            c += 8 * cn;
+        }
+        for t in t..t + tn {
+            for c in body..width {
+                let mut sum = 0.0;
+                for r in 0..n {
+                    sum += *a.add(t * lda + r) * *w.add(r * width + c);
+                }
+                *o.add(t * width + c) += sum;
+            }
+        }
+        t += tn;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn acc_tile<S: Simd, const T: usize, const C: usize>(
+    s: S,
+    a: *const f32,
+    lda: usize,
+    w: *const f32,
+    n: usize,
+    width: usize,
+    t0: usize,
+    c0: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[s.zero(); C]; T];
+    for r in 0..n {
+        let wv: [S::F; C] = core::array::from_fn(|v| s.load(w.add(r * width + c0 + 8 * v)));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let av = s.splat(*a.add((t0 + t) * lda + r));
+            for (acc, wv) in acc.iter_mut().zip(wv) {
+                *acc = s.fma(av, wv, *acc);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        for (v, acc) in acc.iter().enumerate() {
+            let p = out.add((t0 + t) * width + c0 + 8 * v);
+            s.store(p, s.add(s.load(p), *acc));
+        }
     }
 }
 

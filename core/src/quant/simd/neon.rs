@@ -33,6 +33,20 @@ pub(super) unsafe fn gemm(s: Neon, w: &[f32], x: &[f32], k: usize, tokens: usize
     super::gemm_with(s, w, x, k, tokens, out)
 }
 
+/// # Safety
+/// As [`super::gemm_acc`], whose checks the caller has made.
+pub(super) unsafe fn gemm_acc(
+    s: Neon,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    n: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    super::gemm_acc_with(s, a, lda, w, n, tokens, out)
+}
+
 // SAFETY (every method): NEON is enabled at compile time for this module.
 impl Simd for Neon {
     type F = F8;
@@ -53,6 +67,11 @@ impl Simd for Neon {
     #[inline(always)]
     unsafe fn load_le(self, p: *const u8) -> F8 {
         F8(vreinterpretq_f32_u8(vld1q_u8(p)), vreinterpretq_f32_u8(vld1q_u8(p.add(16))))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: F8) {
+        vst1q_f32(p, v.0);
+        vst1q_f32(p.add(4), v.1);
     }
     #[inline(always)]
     fn add(self, a: F8, b: F8) -> F8 {

@@ -33,6 +33,20 @@ pub(super) unsafe fn gemm(s: Simd128, w: &[f32], x: &[f32], k: usize, tokens: us
     super::gemm_with(s, w, x, k, tokens, out)
 }
 
+/// # Safety
+/// As [`super::gemm_acc`], whose checks the caller has made.
+pub(super) unsafe fn gemm_acc(
+    s: Simd128,
+    a: &[f32],
+    lda: usize,
+    w: &[f32],
+    n: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    super::gemm_acc_with(s, a, lda, w, n, tokens, out)
+}
+
 impl Simd for Simd128 {
     type F = V8;
     type I = V8;
@@ -52,6 +66,11 @@ impl Simd for Simd128 {
     #[inline(always)]
     unsafe fn load_le(self, p: *const u8) -> V8 {
         V8(v128_load(p.cast()), v128_load(p.add(16).cast()))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: V8) {
+        v128_store(p.cast(), v.0);
+        v128_store(p.add(4).cast(), v.1);
     }
     #[inline(always)]
     fn add(self, a: V8, b: V8) -> V8 {
