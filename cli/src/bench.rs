@@ -115,7 +115,8 @@ fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> R
         tokens: (0..SEQ).map(|j| text_ids[(i * 7 + j) % text_ids.len()]).collect(),
         targets: vec![true; SEQ],
     };
-    let windows = Windows { train: (0..BATCH).map(window).collect(), held_out: Vec::new() };
+    let windows =
+        Windows { train: (0..BATCH).map(window).collect(), held_out: Vec::new(), general: Vec::new() };
     let config = LoraConfig::new(8, 16.0, Projection::ALL.to_vec());
     let mut adapter = LoraAdapter::new(config, engine.model(), 0)?.trainable();
     let options = TrainOptions {
@@ -127,6 +128,8 @@ fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> R
         max_grad_norm: Some(1.0),
         weight_decay: 0.0,
         seed: 0,
+        eval_every: 0,
+        patience: None,
         checkpoint_activations: args.checkpoint_activations,
     };
     let mut first: Option<Instant> = None;

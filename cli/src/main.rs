@@ -1,11 +1,13 @@
 //! `adaptkit`: the command-line face of the runtime. Every verb takes `--json` and then prints
 //! exactly one JSON object as its last stdout line; progress goes to stderr. Errors are one line
-//! on stderr and exit code 2.
+//! on stderr and exit code 2 (130 when interrupted).
 
 mod bench;
 mod commands;
 mod fetch;
+mod interrupt;
 mod memory;
+mod plot;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -68,22 +70,30 @@ pub struct ModelArgs {
 }
 
 /// A failure the user can act on: printed as one line, exit code 2.
+/// A one-line message for stderr and the exit code: 2, or 130 for an interruption (Ctrl-C).
 #[derive(Debug)]
-pub struct CliError(String);
+pub struct CliError {
+    message: String,
+    code: u8,
+}
 
 impl CliError {
     pub fn msg(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self { message: message.into(), code: 2 }
     }
 
     pub fn io(path: &Path, error: std::io::Error) -> Self {
-        Self(format!("{}: {error}", path.display()))
+        Self::msg(format!("{}: {error}", path.display()))
+    }
+
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 130 }
     }
 }
 
 impl From<adaptkit::Error> for CliError {
     fn from(error: adaptkit::Error) -> Self {
-        Self(error.to_string())
+        Self::msg(error.to_string())
     }
 }
 
@@ -100,9 +110,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError(message)) => {
+        Err(CliError { message, code }) => {
             eprintln!("error: {message}");
-            ExitCode::from(2)
+            ExitCode::from(code)
         }
     }
 }

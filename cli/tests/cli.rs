@@ -384,3 +384,151 @@ fn bench_reports_inference_and_training_figures() {
     }
     assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--gen-tokens", "1"]), "--gen-tokens");
 }
+
+/// A short general-English text (unrelated to the sample notes) for the forgetting watch.
+fn general_text() -> PathBuf {
+    let path = scratch("general.txt");
+    std::fs::write(
+        &path,
+        "The committee met on Tuesday to review the budget for the new library. Most members agreed \
+         that the reading rooms should stay open later in winter, when students have fewer quiet \
+         places to work. The architect explained that the roof would be replaced first, because \
+         rain had already damaged several shelves of old maps. After a long discussion about \
+         heating costs, the chair asked for a written estimate before the next meeting, and the \
+         session ended shortly after six o'clock.",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn train_evaluates_watches_general_text_and_plots() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let (out, plot) = (scratch("watched"), scratch("curve.svg"));
+    let general = general_text();
+    let report = last_json(&train(
+        &model,
+        &data,
+        &out,
+        &[
+            ["--steps", "4", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--eval-every", "2"].as_slice(),
+            &["--general-eval", general.to_str().unwrap(), "--plot", plot.to_str().unwrap(), "--json"],
+        ]
+        .concat(),
+    ));
+    let evaluations = report["evaluations"].as_array().unwrap();
+    let steps: Vec<u64> = evaluations.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 4], "{report}");
+    assert!(evaluations.iter().all(|e| e["held_out"].is_f64() && e["general"].is_f64()), "{report}");
+    // Before training the adapter is the identity, so general text scores as the base model.
+    assert!(evaluations[0]["general"] == report["general_loss_base"], "{report}");
+    assert!(report["general_ppl_rise"].is_f64() && report["forgetting"].is_boolean(), "{report}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<polyline") && svg.matches("<circle").count() == 6, "{svg}");
+
+    assert_clean_failure(&train(&model, &data, &out, &["--plot", "curve.png"]), ".svg");
+    assert_clean_failure(&train(&model, &data, &out, &["--seq", "100000"]), "context");
+    assert_clean_failure(&train(&model, &data, &out, &["--dropout", "1.5"]), "--dropout");
+}
+
+#[test]
+fn early_stopping_keeps_the_best_adapter() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let general = general_text();
+    // A learning rate far too high makes the held-out loss (here: general text) rise at once.
+    let report = last_json(&train(
+        &model,
+        &data,
+        &scratch("early"),
+        &[
+            ["--steps", "20", "--batch", "1", "--seq", "32", "--lr", "5e-2", "--eval-every", "1"].as_slice(),
+            &["--patience", "2", "--eval", general.to_str().unwrap(), "--json"],
+        ]
+        .concat(),
+    ));
+    let best = report["best_step"].as_u64().expect("stopped early");
+    assert!(report["steps"].as_u64().unwrap() < 20, "{report}");
+    let evaluations = report["evaluations"].as_array().unwrap();
+    let at_best = evaluations.iter().find(|e| e["step"] == best).unwrap();
+    // The kept adapter is the best one: the final evaluation repeats its held-out loss.
+    assert_eq!(evaluations.last().unwrap()["held_out"], at_best["held_out"], "{report}");
+    let lowest = evaluations.iter().map(|e| e["held_out"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    assert_eq!(at_best["held_out"].as_f64().unwrap(), lowest, "{report}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let out = scratch("diverged");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = |steps: &str, extra: &[&str]| {
+        let base = ["--steps", steps, "--batch", "1", "--seq", "32", "--checkpoint-every", "1", "--json"];
+        train(&model, &data, &out, &[&base[..], extra].concat())
+    };
+    last_json(&run("2", &[]));
+    // Poison one adapter value in the checkpoint (RMSNorm keeps even absurd learning rates
+    // finite, so a NaN is planted): resuming, the next step's loss is NaN.
+    let checkpoint = out.join("checkpoint.safetensors");
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (_, entry) =
+        header.as_object().unwrap().iter().find(|(name, _)| name.starts_with("adapter/")).unwrap();
+    let at = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&checkpoint, &bytes).unwrap();
+    std::fs::remove_file(out.join("adapter_model.safetensors")).unwrap();
+
+    let failed = run("4", &["--resume"]);
+    assert_clean_failure(&failed, "step 3");
+    assert!(stderr(&failed).contains("not finite") && stderr(&failed).contains("checkpoint"));
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), bytes, "the last checkpoint is left as it was");
+    assert!(!out.join("adapter_model.safetensors").exists(), "nothing else is written");
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    let Some(model) = real_model() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let out = scratch("interrupted");
+    let _ = std::fs::remove_dir_all(&out);
+    let args = |steps: &str| -> Vec<String> {
+        let out = out.to_str().unwrap();
+        ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out, "--steps", steps]
+            .into_iter()
+            .chain(["--batch", "1", "--seq", "32", "--checkpoint-every", "0", "--json"])
+            .map(String::from)
+            .collect()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_adaptkit"))
+        .args(args("1000"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough to be inside the training loop (loading and the first evaluation take ~1 s).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let interrupted = child.wait_with_output().unwrap();
+    assert_eq!(interrupted.status.code(), Some(130), "{}", stderr(&interrupted));
+    assert!(stderr(&interrupted).contains("--resume"), "{}", stderr(&interrupted));
+
+    // Checkpoints were off: the one there was written by the interruption, at the step reached.
+    let bytes = std::fs::read(out.join("checkpoint.safetensors")).expect("Ctrl-C saves the run");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(header["__metadata__"]["adaptkit_train_state"].as_str().unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!((1..1000).contains(&step), "{state}");
+
+    let mut resume = args(&(step + 2).to_string());
+    resume.push("--resume".into());
+    let resumed = last_json(&Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(resume).output().unwrap());
+    assert_eq!(resumed["steps"], step + 2, "{resumed}");
+}

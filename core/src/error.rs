@@ -31,6 +31,8 @@ pub enum Error {
     Config(String),
     #[error("{tokens} tokens do not fit in the model's context of {context}")]
     ContextOverflow { tokens: usize, context: usize },
+    #[error("training stopped at step {step}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite; the learning rate is likely too high")]
+    NonFiniteLoss { step: usize, loss: f32, grad_norm: f32 },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("compute backend: {0}")]

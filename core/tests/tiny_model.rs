@@ -753,6 +753,43 @@ fn checkpointed_gradients_equal_the_full_graph() {
     }
 }
 
+/// LoRA dropout acts only while a seed is set, draws the same masks for the same seed, and
+/// the blocks recomputed by activation checkpointing see the masks of the first pass.
+#[test]
+fn lora_dropout_follows_its_seed_and_survives_recomputation() {
+    let dir = tempdir();
+    Weights::random(27).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_for_training(&dir.join("m.gguf"));
+    Lora::random(28, 2, false).write_peft(&dir.join("lora"));
+    let config_path = dir.join("lora/adapter_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["lora_dropout"] = serde_json::json!(0.3);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut adapter = LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
+    let loss = |adapter: &mut LoraAdapter, seed: Option<u64>| {
+        adapter.set_dropout_seed(seed);
+        loss_and_gradients(&model, adapter, &TOKENS, None, 1, false).unwrap()
+    };
+    let (plain, _) = loss(&mut adapter, None);
+    let (dropped, full) = loss(&mut adapter, Some(7));
+    assert_ne!(plain, dropped, "dropout changes the training loss");
+    assert_eq!(loss(&mut adapter, Some(7)).0, dropped, "the same seed draws the same masks");
+    assert_ne!(loss(&mut adapter, Some(8)).0, dropped);
+    adapter.set_dropout_seed(Some(7));
+    let (recomputed, checkpointed) =
+        loss_and_gradients(&model, &mut adapter, &TOKENS, None, 1, true).unwrap();
+    assert!((recomputed - dropped).abs() < 1e-5 * dropped, "{recomputed} vs {dropped}");
+    for (name, g) in &full {
+        let (a, b) = (
+            g.clone().into_data().try_to_vec::<f32>().unwrap(),
+            checkpointed[name].clone().into_data().try_to_vec::<f32>().unwrap(),
+        );
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale), "{name}");
+    }
+}
+
 #[test]
 fn lora_training_memorises_a_sequence() {
     const STEPS: usize = 100;
@@ -849,7 +886,8 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         tokens: TOKENS.iter().map(|t| (t + shift) % VOCAB as u32).collect(),
         targets: vec![true; TOKENS.len()],
     };
-    let windows = Windows { train: (0..5).map(window).collect(), held_out: vec![window(9)] };
+    let windows =
+        Windows { train: (0..5).map(window).collect(), held_out: vec![window(9)], general: Vec::new() };
     let options = TrainOptions {
         steps: 5,
         batch: 2,
@@ -859,6 +897,8 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         max_grad_norm: Some(1.0),
         weight_decay: 0.01,
         seed: 4,
+        eval_every: 0,
+        patience: None,
         checkpoint_activations: false,
     };
     let config = LoraConfig::new(4, 8.0, Projection::ALL.to_vec());

@@ -50,6 +50,8 @@ struct Pair {
 pub struct LoraAdapter {
     config: LoraConfig,
     pairs: BTreeMap<(usize, Projection), Pair>,
+    /// Set while training with dropout: the seed of this micro-batch's masks.
+    dropout_seed: Option<u64>,
 }
 
 const PREFIX: &str = "base_model.model.model.layers.";
@@ -62,12 +64,22 @@ impl LoraAdapter {
         &self.config
     }
 
-    /// `s · B (A x)` for projection `projection` of block `layer`, if this adapter has one.
+    /// `s · B (A x)` for projection `projection` of block `layer`, if this adapter has one
+    /// (with dropout on `x` while a dropout seed is set).
     pub fn delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
         let pair = self.pairs.get(&(layer, projection))?;
         let [b, t, d] = x.dims();
         let out = pair.b.dims()[0];
-        let low = x.clone().reshape([b * t, d]).matmul(pair.a.clone().transpose());
+        let x = match self.dropout_seed.filter(|_| self.config.dropout > 0.0) {
+            Some(seed) => {
+                let site =
+                    seed ^ ((layer as u64) << 8 | projection as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+                let mask = dropout_mask(site, b * t * d, self.config.dropout);
+                x.clone() * Tensor::<3>::from_data(TensorData::new(mask, [b, t, d]), &x.device())
+            }
+            None => x.clone(),
+        };
+        let low = x.reshape([b * t, d]).matmul(pair.a.clone().transpose());
         Some(low.matmul(pair.b.clone().transpose()).mul_scalar(self.config.scale()).reshape([b, t, out]))
     }
 
@@ -101,7 +113,13 @@ impl LoraAdapter {
                 );
             }
         }
-        Ok(Self { config, pairs })
+        Ok(Self { config, pairs, dropout_seed: None })
+    }
+
+    /// Training with dropout: masks for the next forward passes drawn from `seed` (the same
+    /// seed gives the same masks). `None`, the default, turns dropout off, as for inference.
+    pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
+        self.dropout_seed = seed;
     }
 
     /// Marks every `A` and `B` for gradients (the model must be on an autodiff device).
@@ -121,7 +139,7 @@ impl LoraAdapter {
             .iter()
             .map(|(&site, pair)| (site, Pair { a: untracked(&pair.a), b: untracked(&pair.b) }))
             .collect();
-        Self { config: self.config.clone(), pairs }
+        Self { config: self.config.clone(), pairs, dropout_seed: self.dropout_seed }
     }
 
     /// Every parameter tensor with a stable name (its PEFT key), for optimizers.
@@ -195,7 +213,7 @@ impl LoraAdapter {
         if pairs.is_empty() {
             return Err(bad("the adapter has no LoRA weights".into()));
         }
-        Ok(Self { config, pairs })
+        Ok(Self { config, pairs, dropout_seed: None })
     }
 }
 
@@ -300,6 +318,27 @@ fn reorder_rows(values: &[f32], heads: usize, head_dim: usize, row_len: usize, o
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
+}
+
+/// `len` multipliers: 0 with probability `p`, else `1 / (1 - p)` (inverted dropout), from a
+/// splitmix64 stream seeded by `seed`.
+fn dropout_mask(seed: u64, len: usize, p: f32) -> Vec<f32> {
+    let threshold = (f64::from(p) * 4_294_967_296.0) as u64;
+    let keep = 1.0 / (1.0 - p);
+    let mut state = seed;
+    let mut mask = Vec::with_capacity(len + 1);
+    while mask.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        for half in [z & 0xFFFF_FFFF, z >> 32] {
+            mask.push(if half < threshold { 0.0 } else { keep });
+        }
+    }
+    mask.truncate(len);
+    mask
 }
 
 /// `x` off the autodiff graph. (`detach` would keep a parameter's `require_grad`, so ops on it

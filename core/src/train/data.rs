@@ -22,9 +22,12 @@ impl Window {
     }
 }
 
+#[derive(Default)]
 pub struct Windows {
     pub train: Vec<Window>,
     pub held_out: Vec<Window>,
+    /// General text, unrelated to the task, whose loss shows whether the model forgets.
+    pub general: Vec<Window>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +46,8 @@ impl Format {
     }
 }
 
-/// Windows of `seq` tokens from `data`; `held_out_fraction` of them (at least one when there
-/// are two or more) are held out. Windows in which no token counts are dropped.
+/// Windows of `seq` tokens from `data`; `held_out_fraction` of them (when above 0, at least one
+/// as long as there are two or more) are held out. Windows in which no token counts are dropped.
 pub fn windows(
     data: &str,
     format: Format,
@@ -71,13 +74,13 @@ pub fn windows(
         )));
     }
     shuffle(&mut windows, seed);
-    let held = if windows.len() >= 2 {
+    let held = if windows.len() >= 2 && held_out_fraction > 0.0 {
         ((windows.len() as f32 * held_out_fraction).round() as usize).clamp(1, windows.len() - 1)
     } else {
         0
     };
     let held_out = windows.split_off(windows.len() - held);
-    Ok(Windows { train: windows, held_out })
+    Ok(Windows { train: windows, held_out, general: Vec::new() })
 }
 
 /// Every example of `data` tokenized and packed into one stream, end-of-sequence after each.

@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 
 use crate::adapt::LoraAdapter;
 use crate::error::Error;
-use crate::model::{Adapters, Llama};
+use crate::model::{Adapters, Llama, NoAdapters};
 
 /// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
 /// (`save`: a path and every how many steps).
@@ -120,6 +120,10 @@ pub struct TrainOptions {
     pub max_grad_norm: Option<f32>,
     pub weight_decay: f32,
     pub seed: u64,
+    /// Measure held-out and general-text loss every this many steps (0: only before and after).
+    pub eval_every: usize,
+    /// Early stopping: stop once the held-out loss has not improved for this many evaluations.
+    pub patience: Option<usize>,
     /// Keep only each block's input during the forward pass and recompute the block in
     /// backward (activation checkpointing): far less memory for one more forward pass.
     pub checkpoint_activations: bool,
@@ -139,6 +143,26 @@ impl TrainOptions {
     }
 }
 
+/// Mean losses at one point of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    pub step: usize,
+    /// On the held-out windows (`None` without any).
+    pub held_out: Option<f32>,
+    /// On the general-text windows (`None` without any).
+    pub general: Option<f32>,
+    /// How much the general-text perplexity exceeds the base model's, as a fraction (0.05 =
+    /// 5% higher): the measure of forgetting.
+    pub general_rise: Option<f32>,
+}
+
+impl Evaluation {
+    /// Whether the general-text perplexity rose past [`FORGETTING_LIMIT`].
+    pub fn forgetting(&self) -> bool {
+        self.general_rise.is_some_and(|rise| rise > FORGETTING_LIMIT)
+    }
+}
+
 /// What the progress callback sees after each step.
 #[derive(Clone, Debug)]
 pub struct StepReport {
@@ -149,23 +173,44 @@ pub struct StepReport {
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     pub tokens: usize,
+    /// Set on the steps where the run evaluated (every `eval_every`).
+    pub eval: Option<Evaluation>,
 }
 
 #[derive(Clone, Debug)]
 pub struct TrainReport {
+    /// The step the run ended at.
     pub steps: usize,
     pub train_loss: f32,
     /// Mean loss over the held-out windows before and after training (`None` without any).
     pub eval_loss_before: Option<f32>,
     pub eval_loss: Option<f32>,
+    /// Mean loss of the base model (no adapter) on the general-text windows: the reference
+    /// for [`Evaluation::general_rise`].
+    pub general_loss_base: Option<f32>,
+    /// Every evaluation, the first before training and the last after it.
+    pub evaluations: Vec<Evaluation>,
+    /// Set when early stopping ended the run: the step of the best held-out loss, whose
+    /// adapter the run returns.
+    pub best_step: Option<usize>,
     pub tokens: usize,
 }
 
+/// Perplexity rise on general text beyond which a run is said to be forgetting.
+pub const FORGETTING_LIMIT: f32 = 0.05;
+
 /// Trains `adapter` (made `trainable` on a model on an autodiff device) on `windows`, cycling
-/// through the training windows in batches, from `checkpointing.resume` when given. With
-/// `checkpointing.save = (path, every)`, the whole state is written atomically to `path` every
-/// `every` steps, so a killed run resumes with the same losses. Stops cleanly at a step boundary when `cancel` is
-/// set.
+/// through the training windows in batches, from `checkpointing.resume` when given.
+///
+/// - With `checkpointing.save = (path, every)` the whole state is written atomically to `path`
+///   every `every` steps, so a killed run resumes with the same losses.
+/// - Every `options.eval_every` steps the held-out and general-text losses are measured; with
+///   `options.patience`, the run stops once the held-out loss has not improved for that many
+///   evaluations and returns the best adapter.
+/// - When `cancel` is set the run stops at the next step boundary, saves a checkpoint (when
+///   saving) and returns [`Error::Cancelled`].
+/// - A loss or gradient that is not finite stops the run with [`Error::NonFiniteLoss`] before
+///   the update, leaving the last checkpoint as it was.
 pub fn fit(
     model: &Llama,
     adapter: &mut LoraAdapter,
@@ -180,7 +225,14 @@ pub fn fit(
             "training needs steps, batch and accumulation >= 1, and data".into(),
         ));
     }
-    let eval_loss_before = mean_loss(model, &adapter.detached(), &windows.held_out)?;
+    if options.patience.is_some() && windows.held_out.is_empty() {
+        return Err(Error::InvalidArgument("early stopping needs held-out data".into()));
+    }
+    let context = model.config().context_len;
+    let all = || windows.train.iter().chain(&windows.held_out).chain(&windows.general);
+    if let Some(long) = all().map(|w| w.tokens.len()).find(|&len| len > context) {
+        return Err(Error::ContextOverflow { tokens: long, context });
+    }
     let fresh = TrainState::new(windows.train.len(), options.weight_decay);
     let Checkpointing { resume, save } = checkpointing;
     let mut state = resume.unwrap_or(fresh);
@@ -193,27 +245,39 @@ pub fn fit(
             windows.train.len()
         )));
     }
-    let TrainState { step: done, ref mut epoch, ref mut next, ref mut order, ref mut optimizer } = state;
+    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general)?;
+    let evaluate = |adapter: &LoraAdapter, step: usize| -> Result<Evaluation, Error> {
+        let mut frozen = adapter.detached();
+        frozen.set_dropout_seed(None);
+        let general = mean_loss(model, &frozen, &windows.general)?;
+        Ok(Evaluation {
+            step,
+            held_out: mean_loss(model, &frozen, &windows.held_out)?,
+            general,
+            general_rise: general.zip(general_loss_base).map(|(g, base)| (g - base).exp() - 1.0),
+        })
+    };
+    let mut evaluations = vec![evaluate(adapter, state.step)?];
+    // The best held-out loss so far, its step and adapter, and evaluations since it.
+    let snapshot = |adapter: &LoraAdapter| options.patience.map(|_| adapter.detached());
+    let mut best = (evaluations[0].held_out.unwrap_or(f32::INFINITY), state.step, snapshot(adapter), 0);
+    let mut last_step = state.step;
     let (mut train_loss, mut tokens) = (f32::NAN, 0);
-    for step in done + 1..=options.steps {
+    for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
+            if let Some((path, _)) = save {
+                checkpoint::save(path, adapter, &state)?;
+            }
             return Err(Error::Cancelled);
         }
         let mut summed: BTreeMap<String, Tensor<2>> = BTreeMap::new();
         let mut loss_sum = 0.0;
-        for _ in 0..options.accumulate {
-            let mut batch = data::Window::default();
-            for _ in 0..options.batch {
-                if *next == order.len() {
-                    *epoch += 1;
-                    data::shuffle(order, options.seed.wrapping_add(*epoch));
-                    *next = 0;
-                }
-                let window = &windows.train[order[*next]];
-                batch.tokens.extend(&window.tokens);
-                batch.targets.extend(&window.targets);
-                *next += 1;
-            }
+        for micro in 0..options.accumulate {
+            let batch = next_batch(&mut state, windows, options);
+            // Dropout masks depend on the seed, step and micro-batch only, so a resumed run
+            // and the recomputed blocks of activation checkpointing draw the same ones.
+            let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro as u64;
+            adapter.set_dropout_seed(Some(options.seed.wrapping_add(mix)));
             let (loss, grads) = loss_and_gradients(
                 model,
                 adapter,
@@ -233,31 +297,72 @@ pub fn fit(
             tokens += batch.tokens.len();
         }
         train_loss = loss_sum / options.accumulate as f32;
-        if !train_loss.is_finite() {
-            return Err(Error::Backend(format!("the training loss became {train_loss} at step {step}")));
-        }
         let mut grads: BTreeMap<String, Tensor<2>> =
             summed.into_iter().map(|(name, g)| (name, g.div_scalar(options.accumulate as f32))).collect();
-        let grad_norm = match options.max_grad_norm {
-            Some(max) => clip_grad_norm(&mut grads, max)?,
-            None => clip_grad_norm(&mut grads, f32::INFINITY)?,
-        };
+        let grad_norm = clip_grad_norm(&mut grads, options.max_grad_norm.unwrap_or(f32::INFINITY))?;
+        if !train_loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::NonFiniteLoss { step, loss: train_loss, grad_norm });
+        }
         let lr = options.learning_rate(step);
-        optimizer.step(adapter, &grads, lr);
-        on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens });
+        state.optimizer.step(adapter, &grads, lr);
+        state.step = step;
+        last_step = step;
+        let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
+        let eval = if due { Some(evaluate(adapter, step)?) } else { None };
+        on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens, eval });
         if let Some((path, _)) = save.filter(|(_, every)| *every > 0 && step % *every == 0) {
-            let state = TrainState {
-                step,
-                epoch: *epoch,
-                next: *next,
-                order: order.clone(),
-                optimizer: optimizer.clone(),
-            };
             checkpoint::save(path, adapter, &state)?;
         }
+        let Some(eval) = eval else { continue };
+        evaluations.push(eval);
+        let held_out = eval.held_out.unwrap_or(f32::INFINITY);
+        if held_out < best.0 {
+            best = (held_out, step, snapshot(adapter), 0);
+        } else {
+            best.3 += 1;
+            if options.patience.is_some_and(|patience| best.3 >= patience) {
+                break;
+            }
+        }
     }
-    let eval_loss = mean_loss(model, &adapter.detached(), &windows.held_out)?;
-    Ok(TrainReport { steps: options.steps, train_loss, eval_loss_before, eval_loss, tokens })
+    adapter.set_dropout_seed(None);
+    // Only early stopping ends a run before its last step.
+    let best_step = match best {
+        (_, step, Some(best), _) if last_step < options.steps => {
+            *adapter = best.trainable();
+            Some(step)
+        }
+        _ => None,
+    };
+    let last = evaluate(adapter, best_step.unwrap_or(last_step))?;
+    evaluations.push(last);
+    Ok(TrainReport {
+        steps: last_step,
+        train_loss,
+        eval_loss_before: evaluations[0].held_out,
+        eval_loss: last.held_out,
+        general_loss_base,
+        evaluations,
+        best_step,
+        tokens,
+    })
+}
+
+/// The next `options.batch` training windows in the run's shuffled order, concatenated.
+fn next_batch(state: &mut TrainState, windows: &data::Windows, options: &TrainOptions) -> data::Window {
+    let mut batch = data::Window::default();
+    for _ in 0..options.batch {
+        if state.next == state.order.len() {
+            state.epoch += 1;
+            data::shuffle(&mut state.order, options.seed.wrapping_add(state.epoch));
+            state.next = 0;
+        }
+        let window = &windows.train[state.order[state.next]];
+        batch.tokens.extend(&window.tokens);
+        batch.targets.extend(&window.targets);
+        state.next += 1;
+    }
+    batch
 }
 
 /// Mean next-token loss over `windows` (one at a time; `adapters` off the autodiff graph).
@@ -288,6 +393,8 @@ mod tests {
             max_grad_norm: None,
             weight_decay: 0.0,
             seed: 0,
+            eval_every: 0,
+            patience: None,
             checkpoint_activations: false,
         };
         assert!((o.learning_rate(1) - 1e-4).abs() < 1e-9);
