@@ -2,7 +2,7 @@
 # adaptkit against its peers on the same GGUF, in one run, on the same 2 threads: llama.cpp for
 # prefill tok/s of a 128-token prompt, decode tok/s over 128 greedy tokens and peak RSS;
 # PyTorch + PEFT (fp32) for LoRA training tok/s (r=8, all projections, batch 4 x 128) and its
-# peak RSS. Prints the JSON reports and a Markdown table with ratios (the README's tables).
+# peak RSS, against adaptkit with and without activation checkpointing. Prints the JSON reports and a Markdown table with ratios (the README's tables).
 # Usage: scripts/bench.sh [MODEL.gguf]    (THREADS=2 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +12,18 @@ threads="${THREADS:-2}"
 cargo build --release -p adaptkit-cli >&2
 model="${1:-$(scripts/fetch-model.sh)}"
 ours=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" --json | tail -1)
+# Training again with activation checkpointing (inference repeated briefly; its figures unused).
+recompute=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" \
+  --checkpoint-activations --repeats 1 --gen-tokens 2 --json | tail -1)
 peer=$(scripts/bench-llamacpp.sh "$model" | tail -1)
 torch=$("$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
 echo "$ours"
+echo "$recompute"
 echo "$peer"
 echo "$torch"
-python3 - "$ours" "$peer" "$torch" <<'PY'
+python3 - "$ours" "$peer" "$torch" "$recompute" <<'PY'
 import json, sys
-ours, peer, torch = (json.loads(a) for a in sys.argv[1:])
+ours, peer, torch, recompute = (json.loads(a) for a in sys.argv[1:])
 print(f"\n{ours['threads']} threads, batch 1, {ours['prompt_tokens']}-token prompt, {ours['gen_tokens']} generated tokens\n")
 print("| | adaptkit | llama.cpp | ratio |")
 print("|---|---|---|---|")
@@ -30,7 +34,8 @@ for key, label, unit in [("prefill_tok_s", "prefill", "tok/s"), ("decode_tok_s",
 print(f"\nLoRA training: {ours['train_config']}\n")
 print("| | adaptkit | PyTorch + PEFT (fp32) | ratio |")
 print("|---|---|---|---|")
-for label, a, b in [("train (tok/s)", ours["train_tok_s"], torch["train_tok_s"]),
-                    ("train peak RSS (MiB)", ours["train_peak_rss_mb"], torch["peak_rss_mb"])]:
-    print(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+for label, run in [("", ours), (", activation checkpointing", recompute)]:
+    for what, a, b in [("train (tok/s)", run["train_tok_s"], torch["train_tok_s"]),
+                       ("train peak RSS (MiB)", run["train_peak_rss_mb"], torch["peak_rss_mb"])]:
+        print(f"| {what}{label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
 PY

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: build the CLI, fetch the demo model (verified,
 # cached), show what it is, chat with it, then fine-tune a LoRA adapter on the bundled sample
-# notes (progress bar), generate again with it, and save it as a PEFT directory.
+# notes (progress bar, held-out loss, a forgetting watch on general English, the loss curve as
+# SVG), generate again with it, and save it as a PEFT directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -21,7 +22,7 @@ echo
 echo "> before fine-tuning: $prompt"
 "$adaptkit" generate --model "$model" --prompt "$prompt" --max-tokens 40 --temperature 0
 "$adaptkit" train --model "$model" --data data/sample/notes.txt --out "$out" \
-  --steps 30 --batch 2 --seq 128 --lr 5e-4
+  --general-eval data/sample/general.txt --steps 30 --batch 2 --seq 128 --lr 5e-4 --plot "$out/loss.svg"
 echo "> after fine-tuning on data/sample/notes.txt: $prompt"
 "$adaptkit" generate --model "$model" --adapter "$out" --prompt "$prompt" --max-tokens 40 --temperature 0
-echo "adapter saved in $out (Hugging Face PEFT format)"
+echo "adapter saved in $out (Hugging Face PEFT format); loss curve in $out/loss.svg"

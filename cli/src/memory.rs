@@ -1,11 +1,20 @@
-//! Peak resident memory of this process, for `bench` and `train` reports.
+//! Resident memory of this process, for `bench` and `train` reports.
 
 /// Peak RSS in MiB (Linux `VmHWM`); `None` where the OS does not say.
 pub fn peak_rss_mb() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// Current RSS in MiB (Linux `VmRSS`); `None` where the OS does not say.
+pub fn rss_mb() -> Option<f64> {
+    status_mib("VmRSS:")
+}
+
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

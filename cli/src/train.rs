@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::commands::resolve_model;
 use crate::interrupt;
-use crate::memory::peak_rss_mb;
+use crate::memory::{peak_rss_mb, rss_mb};
 use crate::plot::{self, Series};
 use crate::{emit, say, CliError, ModelArgs, Output};
 
@@ -50,7 +50,9 @@ pub struct TrainArgs {
     /// Projections to adapt, comma-separated.
     #[arg(long, default_value = "q,k,v,o,gate,up,down")]
     targets: String,
-    #[arg(long, default_value_t = 30)]
+    /// Optimizer steps. With the default learning rate, 60 steps of 4 x 128 tokens cut held-out
+    /// perplexity to 0.14x on the bundled journal corpus with general English unchanged (README).
+    #[arg(long, default_value_t = 60)]
     steps: usize,
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -61,7 +63,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
     /// Peak learning rate (after warm-up; cosine decay to a tenth by the last step).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 2e-4)]
     lr: f32,
     /// Warm-up steps.
     #[arg(long, default_value_t = 0)]
@@ -183,8 +185,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             if let Some(eval) = &step.eval {
                 bar.println(describe(eval));
             }
+            let memory = rss_mb().map_or(String::new(), |mb| format!(", {mb:.0} MiB"));
             bar.set_message(format!(
-                "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s",
+                "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s{memory}",
                 step.loss, step.lr, step.grad_norm
             ));
             bar.set_position(step.step as u64);
