@@ -183,7 +183,12 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             }
             losses.push((step.step as f32, step.loss));
             if let Some(eval) = &step.eval {
-                bar.println(describe(eval));
+                // A hidden bar (stderr not a terminal) drops `println`.
+                if bar.is_hidden() {
+                    eprintln!("{}", describe(eval));
+                } else {
+                    bar.println(describe(eval));
+                }
             }
             let memory = rss_mb().map_or(String::new(), |mb| format!(", {mb:.0} MiB"));
             bar.set_message(format!(
