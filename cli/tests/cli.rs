@@ -36,6 +36,11 @@ fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {
     adaptkit(&[&base[..], extra].concat())
 }
 
+/// A bundled file of `data/sample/`.
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample").join(name)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("adaptkit-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -265,7 +270,7 @@ fn merge_writes_a_gguf_that_scores_like_the_unmerged_adapter() {
 #[test]
 fn train_saves_an_adapter_that_generate_loads() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let out = scratch("trained-adapter");
     const SHORT: [&str; 9] = ["--steps", "2", "--batch", "1", "--seq", "32", "--lr", "1e-3", "--json"];
     let report = last_json(&train(&model, &data, &out, &SHORT));
@@ -295,7 +300,7 @@ fn train_saves_an_adapter_that_generate_loads() {
 #[test]
 fn train_takes_chat_and_prompt_completion_jsonl() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/chat.jsonl");
+    let data = sample("chat.jsonl");
     let out = scratch("chat-adapter");
     let report = last_json(&train(
         &model,
@@ -312,7 +317,7 @@ fn train_takes_chat_and_prompt_completion_jsonl() {
 #[test]
 fn a_killed_training_run_resumes_to_the_same_result() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let args = |out: &Path| -> Vec<String> {
         ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()]
             .into_iter()
@@ -404,7 +409,7 @@ fn general_text() -> PathBuf {
 #[test]
 fn train_evaluates_watches_general_text_and_plots() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let (out, plot) = (scratch("watched"), scratch("curve.svg"));
     let general = general_text();
     let report = last_json(&train(
@@ -435,7 +440,7 @@ fn train_evaluates_watches_general_text_and_plots() {
 #[test]
 fn early_stopping_keeps_the_best_adapter() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let general = general_text();
     // A learning rate far too high makes the held-out loss (here: general text) rise at once.
     let report = last_json(&train(
@@ -461,7 +466,7 @@ fn early_stopping_keeps_the_best_adapter() {
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let out = scratch("diverged");
     let _ = std::fs::remove_dir_all(&out);
     let run = |steps: &str, extra: &[&str]| {
@@ -493,7 +498,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let Some(model) = real_model() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample/notes.txt");
+    let data = sample("notes.txt");
     let out = scratch("interrupted");
     let _ = std::fs::remove_dir_all(&out);
     let args = |steps: &str| -> Vec<String> {
