@@ -47,6 +47,11 @@ pub struct TrainArgs {
     /// Scale by alpha/sqrt(rank) instead of alpha/rank (rsLoRA).
     #[arg(long)]
     rslora: bool,
+    /// How A and B start: `kaiming` (PEFT's default: the model starts unchanged) or `pissa`
+    /// (principal singular components; the base keeps the residual, and the adapter is saved as
+    /// a LoRA of twice the rank for the original base).
+    #[arg(long, default_value = "kaiming", value_parser = ["kaiming", "pissa"])]
+    init: String,
     /// Projections to adapt, comma-separated.
     #[arg(long, default_value = "q,k,v,o,gate,up,down")]
     targets: String,
@@ -120,7 +125,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         return Err(CliError::msg(format!("--plot {}: only .svg plots are written", plot.display())));
     }
     let path = resolve_model(args.model.model.clone())?;
-    let engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
+    let mut engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
     let context = engine.model().config().context_len;
     if args.seq > context {
         return Err(adaptkit::Error::ContextOverflow { tokens: args.seq, context }.into());
@@ -141,7 +146,11 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let mut config = LoraConfig::new(args.rank, args.alpha, targets);
     config.dropout = args.dropout;
     config.use_rslora = args.rslora;
-    let mut adapter = LoraAdapter::new(config, engine.model(), args.seed)?.trainable();
+    let adapter = match args.init.as_str() {
+        "pissa" => engine.with_model_mut(|model| LoraAdapter::new_pissa(config, model, args.seed))?,
+        _ => LoraAdapter::new(config, engine.model(), args.seed)?,
+    };
+    let mut adapter = adapter.trainable();
     let options = TrainOptions {
         steps: args.steps,
         batch: args.batch,

@@ -537,3 +537,47 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let resumed = last_json(&Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(resume).output().unwrap());
     assert_eq!(resumed["steps"], step + 2, "{resumed}");
 }
+
+#[test]
+fn a_pissa_adapter_is_saved_for_the_original_base() {
+    let Some(model) = real_model() else { return };
+    let out = scratch("pissa");
+    let report = last_json(&train(
+        &model,
+        &sample("notes.txt"),
+        &out,
+        &[
+            ["--init", "pissa", "--rank", "4", "--steps", "1", "--batch", "1", "--seq", "32"].as_slice(),
+            &["--general-eval", general_text().to_str().unwrap(), "--json"],
+        ]
+        .concat(),
+    ));
+    // Forgetting is measured against the split model at its start, which is the base model.
+    assert_eq!(report["evaluations"][0]["general"], report["general_loss_base"], "{report}");
+    // The split base (Q8_0 residual + principal components) starts where the base model does.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(8), Some(32.0)), "{config}");
+    let eval = |adapter: Option<&Path>| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &model,
+            "--data",
+            "tests/reference/ppl_text.txt",
+            "--seq",
+            "128",
+            "--json",
+        ];
+        let adapter = adapter.map(|a| a.to_str().unwrap().to_string());
+        if let Some(a) = &adapter {
+            args.extend(["--adapter", a.as_str()]);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(&args).current_dir(root).output().unwrap();
+        last_json(&out)["perplexity"].as_f64().unwrap()
+    };
+    let (base, adapted) = (eval(None), eval(Some(&out)));
+    assert!((adapted / base - 1.0).abs() < 0.05, "one small step: {base} -> {adapted}; {report}");
+}

@@ -72,6 +72,13 @@ impl Engine {
         &self.model
     }
 
+    /// Runs `work` on the model, which it may change (e.g. PiSSA's residual weights), on this
+    /// engine's threads.
+    pub fn with_model_mut<R: Send>(&mut self, work: impl FnOnce(&mut Llama) -> R + Send) -> R {
+        let Self { threads, model, .. } = self;
+        threads.install(|| work(model))
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

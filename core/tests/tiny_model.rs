@@ -788,6 +788,57 @@ fn lora_dropout_follows_its_seed_and_survives_recomputation() {
     assert_same_gradients(&full, &checkpointed);
 }
 
+/// PiSSA: the split base (residual + principal adapter) starts as the original model, and after
+/// training, the saved adapter (converted to rank 2r) on the original base is the trained model
+/// (exactly with an f32 base; within the Q8_0 residual's rounding with a Q4_0 base).
+#[test]
+fn pissa_starts_at_the_base_and_saves_for_the_original_base() {
+    let dir = tempdir();
+    for (ty, relative) in [(GgmlType::F32, 1e-5), (GgmlType::Q4_0, 2e-3)] {
+        let path = dir.join(&format!("{ty}.gguf"));
+        Weights::random(29).write_gguf(&path, ty, None);
+        let original = load_gguf(&path);
+        let base = adapted_logits(&original, &TOKENS, &NoAdapters);
+        let tolerance = relative * base.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut split = load_for_training(&path);
+        let config = LoraConfig::new(2, 4.0, Projection::ALL.to_vec());
+        let mut adapter = LoraAdapter::new_pissa(config, &mut split, 5).unwrap().trainable();
+        let started = adapted_logits(&split, &TOKENS, &adapter);
+        assert!(
+            max_diff(&started, &base) < tolerance,
+            "{ty}: PiSSA moved the start by {}",
+            max_diff(&started, &base)
+        );
+
+        let mut optimizer = AdamW::new(0.0);
+        for _ in 0..3 {
+            let (_, grads) = loss_and_gradients(&split, &mut adapter, &TOKENS, None, 1, false).unwrap();
+            optimizer.step(&mut adapter, &grads, 1e-2);
+        }
+        let trained = adapted_logits(&split, &TOKENS, &adapter);
+        adapter.save(&dir.join("pissa"), &split).unwrap();
+        let loaded = LoraAdapter::load(&dir.join("pissa"), &original).unwrap();
+        assert_eq!(loaded.config().rank, 4);
+        let ported = adapted_logits(&original, &TOKENS, &loaded);
+        let moved = max_diff(&trained, &base);
+        assert!(moved > 10.0 * tolerance, "{ty}: training moved the logits by only {moved}");
+        assert!(
+            max_diff(&ported, &trained) < tolerance,
+            "{ty}: saved adapter off by {}",
+            max_diff(&ported, &trained)
+        );
+    }
+    // PEFT's unconverted PiSSA adapters need their residual base: refused by name.
+    let config_path = dir.join("pissa/adapter_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["init_lora_weights"] = serde_json::json!("pissa_niter_4");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = load_gguf(&dir.join("F32.gguf"));
+    let error = LoraAdapter::load(&dir.join("pissa"), &model).err().expect("refused").to_string();
+    assert!(error.contains("init_lora_weights") && error.contains("residual"), "{error}");
+}
+
 #[test]
 fn lora_training_memorises_a_sequence() {
     const STEPS: usize = 100;

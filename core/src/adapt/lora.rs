@@ -15,6 +15,8 @@ use crate::format::safetensors::Dtype;
 use crate::model::linear::host_f32;
 use crate::model::rope::{permute_rotary_rows, RowOrder};
 use crate::model::{Adapters, Llama, Projection};
+use crate::parallel::for_each_chunk_mut;
+use crate::quant::QuantMatrix;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
@@ -23,12 +25,23 @@ pub struct LoraConfig {
     pub dropout: f32,
     pub use_rslora: bool,
     pub targets: Vec<Projection>,
+    pub init: LoraInit,
+}
+
+/// How a new adapter starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraInit {
+    /// PEFT's default: Kaiming-uniform `A`, zero `B`; the model starts unchanged.
+    Kaiming,
+    /// Principal singular components of each weight, the base keeping the residual (see
+    /// [`super::pissa`]); needs [`LoraAdapter::new_pissa`].
+    Pissa,
 }
 
 impl LoraConfig {
-    /// Plain LoRA (no dropout, `alpha / r` scaling) of `rank` on `targets`.
+    /// Plain LoRA (no dropout, `alpha / r` scaling, PEFT's initialisation) of `rank` on `targets`.
     pub fn new(rank: usize, alpha: f32, targets: Vec<Projection>) -> Self {
-        Self { rank, alpha, dropout: 0.0, use_rslora: false, targets }
+        Self { rank, alpha, dropout: 0.0, use_rslora: false, targets, init: LoraInit::Kaiming }
     }
 
     /// The factor on `B A x`.
@@ -42,6 +55,7 @@ impl LoraConfig {
 }
 
 /// `A` and `B` of one projection, `B`'s rows in our layout.
+#[derive(Clone)]
 struct Pair {
     a: Tensor<2>,
     b: Tensor<2>,
@@ -52,6 +66,8 @@ pub struct LoraAdapter {
     pairs: BTreeMap<(usize, Projection), Pair>,
     /// Set while training with dropout: the seed of this micro-batch's masks.
     dropout_seed: Option<u64>,
+    /// PiSSA's starting `A₀`, `B₀`: the adapter is saved as `s·(B·A − B₀·A₀)` for the original base.
+    initial: Option<BTreeMap<(usize, Projection), Pair>>,
 }
 
 const PREFIX: &str = "base_model.model.model.layers.";
@@ -89,6 +105,11 @@ impl LoraAdapter {
         if config.rank == 0 || config.targets.is_empty() {
             return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
         }
+        if config.init == LoraInit::Pissa {
+            return Err(Error::InvalidArgument(
+                "a PiSSA adapter changes the base: use LoraAdapter::new_pissa".into(),
+            ));
+        }
         let c = model.config();
         let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
         let mut uniform = move || {
@@ -113,7 +134,57 @@ impl LoraAdapter {
                 );
             }
         }
-        Ok(Self { config, pairs, dropout_seed: None })
+        Ok(Self { config, pairs, dropout_seed: None, initial: None })
+    }
+
+    /// A PiSSA adapter (see [`super::pissa`]): `A`, `B` from the top `rank` singular components
+    /// of each targeted weight, which `model` then holds as the requantized residual. The same
+    /// `seed` gives the same split, so a resumed run rebuilds the same residual base. Run it
+    /// inside [`crate::Engine::with_model_mut`] to use the engine's threads.
+    pub fn new_pissa(mut config: LoraConfig, model: &mut Llama, seed: u64) -> Result<Self, Error> {
+        if config.rank == 0 || config.targets.is_empty() {
+            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
+        }
+        config.init = LoraInit::Pissa;
+        for &projection in &config.targets {
+            super::pissa::check_rank(model, projection, config.rank)?;
+        }
+        let (rank, scale) = (config.rank, config.scale());
+        let sites: Vec<(usize, Projection)> = (0..model.config().n_layers)
+            .flat_map(|layer| config.targets.iter().map(move |&p| (layer, p)))
+            .collect();
+        let weights: Vec<QuantMatrix> =
+            sites.iter().map(|&(layer, p)| model.blocks()[layer].linear(p).weight().clone()).collect();
+        // The decompositions are independent: one task each on the installed pool.
+        let mut splits: Vec<Option<Result<_, Error>>> = sites.iter().map(|_| None).collect();
+        for_each_chunk_mut(&mut splits, 1, |i, slot| {
+            let (layer, projection) = sites[i];
+            let site_seed = seed ^ ((layer as u64) << 8 | projection as u64);
+            slot[0] = Some(super::pissa::split(&weights[i], rank, scale, site_seed));
+        });
+        let mut pairs = BTreeMap::new();
+        for ((&(layer, projection), weight), split) in sites.iter().zip(&weights).zip(splits) {
+            let (a, b, residual) = split.expect("every site was split")?;
+            model.set_projection_weight(layer, projection, residual)?;
+            let pair = Pair {
+                a: tensor2(a, [rank, weight.cols()], model.device()),
+                b: tensor2(b, [weight.rows(), rank], model.device()),
+            };
+            pairs.insert((layer, projection), pair);
+        }
+        let initial = pairs
+            .iter()
+            .map(|(&site, pair)| (site, Pair { a: untracked(&pair.a), b: untracked(&pair.b) }))
+            .collect();
+        Ok(Self { config, pairs, dropout_seed: None, initial: Some(initial) })
+    }
+
+    /// What this adapter's model looked like before training, when that is not the plain base
+    /// model: PiSSA's starting components on top of the residual base (off the graph). `None`
+    /// for PEFT's initialisation, whose start is the base model itself.
+    pub fn starting_point(&self) -> Option<Self> {
+        let initial = self.initial.clone()?;
+        Some(Self { config: self.config.clone(), pairs: initial, dropout_seed: None, initial: None })
     }
 
     /// Training with dropout: masks for the next forward passes drawn from `seed` (the same
@@ -139,7 +210,12 @@ impl LoraAdapter {
             .iter()
             .map(|(&site, pair)| (site, Pair { a: untracked(&pair.a), b: untracked(&pair.b) }))
             .collect();
-        Self { config: self.config.clone(), pairs, dropout_seed: self.dropout_seed }
+        Self {
+            config: self.config.clone(),
+            pairs,
+            dropout_seed: self.dropout_seed,
+            initial: self.initial.clone(),
+        }
     }
 
     /// Every parameter tensor with a stable name (its PEFT key), for optimizers.
@@ -213,7 +289,7 @@ impl LoraAdapter {
         if pairs.is_empty() {
             return Err(bad("the adapter has no LoRA weights".into()));
         }
-        Ok(Self { config, pairs, dropout_seed: None })
+        Ok(Self { config, pairs, dropout_seed: None, initial: None })
     }
 }
 
@@ -222,24 +298,42 @@ impl LoraAdapter {
     /// (q/k `lora_B` rows back in HF order).
     pub fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
         let c = model.config();
+        // PiSSA trains against a residual base; for the original base it is the LoRA of rank
+        // 2r with `A' = [A; A₀]`, `B' = [B, −B₀]` and the same scale (PEFT's conversion).
+        let (rank, alpha) = match (&self.initial, self.config.use_rslora) {
+            (None, _) => (self.config.rank, self.config.alpha),
+            (Some(_), false) => (2 * self.config.rank, 2.0 * self.config.alpha),
+            (Some(_), true) => (2 * self.config.rank, core::f32::consts::SQRT_2 * self.config.alpha),
+        };
         let mut tensors = Vec::new();
         for (&(layer, projection), pair) in &self.pairs {
             let name = |which: &str| format!("{PREFIX}{layer}.{}.lora_{which}.weight", projection.hf_path());
-            let a = host_f32(pair.a.clone())?;
+            let mut a = host_f32(pair.a.clone())?;
             let mut b = host_f32(pair.b.clone())?;
+            if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
+                a.extend(host_f32(start.a.clone())?);
+                let b0 = host_f32(start.b.clone())?;
+                let r = self.config.rank;
+                b = b
+                    .chunks_exact(r)
+                    .zip(b0.chunks_exact(r))
+                    .flat_map(|(b, b0)| b.iter().copied().chain(b0.iter().map(|v| -v)))
+                    .collect();
+            }
+            let (out, inp) = (pair.b.dims()[0], pair.a.dims()[1]);
             if projection.is_rotary() {
                 let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
-                b = reorder_rows(&b, heads, c.head_dim, self.config.rank, RowOrder::ToRotateHalf);
+                b = reorder_rows(&b, heads, c.head_dim, rank, RowOrder::ToRotateHalf);
             }
             let bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            tensors.push((name("A"), Dtype::F32, pair.a.dims().to_vec(), bytes(a)));
-            tensors.push((name("B"), Dtype::F32, pair.b.dims().to_vec(), bytes(b)));
+            tensors.push((name("A"), Dtype::F32, vec![rank, inp], bytes(a)));
+            tensors.push((name("B"), Dtype::F32, vec![out, rank], bytes(b)));
         }
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
-            "r": self.config.rank,
-            "lora_alpha": self.config.alpha,
+            "r": rank,
+            "lora_alpha": alpha,
             "lora_dropout": self.config.dropout,
             "use_rslora": self.config.use_rslora,
             "target_modules": self.config.targets.iter().map(|p| p.hf_name()).collect::<Vec<_>>(),
@@ -265,6 +359,14 @@ fn parse_config(json: &Value) -> Result<LoraConfig, String> {
     for (flag, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out weights")] {
         if json.get(flag).and_then(Value::as_bool) == Some(true) {
             return Err(format!("{what} ({flag} = true) is not supported yet"));
+        }
+    }
+    if let Some(init) = json.get("init_lora_weights").and_then(Value::as_str) {
+        let init = init.to_ascii_lowercase();
+        if ["pissa", "olora", "corda", "loftq"].iter().any(|m| init.starts_with(m)) {
+            return Err(format!(
+                "init_lora_weights = '{init}': this adapter fits its own residual base model, not this one (save it with PEFT's path_initial_model_for_weight_conversion)"
+            ));
         }
     }
     if let Some(bias) = json.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
@@ -296,6 +398,7 @@ fn parse_config(json: &Value) -> Result<LoraConfig, String> {
         dropout: json.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
         use_rslora: json.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
         targets,
+        init: LoraInit::Kaiming,
     })
 }
 

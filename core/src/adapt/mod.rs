@@ -3,8 +3,9 @@
 
 pub mod lora;
 pub mod merge;
+pub mod pissa;
 
-pub use lora::{LoraAdapter, LoraConfig};
+pub use lora::{LoraAdapter, LoraConfig, LoraInit};
 
 use burn::tensor::Tensor;
 

@@ -245,7 +245,11 @@ pub fn fit(
             windows.train.len()
         )));
     }
-    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general)?;
+    // The base model, against which forgetting is measured (for PiSSA: its split at the start).
+    let general_loss_base = match adapter.starting_point() {
+        Some(start) => mean_loss(model, &start, &windows.general)?,
+        None => mean_loss(model, &NoAdapters, &windows.general)?,
+    };
     let evaluate = |adapter: &LoraAdapter, step: usize| -> Result<Evaluation, Error> {
         let mut frozen = adapter.detached();
         frozen.set_dropout_seed(None);
