@@ -44,6 +44,13 @@ impl LoraConfig {
         Self { rank, alpha, dropout: 0.0, use_rslora: false, targets, init: LoraInit::Kaiming }
     }
 
+    fn check(&self) -> Result<(), Error> {
+        if self.rank == 0 || self.targets.is_empty() {
+            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
+        }
+        Ok(())
+    }
+
     /// The factor on `B A x`.
     pub fn scale(&self) -> f32 {
         if self.use_rslora {
@@ -102,9 +109,7 @@ impl LoraAdapter {
     /// A fresh adapter on `config.targets` of every layer, initialised as PEFT does: `A`
     /// Kaiming-uniform (bound `1/sqrt(in)`), `B` zero, so it starts as the base model.
     pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
-        if config.rank == 0 || config.targets.is_empty() {
-            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
-        }
+        config.check()?;
         if config.init == LoraInit::Pissa {
             return Err(Error::InvalidArgument(
                 "a PiSSA adapter changes the base: use LoraAdapter::new_pissa".into(),
@@ -142,9 +147,7 @@ impl LoraAdapter {
     /// `seed` gives the same split, so a resumed run rebuilds the same residual base. Run it
     /// inside [`crate::Engine::with_model_mut`] to use the engine's threads.
     pub fn new_pissa(mut config: LoraConfig, model: &mut Llama, seed: u64) -> Result<Self, Error> {
-        if config.rank == 0 || config.targets.is_empty() {
-            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
-        }
+        config.check()?;
         config.init = LoraInit::Pissa;
         for &projection in &config.targets {
             super::pissa::check_rank(model, projection, config.rank)?;
