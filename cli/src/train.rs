@@ -87,7 +87,7 @@ pub struct TrainArgs {
     #[arg(long)]
     patience: Option<usize>,
     /// Keep only each block's input in the forward pass and recompute blocks in backward:
-    /// about a quarter of the memory for about a third more compute.
+    /// a quarter of the memory for about 45% more time.
     #[arg(long)]
     checkpoint_activations: bool,
     /// Write OUT/checkpoint.safetensors every N steps (0 = never).
