@@ -580,4 +580,18 @@ fn a_pissa_adapter_is_saved_for_the_original_base() {
     };
     let (base, adapted) = (eval(None), eval(Some(&out)));
     assert!((adapted / base - 1.0).abs() < 0.05, "one small step: {base} -> {adapted}; {report}");
+
+    // A resumed PiSSA run rebuilds the same residual base and ends where a straight run does:
+    // with checkpoints every 2 of 3 steps, the file left behind is step 2's.
+    let run = |out: &Path, extra: &[&str]| {
+        let base = ["--init", "pissa", "--rank", "4", "--steps", "3", "--batch", "1", "--seq", "32"];
+        let args = [&base[..], &["--checkpoint-every", "2", "--json"], extra].concat();
+        last_json(&train(&model, &sample("notes.txt"), out, &args))
+    };
+    let out = scratch("pissa-resumed");
+    let straight = run(&out, &[]);
+    let resumed = run(&out, &["--resume"]);
+    assert_eq!(resumed["evaluations"][0]["step"], 2, "{resumed}");
+    assert_eq!(resumed["train_loss"], straight["train_loss"], "{straight} vs {resumed}");
+    assert_eq!(resumed["eval_loss"], straight["eval_loss"]);
 }
