@@ -168,6 +168,14 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&args.out).map_err(|e| CliError::io(&args.out, e))?;
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     let resume = if args.resume { Some(checkpoint::load(&checkpoint_path, &mut adapter)?) } else { None };
+    if let Some(planned) =
+        resume.as_ref().map(|state| state.planned_steps).filter(|&p| p != 0 && p != args.steps)
+    {
+        eprintln!(
+            "note: the checkpoint's run was planned for {planned} steps; from here the learning-rate schedule follows --steps {}",
+            args.steps
+        );
+    }
     let bar = ProgressBar::new(args.steps as u64).with_style(
         ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps, {msg} {elapsed}<{eta}")
             .expect("static template")

@@ -34,6 +34,7 @@ pub fn save(path: &Path, adapter: &mut LoraAdapter, state: &TrainState) -> Resul
         "order": state.order,
         "optimizer_steps": state.optimizer.steps,
         "weight_decay": state.optimizer.weight_decay,
+        "planned_steps": state.planned_steps,
     })
     .to_string();
     write_safetensors(path, &tensors, &[("adaptkit_train_state", &position)])?;
@@ -86,5 +87,6 @@ pub fn load(path: &Path, adapter: &mut LoraAdapter) -> Result<TrainState, Error>
         next: number("next")? as usize,
         order,
         optimizer,
+        planned_steps: position["planned_steps"].as_u64().unwrap_or(0) as usize,
     })
 }

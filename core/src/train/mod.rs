@@ -36,6 +36,8 @@ pub struct TrainState {
     pub next: usize,
     pub order: Vec<usize>,
     pub optimizer: AdamW,
+    /// The run's planned steps, which shape its learning-rate schedule (0: not recorded).
+    pub planned_steps: usize,
 }
 
 impl TrainState {
@@ -46,6 +48,7 @@ impl TrainState {
             next: 0,
             order: (0..windows).collect(),
             optimizer: AdamW::new(weight_decay),
+            planned_steps: 0,
         }
     }
 }
@@ -236,6 +239,7 @@ pub fn fit(
     let fresh = TrainState::new(windows.train.len(), options.weight_decay);
     let Checkpointing { resume, save } = checkpointing;
     let mut state = resume.unwrap_or(fresh);
+    state.planned_steps = options.steps;
     let n = windows.train.len();
     let permutation = state.next <= n && state.order.iter().all(|&i| i < n);
     if state.order.len() != n || !permutation {
