@@ -167,7 +167,8 @@ impl QuantMatrix {
                     let start = (first + r) * self.row_bytes + offset;
                     (self.ops.dequantize)(&self.data[start..start + len], w);
                 }
-                simd::gemm_acc(self.isa, &dy[first..], self.rows, &w, n, tokens, out);
+                let ops = simd::AccOperands { a: &dy[first..], lda: self.rows, w: &w, n, tokens };
+                simd::gemm_acc(self.isa, ops, out);
             });
         }
         let cols = self.cols;

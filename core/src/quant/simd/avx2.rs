@@ -42,16 +42,8 @@ pub(super) unsafe fn gemm(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize
 /// # Safety
 /// As [`super::gemm_acc`], whose checks the caller has made.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn gemm_acc(
-    s: Avx2,
-    a: &[f32],
-    lda: usize,
-    w: &[f32],
-    n: usize,
-    tokens: usize,
-    out: &mut [f32],
-) {
-    super::gemm_acc_with(s, a, lda, w, n, tokens, out)
+pub(super) unsafe fn gemm_acc(s: Avx2, ops: super::AccOperands, out: &mut [f32]) {
+    super::gemm_acc_with(s, ops, out)
 }
 
 // SAFETY (every method): an `Avx2` exists only where the features are present.

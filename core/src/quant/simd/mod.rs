@@ -228,11 +228,23 @@ pub(crate) fn gemm(isa: Isa, w: &[f32], x: &[f32], k: usize, tokens: usize, out:
     }
 }
 
+/// The operands of [`gemm_acc`]: `tokens` rows of `a` (`lda` apart, `n` values used of each)
+/// and `n` f32 weight rows `w`.
+#[derive(Clone, Copy)]
+pub(crate) struct AccOperands<'a> {
+    pub a: &'a [f32],
+    pub lda: usize,
+    pub w: &'a [f32],
+    pub n: usize,
+    pub tokens: usize,
+}
+
 /// `out[t * width + c] += Σ_{r < n} a[t * lda + r] · w[r * width + c]` for `tokens` rows of `a`
 /// and f32 weight rows `w` (`n` of `width`): the product with `Wᵀ` once a slab of weight rows
 /// is decoded, accumulated over slabs. Unlike [`gemm`] it needs no transposed copy of the
 /// weights: each step broadcasts one value of `a` per token against whole weight rows.
-pub(crate) fn gemm_acc(isa: Isa, a: &[f32], lda: usize, w: &[f32], n: usize, tokens: usize, out: &mut [f32]) {
+pub(crate) fn gemm_acc(isa: Isa, ops: AccOperands, out: &mut [f32]) {
+    let AccOperands { a, lda, w, n, tokens } = ops;
     let width = out.len() / tokens.max(1);
     assert!(n <= lda && w.len() >= n * width && out.len() == tokens * width);
     assert!(tokens == 0 || a.len() >= (tokens - 1) * lda + n);
@@ -247,11 +259,11 @@ pub(crate) fn gemm_acc(isa: Isa, a: &[f32], lda: usize, w: &[f32], n: usize, tok
         }
         // SAFETY: the asserts above bound every access; the token proves the ISA.
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        Isa::Avx2(s) => unsafe { avx2::gemm_acc(s, a, lda, w, n, tokens, out) },
+        Isa::Avx2(s) => unsafe { avx2::gemm_acc(s, ops, out) },
         #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
-        Isa::Neon(s) => unsafe { neon::gemm_acc(s, a, lda, w, n, tokens, out) },
+        Isa::Neon(s) => unsafe { neon::gemm_acc(s, ops, out) },
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Isa::Simd128(s) => unsafe { wasm::gemm_acc(s, a, lda, w, n, tokens, out) },
+        Isa::Simd128(s) => unsafe { wasm::gemm_acc(s, ops, out) },
     }
 }
 
@@ -259,16 +271,9 @@ pub(crate) fn gemm_acc(isa: Isa, a: &[f32], lda: usize, w: &[f32], n: usize, tok
 /// twelve accumulators in registers, loading two weight vectors and broadcasting six values
 /// per step; columns past the last multiple of 8 are summed as scalars.
 #[inline(always)]
-unsafe fn gemm_acc_with<S: Simd>(
-    s: S,
-    a: &[f32],
-    lda: usize,
-    w: &[f32],
-    n: usize,
-    tokens: usize,
-    out: &mut [f32],
-) {
+unsafe fn gemm_acc_with<S: Simd>(s: S, ops: AccOperands, out: &mut [f32]) {
     const T: usize = 6;
+    let AccOperands { a, lda, w, n, tokens } = ops;
     let width = out.len() / tokens.max(1);
     let (a, w, o) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
     let body = width / 8 * 8;

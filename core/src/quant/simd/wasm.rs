@@ -35,16 +35,8 @@ pub(super) unsafe fn gemm(s: Simd128, w: &[f32], x: &[f32], k: usize, tokens: us
 
 /// # Safety
 /// As [`super::gemm_acc`], whose checks the caller has made.
-pub(super) unsafe fn gemm_acc(
-    s: Simd128,
-    a: &[f32],
-    lda: usize,
-    w: &[f32],
-    n: usize,
-    tokens: usize,
-    out: &mut [f32],
-) {
-    super::gemm_acc_with(s, a, lda, w, n, tokens, out)
+pub(super) unsafe fn gemm_acc(s: Simd128, ops: super::AccOperands, out: &mut [f32]) {
+    super::gemm_acc_with(s, ops, out)
 }
 
 impl Simd for Simd128 {
