@@ -2,7 +2,9 @@
 # adaptkit against its peers on the same GGUF, in one run, on the same 2 threads: llama.cpp for
 # prefill tok/s of a 128-token prompt, decode tok/s over 128 greedy tokens and peak RSS;
 # PyTorch + PEFT (fp32) for LoRA training tok/s (r=8, all projections, batch 4 x 128) and its
-# peak RSS, against adaptkit with and without activation checkpointing. Prints the JSON reports and a Markdown table with ratios (the README's tables).
+# peak RSS, against adaptkit with and without activation checkpointing; then, when this machine
+# has a GPU (Mesa's lavapipe counts), adaptkit on it (`bench --device gpu`). Prints the JSON
+# reports and Markdown tables with ratios (the README's tables).
 # Usage: scripts/bench.sh [MODEL.gguf]    (THREADS=2 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,13 +19,16 @@ recompute=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --thread
   --checkpoint-activations --repeats 1 --gen-tokens 2 --json | tail -1)
 peer=$(scripts/bench-llamacpp.sh "$model" | tail -1)
 torch=$("$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
+gpu=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" --device gpu --json \
+  | tail -1) || gpu='{}'
 echo "$ours"
 echo "$recompute"
 echo "$peer"
 echo "$torch"
-python3 - "$ours" "$peer" "$torch" "$recompute" <<'PY'
+echo "$gpu"
+python3 - "$ours" "$peer" "$torch" "$recompute" "$gpu" <<'PY'
 import json, sys
-ours, peer, torch, recompute = (json.loads(a) for a in sys.argv[1:])
+ours, peer, torch, recompute, gpu = (json.loads(a) for a in sys.argv[1:])
 print(f"\n{ours['threads']} threads, batch 1, {ours['prompt_tokens']}-token prompt, {ours['gen_tokens']} generated tokens\n")
 print("| | adaptkit | llama.cpp | ratio |")
 print("|---|---|---|---|")
@@ -38,4 +43,17 @@ for label, run in [("", ours), (", activation checkpointing", recompute)]:
     for what, a, b in [("train (tok/s)", run["train_tok_s"], torch["train_tok_s"]),
                        ("train peak RSS (MiB)", run["train_peak_rss_mb"], torch["peak_rss_mb"])]:
         print(f"| {what}{label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+if gpu:
+    print(f"\nGPU: {gpu['device']} (CPU columns: the runs above)\n")
+    print("| | adaptkit GPU | adaptkit CPU | llama.cpp CPU | GPU / CPU | GPU / llama.cpp |")
+    print("|---|---|---|---|---|---|")
+    for key, label, theirs in [("prefill_tok_s", "prefill (tok/s)", peer["prefill_tok_s"]),
+                               ("decode_tok_s", "decode (tok/s)", peer["decode_tok_s"]),
+                               ("train_tok_s", "train (tok/s)", None)]:
+        a, b = gpu[key], ours[key]
+        vs_peer = f"{a / theirs:.2f}x" if theirs else "—"
+        print(f"| {label} | {a:.1f} | {b:.1f} | {theirs or '—'} | {a / b:.2f}x | {vs_peer} |")
+    print(f"| GPU memory held, inference / training (MiB) | {gpu['gpu_reserved_mb']:.0f} / {gpu['train_gpu_reserved_mb']:.0f} | | | | |")
+else:
+    print("\nno GPU: `adaptkit bench --device gpu` found no adapter")
 PY

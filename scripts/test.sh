@@ -9,6 +9,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
 scripts/install-test-tools.sh
 ADAPTKIT_TEST_MODEL=$(scripts/fetch-model.sh)
 export ADAPTKIT_TEST_MODEL ADAPTKIT_REQUIRE_MODEL=1
+# The GPU parity tests run on lavapipe (installed above) and fail rather than skip here.
+export ADAPTKIT_REQUIRE_GPU=1
+# Mesa wants a writable runtime directory, which containers often lack.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 # One profile (release) for tests and the demo, so every dependency is compiled once.
 cargo test --release --workspace

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use adaptkit::adapt::{LoraAdapter, LoraConfig};
 use adaptkit::control::CancelToken;
-use adaptkit::engine::{Engine, EngineOptions};
+use adaptkit::engine::Engine;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
 use adaptkit::model::NoAdapters;
 use adaptkit::model::Projection;
@@ -14,7 +14,7 @@ use adaptkit::train::{self, Checkpointing, TrainOptions};
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::{load_engine, run_timed};
+use crate::commands::{load_engine, open_engine, run_timed};
 use crate::memory::peak_rss_mb;
 use crate::{emit, say, CliError, ModelArgs, Output};
 
@@ -80,11 +80,20 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     // Inference's peak, before training raises the high-water mark.
     let inference_rss = peak_rss_mb();
+    let inference_gpu = gpu_reserved_mb(&engine);
     let (source, threads) = (engine.source().to_path_buf(), engine.threads());
+    let device = engine.compute_device().name.clone();
     drop(engine);
-    let train_tok_s = if args.train_steps > 0 { Some(train_speed(&args, &source, &ids)?) } else { None };
+    let (train_tok_s, train_gpu) = match args.train_steps {
+        0 => (None, None),
+        _ => {
+            let (rate, gpu) = train_speed(&args, &source, &ids)?;
+            (Some(rate), gpu)
+        }
+    };
     let report = json!({
         "model": source.display().to_string(),
+        "device": device,
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
@@ -93,11 +102,22 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         "peak_rss_mb": inference_rss,
         "train_tok_s": train_tok_s,
         "train_peak_rss_mb": train_tok_s.and(peak_rss_mb()),
+        "gpu_reserved_mb": inference_gpu,
+        "train_gpu_reserved_mb": train_gpu,
         "train_config": "LoRA r=8 alpha=16 on q,k,v,o,gate,up,down; batch 4 x 128 tokens; AdamW",
         "checkpoint_activations": args.checkpoint_activations,
     });
     emit(args.out, report.clone(), || say(format_args!("{report}\n")));
     Ok(())
+}
+
+/// MiB the GPU allocator holds for this engine's device (it keeps freed pages for reuse, so
+/// after a run this is close to the run's peak); `None` on the CPU.
+fn gpu_reserved_mb(engine: &Engine) -> Option<f64> {
+    if !engine.compute_device().gpu {
+        return None;
+    }
+    engine.model().device().memory_pool_usage().map(|usage| usage.bytes_reserved as f64 / (1 << 20) as f64)
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -106,11 +126,16 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Training tokens/s of LoRA r=8 on every projection, batch 4 x 128, over `train_steps` steps
-/// after a warm-up step (the same configuration as `scripts/bench_torch_peft.py`).
-fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> Result<f64, CliError> {
+/// after a warm-up step (the same configuration as `scripts/bench_torch_peft.py`), and the GPU
+/// memory it took.
+fn train_speed(
+    args: &BenchArgs,
+    model: &std::path::Path,
+    text_ids: &[u32],
+) -> Result<(f64, Option<f64>), CliError> {
     const BATCH: usize = 4;
     const SEQ: usize = 128;
-    let engine = Engine::load(model, &EngineOptions { threads: args.model.threads, trainable: true })?;
+    let engine = open_engine(model, &args.model, true)?;
     let window = |i: usize| Window {
         tokens: (0..SEQ).map(|j| text_ids[(i * 7 + j) % text_ids.len()]).collect(),
         targets: vec![true; SEQ],
@@ -152,5 +177,5 @@ fn train_speed(args: &BenchArgs, model: &std::path::Path, text_ids: &[u32]) -> R
             },
         )
     })?;
-    Ok(rate)
+    Ok((rate, gpu_reserved_mb(&engine)))
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use adaptkit::adapt::merge::{export_merged, MergedType};
 use adaptkit::adapt::{AdapterSet, LoraAdapter};
 use adaptkit::control::CancelToken;
-use adaptkit::engine::{Engine, EngineOptions, Prompt};
+use adaptkit::engine::{Engine, Prompt};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::generate::{GenerateOptions, GenerationEvent, SamplingParams};
 use adaptkit::model::{Adapters, LlamaConfig};
@@ -82,7 +82,19 @@ impl AdapterArgs {
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
     let path = resolve_model(args.model.clone())?;
-    Ok(Engine::load(&path, &EngineOptions { threads: args.threads, trainable: false })?)
+    open_engine(&path, args, false)
+}
+
+/// Loads the model on the device `args` asks for, and says on stderr where it runs.
+pub fn open_engine(path: &Path, args: &ModelArgs, trainable: bool) -> Result<Engine, CliError> {
+    let engine = Engine::load(path, &args.engine_options(trainable))?;
+    let compute = engine.compute_device();
+    if let Some(reason) = &compute.fallback {
+        eprintln!("device: cpu (auto: {reason})");
+    } else if compute.gpu {
+        eprintln!("device: {}", compute.name);
+    }
+    Ok(engine)
 }
 
 pub fn info(model: Option<PathBuf>, out: Output) -> Result<(), CliError> {

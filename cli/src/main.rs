@@ -13,6 +13,8 @@ mod train;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use adaptkit::device::DeviceChoice;
+use adaptkit::engine::EngineOptions;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -67,6 +69,20 @@ pub struct ModelArgs {
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs: cpu, gpu (Vulkan/Metal/DX12, software GPUs included) or auto (a
+    /// hardware GPU when there is one, else the CPU, saying why).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: adaptkit::Error| e.to_string())
+}
+
+impl ModelArgs {
+    pub fn engine_options(&self, trainable: bool) -> EngineOptions {
+        EngineOptions { threads: self.threads, trainable, device: self.device }
+    }
 }
 
 /// A failure the user can act on: printed as one line, exit code 2.

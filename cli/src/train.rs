@@ -6,14 +6,13 @@ use std::time::Instant;
 
 use adaptkit::adapt::{LoraAdapter, LoraConfig};
 use adaptkit::control::CancelToken;
-use adaptkit::engine::{Engine, EngineOptions};
 use adaptkit::model::Projection;
 use adaptkit::train::{self, checkpoint, data, Checkpointing, Evaluation, TrainOptions, FORGETTING_LIMIT};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::commands::resolve_model;
+use crate::commands::{open_engine, resolve_model};
 use crate::interrupt;
 use crate::memory::{peak_rss_mb, rss_mb};
 use crate::plot::{self, Series};
@@ -125,7 +124,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         return Err(CliError::msg(format!("--plot {}: only .svg plots are written", plot.display())));
     }
     let path = resolve_model(args.model.model.clone())?;
-    let mut engine = Engine::load(&path, &EngineOptions { threads: args.model.threads, trainable: true })?;
+    let mut engine = open_engine(&path, &args.model, true)?;
     let context = engine.model().config().context_len;
     if args.seq > context {
         return Err(adaptkit::Error::ContextOverflow { tokens: args.seq, context }.into());
@@ -223,9 +222,11 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
                 checkpoint_path.display()
             )))
         }
-        Err(e @ adaptkit::Error::NonFiniteLoss { .. }) => {
+        // A non-finite loss, or a GPU that failed mid-run (lost, out of memory): the last
+        // checkpoint stands, and `--resume` continues from it (on another device if need be).
+        Err(e @ (adaptkit::Error::NonFiniteLoss { .. } | adaptkit::Error::Device(_))) => {
             let kept = if checkpoint_path.exists() {
-                format!("the last good checkpoint is {}", checkpoint_path.display())
+                format!("the last good checkpoint is {} (continue with --resume)", checkpoint_path.display())
             } else {
                 "no checkpoint was written yet".to_string()
             };

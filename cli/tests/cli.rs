@@ -598,3 +598,139 @@ fn a_pissa_adapter_is_saved_for_the_original_base() {
     assert_eq!(resumed["train_loss"], straight["train_loss"], "{straight} vs {resumed}");
     assert_eq!(resumed["eval_loss"], straight["eval_loss"]);
 }
+
+/// `adaptkit` with `env` set (e.g. a Vulkan loader pointed at no driver).
+fn adaptkit_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adaptkit"));
+    command.args(args).env_remove("RUST_BACKTRACE");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+/// Whether this machine has a GPU for `--device gpu` tests: a one-token generation tells.
+/// `ADAPTKIT_REQUIRE_GPU` (set in CI, which installs lavapipe) turns "no" into a failure.
+fn gpu_available(model: &str) -> bool {
+    let out =
+        adaptkit(&["generate", "--model", model, "--device", "gpu", "--prompt", "a", "--max-tokens", "1"]);
+    if out.status.success() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none(),
+        "ADAPTKIT_REQUIRE_GPU is set: {}",
+        stderr(&out)
+    );
+    eprintln!("skipped, no GPU: {}", stderr(&out));
+    false
+}
+
+#[test]
+fn without_a_gpu_device_gpu_is_a_clean_error_and_auto_falls_back() {
+    let Some(model) = real_model() else { return };
+    // A Vulkan loader that finds no driver: the machine has no GPU as far as wgpu can tell.
+    let no_gpu =
+        [("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")];
+    let generate = |device: &str| {
+        adaptkit_env(
+            &[
+                "generate",
+                "--model",
+                &model,
+                "--device",
+                device,
+                "--prompt",
+                "Bees",
+                "--max-tokens",
+                "2",
+                "--json",
+            ],
+            &no_gpu,
+        )
+    };
+    assert_clean_failure(&generate("gpu"), "no GPU adapter found");
+    let auto = generate("auto");
+    assert!(last_json(&auto)["tokens"].as_array().is_some());
+    assert!(stderr(&auto).contains("device: cpu (auto: GPU: no GPU adapter found"), "{}", stderr(&auto));
+    // A usage error, reported by the argument parser (exit 2) before anything loads.
+    let bad = adaptkit(&["generate", "--model", &model, "--device", "tpu"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("device 'tpu' (expected cpu, gpu or auto)"), "{}", stderr(&bad));
+}
+
+/// On the GPU: perplexity as on the CPU; `auto` declines a software GPU; and a training run
+/// started on the GPU resumes on the CPU from its checkpoint to the losses of a CPU-only run.
+#[test]
+fn the_gpu_scores_and_trains_like_the_cpu_and_runs_move_between_them() {
+    let Some(model) = real_model() else { return };
+    if !gpu_available(&model) {
+        return;
+    }
+    let text = general_text();
+    let eval = |device: &str| {
+        let out = adaptkit(&[
+            "eval",
+            "--model",
+            &model,
+            "--device",
+            device,
+            "--data",
+            text.to_str().unwrap(),
+            "--seq",
+            "64",
+            "--json",
+        ]);
+        last_json(&out)["perplexity"].as_f64().unwrap()
+    };
+    let (cpu, gpu) = (eval("cpu"), eval("gpu"));
+    assert!((cpu - gpu).abs() < 1e-4 * cpu, "perplexity CPU {cpu} vs GPU {gpu}");
+    let auto =
+        adaptkit(&["generate", "--model", &model, "--device", "auto", "--prompt", "a", "--max-tokens", "1"]);
+    let note = stderr(&auto);
+    assert!(
+        note.contains("device: cpu (auto: only a software GPU") || note.contains("device: Vulkan"),
+        "{note}"
+    );
+
+    let data = sample("notes.txt");
+    let args = |dir: &Path, device: &str| -> Vec<String> {
+        ["train", "--model", &model, "--data", data.to_str().unwrap(), "--out", dir.to_str().unwrap()]
+            .into_iter()
+            .chain(["--device", device, "--steps", "4", "--batch", "1", "--seq", "32", "--lr", "1e-3"])
+            .chain(["--checkpoint-every", "1", "--json"])
+            .map(String::from)
+            .collect()
+    };
+    let straight = last_json(
+        &Command::new(env!("CARGO_BIN_EXE_adaptkit"))
+            .args(args(&scratch("cpu-only"), "cpu"))
+            .output()
+            .unwrap(),
+    );
+    // Start on the GPU and stop it (Ctrl-C) once it has checkpointed, then finish on the CPU.
+    let moved = scratch("gpu-then-cpu");
+    let _ = std::fs::remove_dir_all(&moved);
+    let child = Command::new(env!("CARGO_BIN_EXE_adaptkit"))
+        .args(args(&moved, "gpu"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !moved.join("checkpoint.safetensors").exists() && started.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let stopped = child.wait_with_output().unwrap();
+    assert!(matches!(stopped.status.code(), Some(130) | Some(0)), "{}", stderr(&stopped));
+    let mut resume = args(&moved, "cpu");
+    resume.push("--resume".into());
+    let finished = last_json(&Command::new(env!("CARGO_BIN_EXE_adaptkit")).args(resume).output().unwrap());
+    assert_eq!(finished["steps"], 4, "{finished}");
+    for key in ["train_loss", "eval_loss"] {
+        let (a, b) = (straight[key].as_f64().unwrap(), finished[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-3 * a, "{key}: CPU-only {a} vs GPU then CPU {b}");
+    }
+}

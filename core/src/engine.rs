@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::control::CancelToken;
+use crate::device::{guard, ComputeDevice, DeviceChoice};
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsFile;
@@ -23,6 +24,8 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Run the model on an autodiff device, so that adapters can be trained on it.
     pub trainable: bool,
+    /// CPU, GPU, or a hardware GPU when there is one.
+    pub device: DeviceChoice,
 }
 
 pub struct Engine {
@@ -30,6 +33,7 @@ pub struct Engine {
     tokenizer: Tokenizer,
     threads: Threads,
     source: PathBuf,
+    compute: ComputeDevice,
 }
 
 /// What to generate from: raw text, or a conversation rendered with the model's chat template.
@@ -50,7 +54,9 @@ impl Engine {
     /// Loads a GGUF file, or a Hugging Face model directory (`config.json`, `*.safetensors`,
     /// `tokenizer.json`).
     pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, Error> {
-        let device = if options.trainable { Device::flex().autodiff() } else { Device::flex() };
+        let compute = ComputeDevice::select(options.device)?;
+        let device =
+            if options.trainable { compute.device.clone().autodiff() } else { compute.device.clone() };
         let (model, tokenizer) = if path.is_dir() {
             load_hf_dir(path, &device)?
         } else {
@@ -65,7 +71,7 @@ impl Engine {
         }
         let threads =
             Threads::new(options.threads).map_err(|e| Error::Backend(format!("worker pool: {e}")))?;
-        Ok(Self { model, tokenizer, threads, source: path.to_path_buf() })
+        Ok(Self { model, tokenizer, threads, source: path.to_path_buf(), compute })
     }
 
     pub fn model(&self) -> &Llama {
@@ -77,6 +83,11 @@ impl Engine {
     pub fn with_model_mut<R: Send>(&mut self, work: impl FnOnce(&mut Llama) -> R + Send) -> R {
         let Self { threads, model, .. } = self;
         threads.install(|| work(model))
+    }
+
+    /// The device the model runs on, and why `auto` chose the CPU when it did.
+    pub fn compute_device(&self) -> &ComputeDevice {
+        &self.compute
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -91,9 +102,10 @@ impl Engine {
         self.threads.count()
     }
 
-    /// Runs `work` on this engine's worker pool (training, tools).
-    pub fn run<R: Send>(&self, work: impl FnOnce(&Self) -> R + Send) -> R {
-        self.threads.install(|| work(self))
+    /// Runs `work` on this engine's worker pool (training, tools); a GPU failure inside it
+    /// becomes [`Error::Device`].
+    pub fn run<R: Send>(&self, work: impl FnOnce(&Self) -> Result<R, Error> + Send) -> Result<R, Error> {
+        self.threads.install(|| guard(&self.compute, || work(self)))
     }
 
     /// Token ids of a prompt, with the chat template applied for conversations.
@@ -118,8 +130,8 @@ impl Engine {
         cancel: &CancelToken,
         on_event: &mut (dyn FnMut(GenerationEvent) + Send),
     ) -> Result<Generation, Error> {
-        self.threads.install(|| {
-            generate::generate(&self.model, &self.tokenizer, prompt, options, adapters, cancel, on_event)
+        self.run(|engine| {
+            generate::generate(&engine.model, &engine.tokenizer, prompt, options, adapters, cancel, on_event)
         })
     }
 
@@ -128,10 +140,10 @@ impl Engine {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens".into()));
         }
-        self.threads.install(|| {
-            let mut cache = self.model.new_cache(1);
-            let hidden = self.model.forward_adapted(tokens, 1, &mut cache, adapters)?;
-            self.model.logits(hidden, tokens.len() - 1..tokens.len())
+        self.run(|engine| {
+            let mut cache = engine.model.new_cache(1);
+            let hidden = engine.model.forward_adapted(tokens, 1, &mut cache, adapters)?;
+            engine.model.logits(hidden, tokens.len() - 1..tokens.len())
         })
     }
 
@@ -160,13 +172,13 @@ impl Engine {
                 tokens.len()
             )));
         }
-        self.threads.install(|| {
+        self.run(|engine| {
             let mut total_nll = 0.0f64;
             for (w, ids) in tokens.chunks_exact(window).enumerate() {
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                total_nll += self.window_nll(ids, adapters)?;
+                total_nll += engine.window_nll(ids, adapters)?;
                 on_progress(w + 1, windows);
             }
             let counted = windows * (window - 1);

@@ -37,6 +37,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("compute backend: {0}")]
     Backend(String),
+    /// No usable GPU, or the GPU failed (lost, out of memory) during a call.
+    #[error("GPU: {0}")]
+    Device(String),
     #[error("cancelled")]
     Cancelled,
 }

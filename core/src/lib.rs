@@ -17,11 +17,15 @@ pub mod quant;
 #[cfg(feature = "std")]
 pub mod adapt;
 #[cfg(feature = "std")]
+pub mod device;
+#[cfg(feature = "std")]
 pub mod engine;
 #[cfg(feature = "std")]
 pub mod error;
 #[cfg(feature = "std")]
 pub mod generate;
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub mod gpu;
 #[cfg(feature = "std")]
 pub mod model;
 #[cfg(feature = "std")]

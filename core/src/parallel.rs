@@ -32,8 +32,12 @@ impl Threads {
                 .map_err(std::io::Error::other)?;
             Ok(Self { pool, count })
         }
+        // No threads on wasm32: one worker, whatever was asked.
         #[cfg(target_arch = "wasm32")]
-        Ok(Self { count: 1 })
+        {
+            let _ = count;
+            Ok(Self { count: 1 })
+        }
     }
 
     pub fn count(&self) -> usize {

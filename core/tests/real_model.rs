@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use adaptkit::adapt::LoraAdapter;
 use adaptkit::control::CancelToken;
+use adaptkit::device::DeviceChoice;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
 use adaptkit::model::NoAdapters;
 use adaptkit::tokenizer::Message;
@@ -51,7 +52,10 @@ fn engine() -> Option<&'static Engine> {
                 );
                 return None;
             }
-            Some(Engine::load(&path, &EngineOptions { threads: 0, trainable: false }).unwrap())
+            Some(
+                Engine::load(&path, &EngineOptions { threads: 0, trainable: false, ..Default::default() })
+                    .unwrap(),
+            )
         })
         .as_ref()
 }
@@ -236,4 +240,39 @@ fn jsonl_examples_count_only_completion_and_assistant_tokens() {
     assert!(err.contains("data line 3") && err.contains("expected"), "{err}");
     let err = pack("{\"text\": ", Format::JsonLines, t).err().unwrap().to_string();
     assert!(err.contains("data line 1"), "{err}");
+}
+
+/// The same golden logits on the GPU (burn-wgpu; lavapipe in CI): every prompt within the CPU's
+/// tolerance of the reference, and the generation loop's device-side sampling (top few logits
+/// read back) picks the CPU's greedy tokens.
+#[test]
+fn the_gpu_gives_the_reference_logits_too() {
+    let Some(cpu) = engine() else { return };
+    let path = cpu.source().to_path_buf();
+    let gpu = match Engine::load(&path, &EngineOptions { device: DeviceChoice::Gpu, ..Default::default() }) {
+        Ok(gpu) => gpu,
+        Err(e) if std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none() => {
+            return eprintln!("skipped, no GPU: {e}")
+        }
+        Err(e) => panic!("ADAPTKIT_REQUIRE_GPU is set, but {e}"),
+    };
+    eprintln!("GPU: {}", gpu.compute_device().name);
+    let (index, vocab, reference) = golden_logits("logits.json");
+    let mut worst = 0.0f32;
+    // Every third prompt (plain text, code, chat; 1 to 143 tokens): lavapipe is slow.
+    for prompt in index["prompts"].as_array().unwrap().iter().step_by(3) {
+        let row = prompt["row"].as_u64().unwrap() as usize;
+        let want = &reference[row * vocab..][..vocab];
+        let got = gpu.last_logits(&ids(&prompt["ids"]), &NoAdapters).unwrap();
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        worst = worst.max(diff);
+        assert!(diff < LOGIT_TOLERANCE, "{}: GPU max |logit diff| {diff}", prompt["name"]);
+    }
+    eprintln!("GPU: worst max |logit diff| {worst:.5} against the reference");
+    let prompt = cpu.tokenizer().encode("The capital of France is", true).unwrap();
+    let options = GenerateOptions { max_tokens: 6, sampling: SamplingParams::greedy(), ..Default::default() };
+    let run = |engine: &Engine| {
+        engine.generate(&prompt, &options, &NoAdapters, &CancelToken::new(), &mut |_| {}).unwrap().tokens
+    };
+    assert_eq!(run(&gpu), run(cpu));
 }

@@ -982,3 +982,92 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     assert_eq!(joined.len(), straight.len());
     assert!(max_diff(&joined, &straight) < 1e-5, "straight {straight:?} vs resumed {joined:?}");
 }
+
+// ---- GPU parity (burn-wgpu; Mesa's lavapipe in CI) ----
+
+/// The GPU for parity tests: `None` (the test is skipped, with a note) on a machine without
+/// one, unless `ADAPTKIT_REQUIRE_GPU` is set, as CI does after installing lavapipe.
+fn test_gpu() -> Option<Device> {
+    use adaptkit::device::{ComputeDevice, DeviceChoice};
+    match ComputeDevice::select(DeviceChoice::Gpu) {
+        Ok(gpu) => {
+            eprintln!("GPU: {}", gpu.name);
+            Some(gpu.device)
+        }
+        Err(e) if std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none() => {
+            eprintln!("skipped, no GPU: {e}");
+            None
+        }
+        Err(e) => panic!("ADAPTKIT_REQUIRE_GPU is set, but {e}"),
+    }
+}
+
+/// Logits of the whole input at once (the decoded-matrix product) and then token by token
+/// through the KV cache (the in-kernel level product).
+fn prefill_and_decode_logits(model: &Llama) -> Vec<f32> {
+    let mut logits = all_logits(model, &TOKENS);
+    let mut cache = model.new_cache(1);
+    for &t in &TOKENS {
+        let hidden = model.forward(&[t], 1, &mut cache).unwrap();
+        logits.extend(model.logits(hidden, 0..1).unwrap());
+    }
+    logits
+}
+
+#[test]
+fn every_block_format_runs_on_the_gpu_like_on_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let dir = tempdir();
+    let weights = Weights::random(30);
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::Q8K,
+    ] {
+        let path = dir.join(&format!("{ty}.gguf"));
+        weights.write_gguf(&path, ty, None);
+        let gguf = GgufFile::open(&path).unwrap();
+        let cpu = prefill_and_decode_logits(&Llama::from_gguf(&gguf, &Device::flex()).unwrap());
+        let on_gpu = prefill_and_decode_logits(&Llama::from_gguf(&gguf, &gpu).unwrap());
+        let diff = max_diff(&cpu, &on_gpu);
+        let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{ty}: max |logit diff| {diff:.2e} of logits up to {scale:.2}");
+        assert!(diff < 1e-4 * (1.0 + scale), "{ty}: CPU vs GPU max |logit diff| {diff}");
+    }
+}
+
+/// The training step on the GPU (quantized linear op and its backward, the burn-op loss) gives
+/// the CPU's loss and LoRA gradients, with and without activation checkpointing.
+#[test]
+fn lora_training_on_the_gpu_matches_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let dir = tempdir();
+    Weights::random(31).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    Lora::random(32, 2, false).write_peft(&dir.join("lora"));
+    let gguf = GgufFile::open(dir.join("m.gguf")).unwrap();
+    let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 5 != 2).collect();
+    let mut results = Vec::new();
+    for device in [Device::flex().autodiff(), gpu.autodiff()] {
+        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        let mut adapter = LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
+        for recompute in [false, true] {
+            results.push(
+                loss_and_gradients(&model, &mut adapter, &TOKENS, Some(&counted), 2, recompute).unwrap(),
+            );
+        }
+    }
+    let (cpu_loss, cpu_grads) = &results[0];
+    for (loss, grads) in &results[1..] {
+        assert!((loss - cpu_loss).abs() < 1e-4 * cpu_loss, "loss {loss} vs CPU {cpu_loss}");
+        assert_same_gradients(cpu_grads, grads);
+    }
+}

@@ -6,8 +6,12 @@ pub mod sampler;
 
 pub use sampler::{Sampler, SamplingParams};
 
+use burn::tensor::{Int, Tensor, TensorData};
+
 use crate::control::CancelToken;
+use crate::device::is_host;
 use crate::error::Error;
+use crate::model::linear::host_f32;
 use crate::model::{Adapters, Llama};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -89,8 +93,8 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(options.sampling.clone())?;
     let mut cache = model.new_cache(1);
-    let hidden = model.forward_adapted(prompt, 1, &mut cache, adapters)?;
-    let mut logits = model.logits(hidden, prompt.len() - 1..prompt.len())?;
+    let mut hidden = model.forward_adapted(prompt, 1, &mut cache, adapters)?;
+    let mut last = prompt.len() - 1;
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
 
     let mut history = prompt.to_vec();
@@ -103,9 +107,7 @@ pub fn generate(
         if options.max_tokens == 0 {
             break StopReason::MaxTokens;
         }
-        // Padded embedding rows beyond the tokenizer's vocabulary have no text: never pick them.
-        logits.get_mut(tokenizer.vocab_size()..).into_iter().flatten().for_each(|l| *l = f32::NEG_INFINITY);
-        let token = sampler.sample(&mut logits, &history);
+        let token = next_token(model, hidden, last, tokenizer.vocab_size(), &mut sampler, &history)?;
         if options.stop_at_eos && tokenizer.is_end_of_generation(token) {
             break StopReason::EndOfGeneration;
         }
@@ -122,8 +124,8 @@ pub fn generate(
         if history.len() >= context {
             break StopReason::ContextFull;
         }
-        let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
-        logits = model.logits(hidden, 0..1)?;
+        hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
+        last = 0;
     };
     if stop != StopReason::StopString {
         let rest = decoder.finish(tokenizer)?;
@@ -200,6 +202,45 @@ fn partial_stop_start(text: &str, stop: &str) -> usize {
         .filter(|&n| stop.is_char_boundary(n))
         .find(|&n| text.ends_with(&stop[..n]))
         .map_or(text.len(), |n| text.len() - n)
+}
+
+/// The token that follows position `at` of `hidden` (`[1, len, d_model]`). Padded embedding
+/// rows beyond the tokenizer's `text_vocab` have no text and are never picked. On a GPU only the
+/// logits the sampler needs are read back (the top few and the penalized tokens' ones, not the
+/// whole vocabulary); on the host, where reading is free, it takes them all.
+fn next_token(
+    model: &Llama,
+    hidden: Tensor<3>,
+    at: usize,
+    text_vocab: usize,
+    sampler: &mut Sampler,
+    history: &[u32],
+) -> Result<u32, Error> {
+    let vocab = model.config().vocab_size;
+    let text_vocab = text_vocab.min(vocab);
+    let logits = model.device_logits(hidden, at..at + 1)?.reshape([vocab]).narrow(0, 0, text_vocab);
+    let needed = sampler.candidates_needed(history).filter(|&k| k < text_vocab && !is_host(model.device()));
+    let Some(k) = needed else {
+        return Ok(sampler.sample(&host_f32(logits)?, history));
+    };
+    let (values, indices) = logits.clone().topk_with_indices(k, 0);
+    let read_ids = |ids: Tensor<1, Int>| {
+        ids.try_into_vec_as::<i64>()
+            .map_err(|e| Error::Backend(format!("reading token ids back failed: {e:?}")))
+    };
+    let mut candidates: Vec<(u32, f32)> =
+        read_ids(indices)?.into_iter().map(|i| i as u32).zip(host_f32(values)?).collect();
+    let penalized: Vec<u32> = sampler
+        .penalized(history)
+        .into_iter()
+        .filter(|&t| (t as usize) < text_vocab && !candidates.iter().any(|c| c.0 == t))
+        .collect();
+    if !penalized.is_empty() {
+        let ids: Vec<i64> = penalized.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [penalized.len()]), model.device());
+        candidates.extend(penalized.into_iter().zip(host_f32(logits.select(0, ids))?));
+    }
+    Ok(sampler.sample_from(&mut candidates, history))
 }
 
 #[cfg(test)]

@@ -73,29 +73,51 @@ impl Sampler {
         Ok(Self { params, rng, candidates: Vec::new() })
     }
 
-    /// Picks the next token from `logits` (modified in place by the penalty) given the tokens
-    /// seen so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        if p.repetition_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = recent.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
-                }
-            }
-        }
-        if p.temperature == 0.0 {
-            return argmax(logits);
-        }
-
-        let candidates = &mut self.candidates;
+    /// Picks the next token from `logits` given the tokens seen so far.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut candidates = core::mem::take(&mut self.candidates);
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+        let token = self.sample_from(&mut candidates, history);
+        self.candidates = candidates;
+        token
+    }
+
+    /// The tokens whose logits the repetition penalty changes, sorted.
+    pub fn penalized(&self, history: &[u32]) -> Vec<u32> {
+        let p = &self.params;
+        if p.repetition_penalty == 1.0 {
+            return Vec::new();
+        }
+        let mut seen = history[history.len().saturating_sub(p.repeat_last_n)..].to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    }
+
+    /// How many of the highest raw logits [`sample_from`](Self::sample_from) needs, besides
+    /// those of the [`penalized`](Self::penalized) tokens, to pick exactly what
+    /// [`sample`](Self::sample) picks from all of them; `None` when it needs all. The penalty
+    /// only lowers logits, so a token below the top `k + penalized` cannot reach the top `k`.
+    pub fn candidates_needed(&self, history: &[u32]) -> Option<usize> {
+        let p = &self.params;
+        let k = if p.temperature == 0.0 { 1 } else { p.top_k };
+        (k > 0).then(|| k + self.penalized(history).len())
+    }
+
+    /// [`sample`](Self::sample) from `(token, raw logit)` pairs: every token, or the top ones
+    /// and the penalized ones (see [`candidates_needed`](Self::candidates_needed)).
+    pub fn sample_from(&mut self, candidates: &mut Vec<(u32, f32)>, history: &[u32]) -> u32 {
+        let p = &self.params;
+        let penalized = self.penalized(history);
+        for c in candidates.iter_mut().filter(|c| penalized.binary_search(&c.0).is_ok()) {
+            c.1 = if c.1 > 0.0 { c.1 / p.repetition_penalty } else { c.1 * p.repetition_penalty };
+        }
+        // Ties go to the lower token id, so the order never depends on how candidates arrived.
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.temperature == 0.0 {
+            return candidates.iter().min_by(|a, b| by_logit_desc(a, b)).map_or(0, |c| c.0);
+        }
         if p.top_k > 0 && p.top_k < candidates.len() {
             candidates.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             candidates.truncate(p.top_k);
@@ -135,16 +157,6 @@ impl Sampler {
     }
 }
 
-pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// SplitMix64: tiny, fast, and identical everywhere (no platform RNG).
 struct SplitMix64(u64);
 
@@ -181,21 +193,21 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[]), 1);
     }
 
     #[test]
     fn repetition_penalty_can_flip_the_argmax() {
         let mut s =
             Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() }).unwrap();
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.0], &[1]), 3);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.0], &[1]), 3);
     }
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_seed() {
         for seed in 0..20 {
             let mut s = Sampler::new(SamplingParams { top_k: 1, seed, ..params(1.5) }).unwrap();
-            assert_eq!(s.sample(&mut [0.0, 1.0, 0.5, 0.9], &[]), 1);
+            assert_eq!(s.sample(&[0.0, 1.0, 0.5, 0.9], &[]), 1);
         }
     }
 
@@ -206,13 +218,13 @@ mod tests {
         let mut seen = [false; 4];
         for seed in 0..200 {
             let mut s = Sampler::new(SamplingParams { top_p: 0.7, seed, ..params(1.0) }).unwrap();
-            seen[s.sample(&mut logits.clone(), &[]) as usize] = true;
+            seen[s.sample(&logits, &[]) as usize] = true;
         }
         assert_eq!(seen, [true, true, false, false]);
         let mut seen = [false; 4];
         for seed in 0..200 {
             let mut s = Sampler::new(SamplingParams { min_p: 0.2, seed, ..params(1.0) }).unwrap();
-            seen[s.sample(&mut logits.clone(), &[]) as usize] = true;
+            seen[s.sample(&logits, &[]) as usize] = true;
         }
         assert_eq!(seen, [true, true, false, false]);
     }
@@ -221,11 +233,11 @@ mod tests {
     fn sampling_follows_the_distribution_and_the_seed() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let mut s = Sampler::new(params(1.0)).unwrap();
-        let ones = (0..4000).filter(|_| s.sample(&mut logits.clone(), &[]) == 1).count();
+        let ones = (0..4000).filter(|_| s.sample(&logits, &[]) == 1).count();
         assert!((2850..3150).contains(&ones), "{ones}");
         let run = |seed| {
             let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) }).unwrap();
-            (0..32).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..32).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -234,7 +246,37 @@ mod tests {
     #[test]
     fn a_tiny_temperature_is_practically_greedy() {
         let mut s = Sampler::new(SamplingParams { temperature: 1e-40, ..SamplingParams::default() }).unwrap();
-        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 2.9], &[]), 1);
+    }
+
+    /// The top `candidates_needed` logits plus the penalized ones pick what all logits pick,
+    /// greedy or sampled, with a penalty that pushes tokens out of the top k.
+    #[test]
+    fn the_needed_candidates_pick_what_all_logits_pick() {
+        let logits: Vec<f32> = (0..300u32).map(|i| ((i * 7919) % 300) as f32 / 37.0 - 3.0).collect();
+        let history: Vec<u32> = (0..300u32).filter(|i| (i * 7919) % 300 > 280).collect();
+        for params in [
+            SamplingParams { repetition_penalty: 3.0, ..SamplingParams::greedy() },
+            SamplingParams { repetition_penalty: 3.0, top_k: 5, ..params(1.0) },
+            SamplingParams::default(),
+        ] {
+            for seed in 0..20 {
+                let mut all = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
+                let mut some = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
+                let k = some.candidates_needed(&history).unwrap();
+                let mut top: Vec<(u32, f32)> =
+                    logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.truncate(k);
+                for t in some.penalized(&history) {
+                    if !top.iter().any(|c| c.0 == t) {
+                        top.push((t, logits[t as usize]));
+                    }
+                }
+                assert_eq!(some.sample_from(&mut top, &history), all.sample(&logits, &history), "{params:?}");
+            }
+        }
+        assert_eq!(Sampler::new(params(1.0)).unwrap().candidates_needed(&history), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A frozen linear layer whose weight stays in its GGUF block format. The product runs in our
-//! own quantized kernels (`quant::QuantMatrix`), not in burn, because burn dequantizes its
-//! quantized tensors on every call on CPU (55-110x slower than f32, see reference/feasibility.md)
-//! and its autodiff would keep each dequantized f32 weight alive until backward.
+//! own quantized kernels (`quant::QuantMatrix` on the CPU, `gpu::DeviceMatrix` on a GPU), not in
+//! burn, because burn dequantizes its quantized tensors on every call on CPU (55-110x slower than
+//! f32, see reference/feasibility.md) and its autodiff would keep each dequantized f32 weight
+//! alive until backward.
 //!
 //! The product is a burn op (`#[backend_extension]`) with a hand-written backward: gradients
 //! flow through the frozen weight to the layer's input (`dx = dy·W`, again from the blocks) and
@@ -20,24 +21,24 @@ use crate::error::Error;
 use crate::quant::{QuantError, QuantMatrix};
 
 pub struct QuantLinear {
-    weight: QuantMatrix,
+    weight: FrozenWeight,
 }
 
 impl QuantLinear {
     pub fn new(weight: QuantMatrix) -> Self {
-        Self { weight }
+        Self { weight: FrozenWeight::new(weight) }
     }
 
     pub fn weight(&self) -> &QuantMatrix {
-        &self.weight
+        &self.weight.host
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.rows()
+        self.weight.host.rows()
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.cols()
+        self.weight.host.cols()
     }
 
     /// `x: [batch, len, in] -> [batch, len, out]`, differentiable with respect to `x` on an
@@ -62,45 +63,106 @@ impl QuantLinear {
     }
 }
 
-/// The host kernels of a backend whose tensors live in host memory.
-pub trait QuantKernels: Backend {
-    /// `x·Wᵀ` over the last dimension.
-    fn quant_forward(x: FloatTensor<Self>, weight: &QuantMatrix) -> FloatTensor<Self>;
-    /// `dy·W` over the last dimension: the gradient with respect to the input.
-    fn quant_input_grad(dy: FloatTensor<Self>, weight: &QuantMatrix) -> FloatTensor<Self>;
+/// A frozen weight as the linear op takes it: the host blocks (memory-mapped from the model
+/// file), and on a GPU their device form, uploaded the first time a product there needs it.
+#[derive(Clone)]
+pub struct FrozenWeight {
+    host: QuantMatrix,
+    #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+    device: std::sync::Arc<std::sync::OnceLock<crate::gpu::DeviceMatrix>>,
 }
 
-#[backend_extension(Flex, Autodiff)]
+impl FrozenWeight {
+    fn new(host: QuantMatrix) -> Self {
+        Self {
+            host,
+            #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+            device: Default::default(),
+        }
+    }
+
+    /// The device form on the device of `x`, uploaded on first use.
+    #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+    fn on_device_of(&self, x: &burn_cubecl::tensor::CubeTensor) -> &crate::gpu::DeviceMatrix {
+        let matrix =
+            self.device.get_or_init(|| crate::gpu::DeviceMatrix::upload(&self.host, &x.client, &x.device));
+        // A model lives on one device; `Engine` never moves tensors between GPUs.
+        assert!(matrix.device() == &x.device, "a weight uploaded to one GPU was used on another");
+        matrix
+    }
+}
+
+impl core::fmt::Debug for FrozenWeight {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "FrozenWeight({:?})", self.host)
+    }
+}
+
+/// The kernels of a backend for the frozen product and its input gradient.
+pub trait QuantKernels: Backend {
+    /// `x·Wᵀ` over the last dimension.
+    fn quant_forward(x: FloatTensor<Self>, weight: &FrozenWeight) -> FloatTensor<Self>;
+    /// `dy·W` over the last dimension: the gradient with respect to the input.
+    fn quant_input_grad(dy: FloatTensor<Self>, weight: &FrozenWeight) -> FloatTensor<Self>;
+}
+
+#[backend_extension(Flex, Cube: cfg(all(feature = "gpu", not(target_arch = "wasm32"))), Autodiff)]
 pub trait QuantLinearOps: Backend {
-    fn quant_linear(x: FloatTensor<Self>, weight: QuantMatrix) -> FloatTensor<Self>;
+    fn quant_linear(x: FloatTensor<Self>, weight: FrozenWeight) -> FloatTensor<Self>;
 }
 
 impl QuantKernels for Flex {
-    fn quant_forward(x: FlexTensor, weight: &QuantMatrix) -> FlexTensor {
-        on_host(x, weight.rows(), |x, tokens, y| weight.matmul(x, tokens, y))
+    fn quant_forward(x: FlexTensor, weight: &FrozenWeight) -> FlexTensor {
+        let w = &weight.host;
+        on_host(x, w.rows(), |x, tokens, y| w.matmul(x, tokens, y))
     }
 
-    fn quant_input_grad(dy: FlexTensor, weight: &QuantMatrix) -> FlexTensor {
-        on_host(dy, weight.cols(), |dy, tokens, dx| weight.matmul_transposed(dy, tokens, dx))
+    fn quant_input_grad(dy: FlexTensor, weight: &FrozenWeight) -> FlexTensor {
+        let w = &weight.host;
+        on_host(dy, w.cols(), |dy, tokens, dx| w.matmul_transposed(dy, tokens, dx))
     }
 }
 
 impl QuantLinearOps for Flex {
-    fn quant_linear(x: FlexTensor, weight: QuantMatrix) -> FlexTensor {
+    fn quant_linear(x: FlexTensor, weight: FrozenWeight) -> FlexTensor {
         Self::quant_forward(x, &weight)
     }
 }
 
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+mod cube {
+    use burn_cubecl::tensor::CubeTensor;
+    use burn_cubecl::CubeBackend;
+
+    use super::{FrozenWeight, QuantKernels, QuantLinearOps};
+
+    impl QuantKernels for CubeBackend {
+        fn quant_forward(x: CubeTensor, weight: &FrozenWeight) -> CubeTensor {
+            weight.on_device_of(&x).forward(x)
+        }
+
+        fn quant_input_grad(dy: CubeTensor, weight: &FrozenWeight) -> CubeTensor {
+            weight.on_device_of(&dy).input_grad(dy)
+        }
+    }
+
+    impl QuantLinearOps for CubeBackend {
+        fn quant_linear(x: CubeTensor, weight: FrozenWeight) -> CubeTensor {
+            Self::quant_forward(x, &weight)
+        }
+    }
+}
+
 impl<B: QuantKernels, C: CheckpointStrategy> QuantLinearOps for Autodiff<B, C> {
-    fn quant_linear(x: FloatTensor<Self>, weight: QuantMatrix) -> FloatTensor<Self> {
+    fn quant_linear(x: FloatTensor<Self>, weight: FrozenWeight) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct InputGradient;
 
         impl<B: QuantKernels> Backward<B, 1> for InputGradient {
             // The weight's bytes are shared, not copied; no activation is kept for backward.
-            type State = QuantMatrix;
+            type State = FrozenWeight;
 
-            fn backward(self, ops: Ops<QuantMatrix, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            fn backward(self, ops: Ops<FrozenWeight, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [input] = ops.parents;
                 let dy = grads.consume::<B>(&ops.node);
                 if let Some(input) = input {

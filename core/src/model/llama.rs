@@ -33,7 +33,9 @@ pub struct Llama {
     pub(super) config: LlamaConfig,
     pub(super) device: Device,
     pub(super) token_embedding: QuantMatrix,
-    pub(super) output: QuantMatrix,
+    /// The head; the token embedding itself when they are tied (the embedding lookup reads the
+    /// host blocks, so a GPU holds only the head's copy).
+    pub(super) output: QuantLinear,
     pub(super) output_norm: Tensor<1>,
     pub(super) blocks: Vec<Block>,
     pub(super) rope: Rope,
@@ -57,7 +59,7 @@ impl Llama {
     }
 
     pub fn output(&self) -> &QuantMatrix {
-        &self.output
+        self.output.weight()
     }
 
     /// Replaces the weight of `projection` in block `layer` by one of the same shape (PiSSA
@@ -193,12 +195,22 @@ impl Llama {
     /// Logits `[rows, vocab]` (row-major, on the host) of hidden states `[batch, len, d_model]`
     /// at positions `positions` of each row (e.g. `len-1..len` for the next token).
     pub fn logits(&self, hidden: Tensor<3>, positions: core::ops::Range<usize>) -> Result<Vec<f32>, Error> {
+        host_f32(self.device_logits(hidden, positions)?)
+    }
+
+    /// [`logits`](Self::logits) as a tensor `[batch, positions, vocab]` on the model's device.
+    pub fn device_logits(
+        &self,
+        hidden: Tensor<3>,
+        positions: core::ops::Range<usize>,
+    ) -> Result<Tensor<3>, Error> {
         let [b, _, d] = hidden.dims();
-        let rows = b * positions.len();
-        let input = host_f32(hidden.slice([0..b, positions, 0..d]))?;
-        let mut out = vec![0.0; rows * self.config.vocab_size];
-        self.output.matmul(&input, rows, &mut out)?;
-        Ok(out)
+        self.output.forward(hidden.slice([0..b, positions, 0..d]))
+    }
+
+    /// The head as a linear layer, for losses computed with burn ops.
+    pub fn head(&self) -> &QuantLinear {
+        &self.output
     }
 }
 

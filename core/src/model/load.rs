@@ -60,11 +60,11 @@ fn build(config: LlamaConfig, source: &dyn WeightSource, device: &Device) -> Res
         Ok(QuantLinear::new(source.matrix(Part::Linear(layer, projection), rows, cols)?))
     };
     let token_embedding = source.matrix(Part::TokenEmbedding, c.vocab_size, c.d_model)?;
-    let output = if c.tied_embeddings {
+    let output = QuantLinear::new(if c.tied_embeddings {
         token_embedding.clone()
     } else {
         source.matrix(Part::Output, c.vocab_size, c.d_model)?
-    };
+    });
     // Grown one block at a time: a hostile layer count fails at the first missing tensor.
     let mut blocks = Vec::new();
     for i in 0..c.n_layers {

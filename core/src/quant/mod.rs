@@ -23,6 +23,7 @@ use core::fmt;
 
 mod float;
 mod k_scales;
+mod levels;
 mod matrix;
 mod q4_0;
 mod q4_1;
@@ -35,6 +36,7 @@ mod q8_0;
 mod q8_k;
 mod simd;
 
+pub use levels::Levels;
 pub use matrix::QuantMatrix;
 
 /// A ggml tensor element type, with the numeric ids GGUF files use.

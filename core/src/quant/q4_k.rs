@@ -39,7 +39,7 @@ impl Format for Q4K {
     }
 }
 
-fn levels(qs: &[u8]) -> [u8; 256] {
+pub(super) fn levels(qs: &[u8]) -> [u8; 256] {
     let mut q = [0u8; 256];
     for (q, qs) in q.chunks_exact_mut(64).zip(qs.chunks_exact(32)) {
         let (lo, hi) = q.split_at_mut(32);

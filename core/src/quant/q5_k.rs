@@ -9,7 +9,7 @@ use super::{each_block, each_block_mut, Format, GgmlType};
 pub(crate) struct Q5K;
 
 /// Offset of the low nibbles, after the head and `qh`.
-const QS: usize = HEAD + 32;
+pub(super) const QS: usize = HEAD + 32;
 
 impl Format for Q5K {
     const TY: GgmlType = GgmlType::Q5K;
@@ -60,7 +60,7 @@ impl Format for Q5K {
     }
 }
 
-fn levels(qh: &[u8], qs: &[u8]) -> [u8; 256] {
+pub(super) fn levels(qh: &[u8], qs: &[u8]) -> [u8; 256] {
     let mut q = [0u8; 256];
     for (c, (q, qs)) in q.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
         let (lo, hi) = q.split_at_mut(32);

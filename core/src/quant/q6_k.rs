@@ -11,8 +11,8 @@ use super::{each_block, each_block_mut, f16_at, round_away, Format, GgmlType};
 pub(crate) struct Q6K;
 
 const QH: usize = 128;
-const SCALES: usize = 192;
-const D: usize = 208;
+pub(super) const SCALES: usize = 192;
+pub(super) const D: usize = 208;
 
 impl Format for Q6K {
     const TY: GgmlType = GgmlType::Q6K;
@@ -119,7 +119,7 @@ fn max(a: f32, b: f32) -> f32 {
 /// The 256 six-bit levels, in value order: each half of 128 is four quarters of 32 that share
 /// the bytes of `ql` pairwise (quarters 0 and 2 the first 32 bytes, 1 and 3 the next) and all
 /// of `qh` (two bits each).
-fn levels(b: &[u8; 210]) -> [u8; 256] {
+pub(super) fn levels(b: &[u8; 210]) -> [u8; 256] {
     let mut q = [0u8; 256];
     for (half, q) in q.chunks_exact_mut(128).enumerate() {
         let (ql, qh) = (&b[64 * half..64 * half + 64], &b[QH + 32 * half..QH + 32 * half + 32]);

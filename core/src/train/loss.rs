@@ -14,9 +14,11 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 
 use crate::adapt::LoraAdapter;
+use crate::device::is_host;
 use crate::error::Error;
 use crate::model::linear::host_f32;
 use crate::model::{Adapters, Llama};
@@ -102,12 +104,44 @@ fn head_loss(model: &Llama, hidden: Tensor<3>, targets: TokenTargets) -> Result<
     if hidden.dtype() != DType::F32 {
         return Err(Error::Backend(format!("the loss takes f32 hidden states, not {:?}", hidden.dtype())));
     }
+    if !is_host(model.device()) {
+        return head_loss_on_device(model, hidden, &targets);
+    }
     let loss = <Dispatch as CrossEntropyOps>::quant_cross_entropy(
         hidden.into_dispatch(),
         model.output().clone(),
         targets,
     );
     Ok(Tensor::from_dispatch(loss))
+}
+
+/// [`head_loss`] from burn's ops, for devices without the fused host kernel (GPUs): logits of
+/// `CHUNK` positions at a time through the head's linear op, their log-softmax and the targets'
+/// entries. Autodiff keeps each chunk's softmax for backward (about 50 MB per 128 positions of a
+/// 49k vocabulary), which GPU memory affords.
+fn head_loss_on_device(model: &Llama, hidden: Tensor<3>, targets: &TokenTargets) -> Result<Tensor<1>, Error> {
+    let [b, len, d] = hidden.dims();
+    let positions = b * len;
+    let vocab = model.config().vocab_size;
+    let device = hidden.device();
+    let hidden = hidden.reshape([1, positions, d]);
+    let mut total = Tensor::<1>::zeros([1], &device);
+    for start in (0..positions).step_by(CHUNK) {
+        let end = (start + CHUNK).min(positions);
+        let weights = &targets.weights[start..end];
+        if weights.iter().all(|&w| w == 0.0) {
+            continue;
+        }
+        let n = end - start;
+        let logits =
+            model.head().forward(hidden.clone().slice([0..1, start..end, 0..d]))?.reshape([n, vocab]);
+        let ids: Vec<i64> = targets.ids[start..end].iter().map(|&id| i64::from(id)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
+        let picked = log_softmax(logits, 1).gather(1, ids).reshape([n]);
+        let weights = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
+        total = total - (picked * weights).sum();
+    }
+    Ok(total)
 }
 
 /// The loss of one batch and the gradients of `adapter`'s parameters, by name. With
