@@ -290,6 +290,22 @@ fn pairs_to_rotate_half(w: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     out
 }
 
+/// Every tensor type the loader takes for weight matrices.
+const EVERY_FORMAT: [GgmlType; 12] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q8K,
+];
+
 const TOKENS: [u32; 12] = [1, 17, 99, 3, 3, 64, 127, 0, 42, 8, 77, 5];
 
 fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
@@ -346,19 +362,7 @@ fn gguf_and_safetensors_loaders_agree() {
 fn every_block_format_runs_like_its_dequantized_weights() {
     let dir = tempdir();
     let weights = Weights::random(3);
-    for ty in [
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-        GgmlType::Q8K,
-    ] {
+    for ty in EVERY_FORMAT {
         let path = dir.join(&format!("{ty}.gguf"));
         weights.write_gguf(&path, ty, None);
         let got = all_logits(&load_gguf(&path), &TOKENS);
@@ -1019,20 +1023,7 @@ fn every_block_format_runs_on_the_gpu_like_on_the_cpu() {
     let Some(gpu) = test_gpu() else { return };
     let dir = tempdir();
     let weights = Weights::random(30);
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-        GgmlType::Q8K,
-    ] {
+    for ty in EVERY_FORMAT {
         let path = dir.join(&format!("{ty}.gguf"));
         weights.write_gguf(&path, ty, None);
         let gguf = GgufFile::open(&path).unwrap();
@@ -1070,4 +1061,28 @@ fn lora_training_on_the_gpu_matches_the_cpu() {
         assert!((loss - cpu_loss).abs() < 1e-4 * cpu_loss, "loss {loss} vs CPU {cpu_loss}");
         assert_same_gradients(cpu_grads, grads);
     }
+}
+
+/// Exhausting GPU memory (a 256 GiB tensor) gives `Error::Device` naming the failure, not a
+/// panic or a hang, and the device keeps working afterwards.
+#[test]
+fn out_of_gpu_memory_is_an_error_and_the_device_recovers() {
+    use adaptkit::burn::tensor::Tensor;
+    use adaptkit::device::{guard, ComputeDevice, DeviceChoice};
+    if test_gpu().is_none() {
+        return;
+    }
+    let gpu = ComputeDevice::select(DeviceChoice::Gpu).unwrap();
+    let huge = guard(&gpu, || {
+        let t = Tensor::<2>::ones([1 << 18, 1 << 18], &gpu.device).add_scalar(1.0);
+        Ok(t.slice([0..1, 0..4]).into_data().to_vec::<f32>().unwrap())
+    });
+    match huge {
+        Err(Error::Device(message)) => assert!(message.contains(&gpu.name), "{message}"),
+        other => panic!("a 256 GiB tensor gave {other:?}"),
+    }
+    let small = guard(&gpu, || {
+        Ok(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0).into_data().to_vec::<f32>().unwrap())
+    });
+    assert_eq!(small.unwrap(), vec![2.0; 4]);
 }

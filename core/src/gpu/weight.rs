@@ -113,11 +113,7 @@ impl DeviceMatrix {
 
     /// `x·Wᵀ` over the last dimension of `x` (f32, `cols` wide).
     pub fn forward(&self, x: CubeTensor) -> CubeTensor {
-        let x = into_contiguous(x);
-        let mut shape = x.shape();
-        let last = shape.num_dims() - 1;
-        let tokens = shape.num_elements() / self.cols;
-        shape[last] = self.rows;
+        let (x, tokens, shape) = as_rows(x, self.cols, self.rows);
         if let (true, Form::Levels { words, word_count, groups, group_count, bits, group, zero }) =
             (tokens <= FEW_TOKENS, &self.form)
         {
@@ -151,7 +147,6 @@ impl DeviceMatrix {
                 DType::F32,
             );
         }
-        let x = CubeBackend::float_reshape(x, Shape::new([tokens, self.cols]));
         let w_t = CubeBackend::float_swap_dims(self.dequantized(), 0, 1);
         CubeBackend::float_reshape(CubeBackend::float_matmul(x, w_t), shape)
     }
@@ -159,12 +154,18 @@ impl DeviceMatrix {
     /// `dy·W` over the last dimension of `dy` (`rows` wide): the gradient with respect to the
     /// input of [`forward`](Self::forward).
     pub fn input_grad(&self, dy: CubeTensor) -> CubeTensor {
-        let dy = into_contiguous(dy);
-        let mut shape = dy.shape();
-        let last = shape.num_dims() - 1;
-        let tokens = shape.num_elements() / self.rows;
-        shape[last] = self.cols;
-        let dy = CubeBackend::float_reshape(dy, Shape::new([tokens, self.rows]));
+        let (dy, _, shape) = as_rows(dy, self.rows, self.cols);
         CubeBackend::float_reshape(CubeBackend::float_matmul(dy, self.dequantized()), shape)
     }
+}
+
+/// `x` (last dimension `width`) as a contiguous `[tokens, width]` matrix, its token count, and
+/// the shape of a result whose last dimension is `out_width`.
+fn as_rows(x: CubeTensor, width: usize, out_width: usize) -> (CubeTensor, usize, Shape) {
+    let x = into_contiguous(x);
+    let mut shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let tokens = shape.num_elements() / width;
+    shape[last] = out_width;
+    (CubeBackend::float_reshape(x, Shape::new([tokens, width])), tokens, shape)
 }
