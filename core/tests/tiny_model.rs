@@ -1075,14 +1075,14 @@ fn out_of_gpu_memory_is_an_error_and_the_device_recovers() {
     let gpu = ComputeDevice::select(DeviceChoice::Gpu).unwrap();
     let huge = guard(&gpu, || {
         let t = Tensor::<2>::ones([1 << 18, 1 << 18], &gpu.device).add_scalar(1.0);
-        Ok(t.slice([0..1, 0..4]).into_data().to_vec::<f32>().unwrap())
+        Ok(t.slice([0..1, 0..4]).into_data().try_to_vec::<f32>().unwrap())
     });
     match huge {
         Err(Error::Device(message)) => assert!(message.contains(&gpu.name), "{message}"),
         other => panic!("a 256 GiB tensor gave {other:?}"),
     }
     let small = guard(&gpu, || {
-        Ok(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0).into_data().to_vec::<f32>().unwrap())
+        Ok(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0).into_data().try_to_vec::<f32>().unwrap())
     });
     assert_eq!(small.unwrap(), vec![2.0; 4]);
 }

@@ -204,9 +204,6 @@ fn partial_stop_start(text: &str, stop: &str) -> usize {
         .map_or(text.len(), |n| text.len() - n)
 }
 
-/// Logits per row of the GPU's top-k search (see [`next_token`]).
-const TOPK_ROW: usize = 1024;
-
 /// The token that follows position `at` of `hidden` (`[1, len, d_model]`). Padded embedding
 /// rows beyond the tokenizer's `text_vocab` have no text and are never picked. On a GPU only the
 /// logits the sampler needs are read back (the top few and the penalized tokens' ones, not the
@@ -226,27 +223,13 @@ fn next_token(
     let Some(k) = needed else {
         return Ok(sampler.sample(&host_f32(logits)?, history));
     };
-    // burn's top-k reduces a row on one GPU unit: split the vocabulary into rows, take each
-    // row's top k in parallel and let the sampler finish on the host (the whole vocabulary's
-    // top k are among the rows' top k).
-    let rows = text_vocab.div_ceil(TOPK_ROW);
-    let padding = rows * TOPK_ROW - text_vocab;
-    let padded = match padding {
-        0 => logits.clone(),
-        _ => Tensor::cat(vec![logits.clone(), Tensor::full([padding], f32::NEG_INFINITY, model.device())], 0),
+    let (values, indices) = logits.clone().topk_with_indices(k, 0);
+    let read_ids = |ids: Tensor<1, Int>| {
+        ids.try_into_vec_as::<i64>()
+            .map_err(|e| Error::Backend(format!("reading token ids back failed: {e:?}")))
     };
-    let row_k = k.min(TOPK_ROW);
-    let (values, columns) = padded.reshape([rows, TOPK_ROW]).topk_with_indices(row_k, 1);
-    let columns = columns
-        .try_into_vec_as::<i64>()
-        .map_err(|e| Error::Backend(format!("reading token ids back failed: {e:?}")))?;
-    let mut candidates: Vec<(u32, f32)> = columns
-        .iter()
-        .zip(host_f32(values)?)
-        .enumerate()
-        .map(|(i, (&column, value))| ((i / row_k * TOPK_ROW) as u32 + column as u32, value))
-        .filter(|&(id, _)| (id as usize) < text_vocab)
-        .collect();
+    let mut candidates: Vec<(u32, f32)> =
+        read_ids(indices)?.into_iter().map(|i| i as u32).zip(host_f32(values)?).collect();
     let penalized: Vec<u32> = sampler
         .penalized(history)
         .into_iter()
