@@ -10,22 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use adaptkit::parallel::Threads;
-use adaptkit::quant::{GgmlType, QuantMatrix};
-
-const FORMATS: [GgmlType; 12] = [
-    GgmlType::F32,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::Q8K,
-    GgmlType::F16,
-    GgmlType::BF16,
-];
+use adaptkit::quant::{GgmlType, QuantMatrix, SUPPORTED_TYPES};
 
 /// (rows, cols, what): the model's projections, then the tied Q8_0 output head.
 const SHAPES: [(usize, usize, &str); 5] =
@@ -53,8 +38,10 @@ fn main() {
             _ => names.push(a.to_uppercase()),
         }
     }
-    let formats: Vec<GgmlType> =
-        FORMATS.into_iter().filter(|f| names.is_empty() || names.iter().any(|n| *n == f.name())).collect();
+    let formats: Vec<GgmlType> = SUPPORTED_TYPES
+        .into_iter()
+        .filter(|f| names.is_empty() || names.iter().any(|n| *n == f.name()))
+        .collect();
 
     for &n in &threads {
         let pool = Threads::new(n).expect("thread pool");

@@ -290,22 +290,6 @@ fn pairs_to_rotate_half(w: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     out
 }
 
-/// Every tensor type the loader takes for weight matrices.
-const EVERY_FORMAT: [GgmlType; 12] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::Q8K,
-];
-
 const TOKENS: [u32; 12] = [1, 17, 99, 3, 3, 64, 127, 0, 42, 8, 77, 5];
 
 fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
@@ -362,7 +346,7 @@ fn gguf_and_safetensors_loaders_agree() {
 fn every_block_format_runs_like_its_dequantized_weights() {
     let dir = tempdir();
     let weights = Weights::random(3);
-    for ty in EVERY_FORMAT {
+    for ty in quant::SUPPORTED_TYPES {
         let path = dir.join(&format!("{ty}.gguf"));
         weights.write_gguf(&path, ty, None);
         let got = all_logits(&load_gguf(&path), &TOKENS);
@@ -1023,7 +1007,7 @@ fn every_block_format_runs_on_the_gpu_like_on_the_cpu() {
     let Some(gpu) = test_gpu() else { return };
     let dir = tempdir();
     let weights = Weights::random(30);
-    for ty in EVERY_FORMAT {
+    for ty in quant::SUPPORTED_TYPES {
         let path = dir.join(&format!("{ty}.gguf"));
         weights.write_gguf(&path, ty, None);
         let gguf = GgufFile::open(&path).unwrap();

@@ -240,7 +240,8 @@ impl fmt::Debug for QuantMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::tests::{config, random_blocks, Rng, SUPPORTED};
+    use crate::quant::tests::{config, random_blocks, Rng};
+    use crate::quant::SUPPORTED_TYPES;
     use proptest::prelude::*;
 
     /// `y = W x` in f64 from the dequantized weights, and the sums of the absolute terms.
@@ -267,7 +268,7 @@ mod tests {
         #[test]
         fn matmul_matches_dequantized_product(
             seed: u64,
-            ty in proptest::sample::select(&SUPPORTED[..]),
+            ty in proptest::sample::select(&SUPPORTED_TYPES[..]),
             rows in 1usize..12,
             blocks in 1usize..4,
             tokens in proptest::sample::select(&[1usize, 2, 3, 4, 5, 8, 9][..]),
@@ -293,7 +294,7 @@ mod tests {
     #[test]
     fn transposed_product_matches_the_dequantized_weights() {
         let mut rng = Rng::new(11);
-        for ty in SUPPORTED {
+        for ty in SUPPORTED_TYPES {
             // Several bands, a partial last band where blocks are narrower than a band, token
             // counts around the micro-kernel's six, and a tall matrix summed over several row
             // slabs, the last one partial.
@@ -330,7 +331,7 @@ mod tests {
     #[test]
     fn rows_and_embedding_lookup_agree_with_dequantize() {
         let mut rng = Rng::new(7);
-        for ty in SUPPORTED {
+        for ty in SUPPORTED_TYPES {
             let (rows, cols) = (5, 2 * ty.block_len().max(32));
             let m = QuantMatrix::quantize(ty, rows, cols, &rng.values(rows * cols, 2.0)).unwrap();
             let all = m.dequantize();

@@ -230,6 +230,22 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, QuantError> {
     Ok(out)
 }
 
+/// Every type [`QuantMatrix`] holds, floats first.
+pub const SUPPORTED_TYPES: [GgmlType; 12] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q8K,
+];
+
 /// Whether [`dequantize`], [`quantize`] and [`QuantMatrix`] handle `ty`.
 pub fn is_supported(ty: GgmlType) -> bool {
     FormatOps::of(ty).is_ok()
@@ -459,21 +475,6 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub(crate) const SUPPORTED: [GgmlType; 12] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-        GgmlType::Q8K,
-    ];
-
     /// A small deterministic generator, so that one proptest seed expands into any amount of
     /// data of any shape.
     pub(crate) struct Rng(u64);
@@ -565,7 +566,7 @@ pub(crate) mod tests {
         #[test]
         fn kernels_match_reference(
             seed: u64,
-            ty in proptest::sample::select(&SUPPORTED[..]),
+            ty in proptest::sample::select(&SUPPORTED_TYPES[..]),
             rows in 1usize..5,
             blocks in 1usize..5,
         ) {
@@ -596,7 +597,7 @@ pub(crate) mod tests {
         #[test]
         fn roundtrip_error_is_bounded(
             seed: u64,
-            ty in proptest::sample::select(&SUPPORTED[..]),
+            ty in proptest::sample::select(&SUPPORTED_TYPES[..]),
             blocks in 1usize..4,
             exp in -4i32..8,
             shifted: bool,
@@ -661,7 +662,7 @@ pub(crate) mod tests {
 
     #[test]
     fn format_constants_agree_with_ggml_type() {
-        for ty in SUPPORTED {
+        for ty in SUPPORTED_TYPES {
             assert!(is_supported(ty));
             let n = 2 * ty.block_len();
             assert_eq!(quantize(ty, &vec![0.5; n]).unwrap().len(), 2 * ty.block_bytes());
