@@ -114,6 +114,16 @@ impl From<adaptkit::Error> for CliError {
 }
 
 fn main() -> ExitCode {
+    // A GPU failure comes back as a one-line error; the runtime's panic message behind it is
+    // printed only when a backtrace is asked for.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !adaptkit::device::panic_becomes_error() {
+                report(info);
+            }
+        }));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fetch { dir, out } => commands::fetch(dir, out),

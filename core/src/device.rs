@@ -122,6 +122,11 @@ pub fn is_host(device: &Device) -> bool {
     device.clone().inner() == Device::flex()
 }
 
+std::thread_local! {
+    /// Set while this thread runs [`guard`]ed work on a GPU.
+    static GUARDED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// Runs `work`, turning a panic into [`Error::Device`] when the model is on a GPU: the GPU
 /// runtime reports a lost device or exhausted memory by panicking inside an op, and a caller
 /// (an app, a training run with checkpoints) must get an error it can act on instead. On the
@@ -130,7 +135,10 @@ pub fn guard<R>(compute: &ComputeDevice, work: impl FnOnce() -> Result<R, Error>
     if !compute.gpu {
         return work();
     }
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    GUARDED.with(|g| g.set(outer));
+    result.unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()
             .map(String::as_str)
@@ -138,6 +146,12 @@ pub fn guard<R>(compute: &ComputeDevice, work: impl FnOnce() -> Result<R, Error>
             .unwrap_or("the GPU runtime failed");
         Err(Error::Device(format!("{} failed: {message}", compute.name)))
     })
+}
+
+/// Whether a panic on this thread now would come back from [`guard`] as an error, so that an
+/// application's panic hook can leave reporting it to the error (the CLI does).
+pub fn panic_becomes_error() -> bool {
+    GUARDED.with(core::cell::Cell::get)
 }
 
 #[cfg(test)]
@@ -154,7 +168,12 @@ mod tests {
     #[test]
     fn a_gpu_failure_becomes_a_device_error() {
         let gpu = ComputeDevice { name: "Vulkan: test".into(), gpu: true, ..ComputeDevice::cpu() };
-        let err = guard::<()>(&gpu, || panic!("Out of memory: 512 MiB requested")).unwrap_err();
+        let err = guard::<()>(&gpu, || {
+            assert!(panic_becomes_error());
+            panic!("Out of memory: 512 MiB requested")
+        })
+        .unwrap_err();
+        assert!(!panic_becomes_error());
         assert!(
             matches!(&err, Error::Device(m) if m.contains("Out of memory") && m.contains("Vulkan: test")),
             "{err}"
