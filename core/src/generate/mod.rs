@@ -93,11 +93,14 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(options.sampling.clone())?;
     let mut cache = model.new_cache(1);
-    let mut hidden = model.forward_adapted(prompt, 1, &mut cache, adapters)?;
-    let mut last = prompt.len() - 1;
+    let hidden = model.forward_adapted(prompt, 1, &mut cache, adapters)?;
+    let mut history = prompt.to_vec();
+    // Sampled before the event, so that on a GPU (whose ops return before they finish) the
+    // prefill's time includes its work.
+    let mut token =
+        next_token(model, hidden, prompt.len() - 1, tokenizer.vocab_size(), &mut sampler, &history)?;
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
 
-    let mut history = prompt.to_vec();
     let mut decoder = StreamDecoder::new(true);
     let mut text = StopStrings::new(&options.stop_strings);
     let stop = loop {
@@ -107,7 +110,6 @@ pub fn generate(
         if options.max_tokens == 0 {
             break StopReason::MaxTokens;
         }
-        let token = next_token(model, hidden, last, tokenizer.vocab_size(), &mut sampler, &history)?;
         if options.stop_at_eos && tokenizer.is_end_of_generation(token) {
             break StopReason::EndOfGeneration;
         }
@@ -124,8 +126,8 @@ pub fn generate(
         if history.len() >= context {
             break StopReason::ContextFull;
         }
-        hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
-        last = 0;
+        let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
+        token = next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history)?;
     };
     if stop != StopReason::StopString {
         let rest = decoder.finish(tokenizer)?;
