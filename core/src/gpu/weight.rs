@@ -72,14 +72,6 @@ impl DeviceMatrix {
         &self.device
     }
 
-    /// Bytes this weight occupies on the device.
-    pub fn device_bytes(&self) -> usize {
-        match &self.form {
-            Form::Levels { word_count, group_count, .. } => 4 * (word_count + group_count),
-            Form::Dense { .. } => 4 * self.rows * self.cols,
-        }
-    }
-
     /// The whole matrix `[rows, cols]` in f32: a fresh buffer for levels, the resident one for
     /// float formats.
     pub fn dequantized(&self) -> CubeTensor {

@@ -64,8 +64,9 @@ impl Levels {
         Some(Self { bits: decoder.bits, group: decoder.group, zero: decoder.zero, words, groups })
     }
 
-    /// All values, row-major: the reference the GPU kernels are tested against.
-    pub fn dequantize(&self) -> Vec<f32> {
+    /// All values, row-major: the format's meaning, spelled out for the tests.
+    #[cfg(test)]
+    fn dequantize(&self) -> Vec<f32> {
         let per_word = (32 / self.bits) as usize;
         let mask = (1u32 << self.bits) - 1;
         let mut out = Vec::with_capacity(self.words.len() * per_word);
