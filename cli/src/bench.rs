@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use adaptkit::adapt::{LoraAdapter, LoraConfig};
+use adaptkit::adapt::{LoraAdapter, LoraConfig, Method};
 use adaptkit::control::CancelToken;
 use adaptkit::engine::Engine;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
@@ -143,7 +143,7 @@ fn train_speed(
     let windows =
         Windows { train: (0..BATCH).map(window).collect(), held_out: Vec::new(), general: Vec::new() };
     let config = LoraConfig::new(8, 16.0, Projection::ALL.to_vec());
-    let mut adapter = LoraAdapter::new(config, engine.model(), 0)?.trainable();
+    let mut adapter: Box<dyn Method> = Box::new(LoraAdapter::new(config, engine.model(), 0)?.trainable());
     let options = TrainOptions {
         steps: args.train_steps + 1,
         batch: BATCH,

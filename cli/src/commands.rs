@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use adaptkit::adapt::merge::{export_merged, MergedType};
-use adaptkit::adapt::{AdapterSet, LoraAdapter};
+use adaptkit::adapt::{self, AdapterSet};
 use adaptkit::control::CancelToken;
 use adaptkit::engine::{Engine, Prompt};
 use adaptkit::format::gguf::GgufFile;
@@ -49,10 +49,11 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-/// `--adapter PATH[:SCALE]`, repeatable: PEFT LoRA directories acting together.
+/// `--adapter PATH[:SCALE]`, repeatable: saved adapters (PEFT directories of any method)
+/// acting together.
 #[derive(Args, Clone)]
 pub struct AdapterArgs {
-    /// A PEFT LoRA adapter directory, optionally with a scale (`dir:0.5`); repeatable.
+    /// A saved adapter directory (any method), optionally with a scale (`dir:0.5`); repeatable.
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     adapters: Vec<String>,
 }
@@ -74,7 +75,7 @@ impl AdapterArgs {
             if !scale.is_finite() {
                 return Err(CliError::msg(format!("--adapter {spec}: the scale must be finite")));
             }
-            set.push(LoraAdapter::load(Path::new(path), engine.model())?, scale);
+            set.push(adapt::load(Path::new(path), engine.model())?, scale);
         }
         Ok(set)
     }

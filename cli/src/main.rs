@@ -7,6 +7,7 @@ mod commands;
 mod fetch;
 mod interrupt;
 mod memory;
+mod method;
 mod plot;
 mod train;
 
@@ -47,10 +48,10 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
-    /// Merge LoRA adapters into the model's weights and write a GGUF.
+    /// Merge adapters (LoRA, DoRA, (IA)³, PEQA, LoFiT) into the model's weights and write a GGUF.
     Merge(commands::MergeArgs),
-    /// Fine-tune a LoRA adapter on a text file and save it (PEFT format).
-    Train(train::TrainArgs),
+    /// Fine-tune an adapter (LoRA, DoRA, (IA)³, prompt, prefix, DePT, PEQA, LoFiT) and save it.
+    Train(Box<train::TrainArgs>),
 }
 
 /// Options every verb shares.
@@ -132,7 +133,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval(args),
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => commands::merge(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

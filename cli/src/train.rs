@@ -1,12 +1,12 @@
-//! `adaptkit train`: fine-tune a LoRA adapter on a text file, with a progress bar, and save it
-//! as a Hugging Face PEFT directory.
+//! `adaptkit train`: fine-tune an adapter of any method on a text file, with a progress bar, and
+//! save it as a Hugging Face PEFT directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use adaptkit::adapt::{LoraAdapter, LoraConfig};
+use adaptkit::adapt::lofit::LofitAdapter;
+use adaptkit::adapt::{self, parameter_count, MethodKind};
 use adaptkit::control::CancelToken;
-use adaptkit::model::Projection;
 use adaptkit::train::{self, checkpoint, data, Checkpointing, Evaluation, TrainOptions, FORGETTING_LIMIT};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::commands::{open_engine, resolve_model};
 use crate::interrupt;
 use crate::memory::{peak_rss_mb, rss_mb};
+use crate::method::{default_lr, MethodArgs};
 use crate::plot::{self, Series};
 use crate::{emit, say, CliError, ModelArgs, Output};
 
@@ -36,24 +37,8 @@ pub struct TrainArgs {
     /// Directory to write the adapter to (PEFT format).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    alpha: f32,
-    /// LoRA dropout on the adapter's input during training.
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f32,
-    /// Scale by alpha/sqrt(rank) instead of alpha/rank (rsLoRA).
-    #[arg(long)]
-    rslora: bool,
-    /// How A and B start: `kaiming` (PEFT's default: the model starts unchanged) or `pissa`
-    /// (principal singular components; the base keeps the residual, and the adapter is saved as
-    /// a LoRA of twice the rank for the original base).
-    #[arg(long, default_value = "kaiming", value_parser = ["kaiming", "pissa"])]
-    init: String,
-    /// Projections to adapt, comma-separated.
-    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
-    targets: String,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Optimizer steps. With the default learning rate, 60 steps of 4 x 128 tokens cut held-out
     /// perplexity to 0.14x on the bundled journal corpus with general English unchanged (README).
     #[arg(long, default_value_t = 60)]
@@ -66,9 +51,10 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
-    /// Peak learning rate (after warm-up; cosine decay to a tenth by the last step).
-    #[arg(long, default_value_t = 2e-4)]
-    lr: f32,
+    /// Peak learning rate (after warm-up; cosine decay to a tenth by the last step) [default:
+    /// per method: lora, dora 2e-4; ia3, prefix, lofit 1e-2; prompt, dept 3e-2; peqa 1e-3].
+    #[arg(long)]
+    lr: Option<f32>,
     /// Warm-up steps.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
@@ -103,19 +89,11 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<(), CliError> {
-    let targets = args
-        .targets
-        .split(',')
-        .map(|t| {
-            Projection::parse(t.trim())
-                .ok_or_else(|| CliError::msg(format!("--targets: unknown projection '{t}'")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if args.rank == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
-        return Err(CliError::msg("--rank must be at least 1 and --lr positive"));
-    }
-    if !(0.0..1.0).contains(&args.dropout) {
-        return Err(CliError::msg(format!("--dropout {} must be in [0, 1)", args.dropout)));
+    args.method.check()?;
+    let method = args.method.method;
+    let lr = args.lr.unwrap_or(default_lr(method));
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(CliError::msg(format!("--lr {lr} must be positive")));
     }
     if args.patience == Some(0) || (args.patience.is_some() && args.eval_every == 0) {
         return Err(CliError::msg("--patience needs to be at least 1, with --eval-every above 0"));
@@ -142,19 +120,12 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     if let Some(general) = &args.general_eval {
         windows.general = read_windows(general, 0.0)?.train;
     }
-    let mut config = LoraConfig::new(args.rank, args.alpha, targets);
-    config.dropout = args.dropout;
-    config.use_rslora = args.rslora;
-    let adapter = match args.init.as_str() {
-        "pissa" => engine.with_model_mut(|model| LoraAdapter::new_pissa(config, model, args.seed))?,
-        _ => LoraAdapter::new(config, engine.model(), args.seed)?,
-    };
-    let mut adapter = adapter.trainable();
+    let mut adapter = args.method.build(&mut engine, args.seq, lr, args.seed)?;
     let options = TrainOptions {
         steps: args.steps,
         batch: args.batch,
         accumulate: args.accumulate,
-        lr: args.lr,
+        lr,
         warmup: args.warmup,
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         weight_decay: args.weight_decay,
@@ -165,8 +136,13 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     };
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError::io(&args.out, e))?;
+    let cancel = CancelToken::new();
+    interrupt::cancel_on_ctrl_c(&cancel);
+    if method == MethodKind::Lofit {
+        adapter = select_heads(&engine, adapter, &windows, &options, &args, &cancel)?;
+    }
     let checkpoint_path = args.out.join("checkpoint.safetensors");
-    let resume = if args.resume { Some(checkpoint::load(&checkpoint_path, &mut adapter)?) } else { None };
+    let resume = if args.resume { Some(checkpoint::load(&checkpoint_path, adapter.as_mut())?) } else { None };
     if let Some(planned) =
         resume.as_ref().map(|state| state.planned_steps).filter(|&p| p != 0 && p != args.steps)
     {
@@ -180,8 +156,6 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             .expect("static template")
             .progress_chars("=> "),
     );
-    let cancel = CancelToken::new();
-    interrupt::cancel_on_ctrl_c(&cancel);
     // Throughput of the steps after the first (the held-out evaluations before and after, and
     // the first step's warm-up, are not training).
     let mut first: Option<(Instant, usize)> = None;
@@ -235,6 +209,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         other => other?,
     };
     adapter.save(&args.out, engine.model())?;
+    let parameters = parameter_count(adapter.as_ref());
     if let Some(plot) = &args.plot {
         let evals = |f: fn(&Evaluation) -> Option<f32>| -> Vec<(f32, f32)> {
             report.evaluations.iter().filter_map(|e| Some((e.step as f32, f(e)?))).collect()
@@ -264,6 +239,8 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             "evaluations": report.evaluations.iter().map(|e| json!({
                 "step": e.step, "held_out": e.held_out, "general": e.general,
             })).collect::<Vec<_>>(),
+            "method": method.name(),
+            "trainable_parameters": parameters,
             "train_windows": windows.train.len(),
             "eval_windows": windows.held_out.len(),
             "tokens_per_s": tokens_per_s,
@@ -284,7 +261,8 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
                 }
             }
             say(format_args!(
-                "{} steps, train loss {:.3}, held-out loss {} -> {}, {tokens_per_s:.0} tok/s; adapter in {out}\n",
+                "{} {} steps ({parameters} trainable values), train loss {:.3}, held-out loss {} -> {}, {tokens_per_s:.0} tok/s; adapter in {out}\n",
+                method.name(),
                 report.steps,
                 report.train_loss,
                 eval(report.eval_loss_before),
@@ -314,4 +292,61 @@ fn describe(eval: &Evaluation) -> String {
         );
     }
     line
+}
+
+/// LoFiT's first stage: trains scaling vectors on every head (L1-penalised), keeps the heads
+/// with the largest, and returns the second stage's adapter on them. The heads are written to
+/// OUT/lofit_heads.json; `--resume` reuses them.
+fn select_heads(
+    engine: &adaptkit::engine::Engine,
+    mut selection: Box<dyn adapt::Method>,
+    windows: &data::Windows,
+    options: &TrainOptions,
+    args: &TrainArgs,
+    cancel: &CancelToken,
+) -> Result<Box<dyn adapt::Method>, CliError> {
+    let plan = args.method.lofit();
+    let path = args.out.join("lofit_heads.json");
+    let heads: Vec<(usize, usize)> = if args.resume && path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| CliError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| CliError::msg(format!("{}: {e}", path.display())))?
+    } else {
+        // The paper's selection run: a learning rate half the offsets', no evaluations.
+        let stage = TrainOptions {
+            steps: plan.select_steps.max(1),
+            lr: options.lr / 2.0,
+            eval_every: 0,
+            patience: None,
+            warmup: 0,
+            ..options.clone()
+        };
+        let bar = ProgressBar::new(stage.steps as u64).with_style(
+            ProgressStyle::with_template("select heads [{bar:30}] {pos}/{len} steps, {msg} {elapsed}<{eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        engine.run(|engine| {
+            train::fit(
+                engine.model(),
+                &mut selection,
+                windows,
+                &stage,
+                Checkpointing::default(),
+                cancel,
+                &mut |step| {
+                    bar.set_message(format!("loss {:.3}", step.loss));
+                    bar.set_position(step.step as u64);
+                },
+            )
+        })?;
+        bar.finish_and_clear();
+        let heads = LofitAdapter::select(selection.as_ref(), plan.heads)?;
+        let text = serde_json::to_string(&heads).unwrap_or_default();
+        adaptkit::format::write_atomic(&path, |w| w.write_all(text.as_bytes()))
+            .map_err(|e| CliError::io(&path, e))?;
+        heads
+    };
+    eprintln!("lofit: {} heads selected: {heads:?}", heads.len());
+    let offsets = LofitAdapter::offsets(&heads, engine.model(), args.seed)?;
+    Ok(adapt::trainable(Box::new(offsets)))
 }

@@ -297,6 +297,119 @@ fn train_saves_an_adapter_that_generate_loads() {
     assert_clean_failure(&train(&model, &data, &out, &["--rank", "0"]), "--rank");
 }
 
+/// Every method trains, saves, evaluates and generates from the CLI; the mergeable ones merge
+/// into a GGUF that scores like the adapter; options that do not apply are refused.
+#[test]
+fn every_method_trains_evaluates_and_merges_from_the_cli() {
+    let Some(model) = real_model() else { return };
+    let data = sample("notes.txt");
+    let text = scratch("methods-eval.txt");
+    std::fs::write(
+        &text,
+        "Notes: the lighthouse keeper counted ships every night and wrote them down. ".repeat(10),
+    )
+    .unwrap();
+    let eval = |args: &[&str]| {
+        let mut all = vec!["eval", "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
+        all.extend(args);
+        last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
+    };
+    let base = eval(&["--model", &model]);
+    const SHORT: [&str; 10] =
+        ["--steps", "2", "--batch", "1", "--seq", "32", "--eval-every", "0", "--json", "--seed"];
+    for (method, extra) in [
+        ("lora", vec!["--rank", "2"]),
+        ("dora", vec!["--rank", "2", "--targets", "q,v"]),
+        ("ia3", vec![]),
+        ("prompt", vec!["--virtual-tokens", "4", "--prompt-init", "Notes:"]),
+        ("prefix", vec!["--virtual-tokens", "4"]),
+        ("dept", vec!["--virtual-tokens", "4", "--rank", "2"]),
+        ("peqa", vec!["--targets", "v,o"]),
+        ("lofit", vec!["--heads", "4", "--select-steps", "1"]),
+    ] {
+        let out = scratch(&format!("method-{method}"));
+        let mut args = vec!["--method", method];
+        args.extend(SHORT);
+        args.push("1");
+        args.extend(extra);
+        let report = last_json(&train(&model, &data, &out, &args));
+        assert_eq!(report["method"], method, "{report}");
+        assert!(report["trainable_parameters"].as_u64().unwrap() > 0, "{report}");
+        let adapter = out.to_str().unwrap();
+        let adapted = eval(&["--model", &model, "--adapter", adapter]);
+        assert!(adapted.is_finite() && adapted != base, "{method}: perplexity {adapted} (base {base})");
+        let generated = last_json(&adaptkit(&[
+            "generate",
+            "--model",
+            &model,
+            "--adapter",
+            adapter,
+            "--prompt",
+            "Notes",
+            "--max-tokens",
+            "3",
+            "--json",
+        ]));
+        assert!(generated["tokens"].as_array().is_some(), "{method}: {generated}");
+        let merged = scratch(&format!("method-{method}.gguf"));
+        let merge = adaptkit(&[
+            "merge",
+            "--model",
+            &model,
+            "--adapter",
+            adapter,
+            "--out",
+            merged.to_str().unwrap(),
+            "--type",
+            "F16",
+            "--json",
+        ]);
+        if matches!(method, "prompt" | "prefix" | "dept") {
+            assert_clean_failure(&merge, &format!("a {method} adapter does not merge into the weights"));
+            continue;
+        }
+        last_json(&merge);
+        let merged_ppl = eval(&["--model", merged.to_str().unwrap()]);
+        assert!(
+            (merged_ppl - adapted).abs() / adapted < 2e-3,
+            "{method}: merged {merged_ppl} vs unmerged {adapted}"
+        );
+    }
+    // PEQA merged into the base's own format keeps Q4_1 and writes only the scales.
+    let peqa = scratch("method-peqa");
+    let same = scratch("method-peqa-same.gguf");
+    last_json(&adaptkit(&[
+        "merge",
+        "--model",
+        &model,
+        "--adapter",
+        peqa.to_str().unwrap(),
+        "--out",
+        same.to_str().unwrap(),
+        "--json",
+    ]));
+    let info = last_json(&adaptkit(&["info", same.to_str().unwrap(), "--json"]));
+    assert_eq!(info["tensor_types"], last_json(&adaptkit(&["info", &model, "--json"]))["tensor_types"]);
+    let tuned = eval(&["--model", same.to_str().unwrap()]);
+    let adapted = eval(&["--model", &model, "--adapter", peqa.to_str().unwrap()]);
+    assert!((tuned - adapted).abs() / adapted < 1e-4, "PEQA GGUF {tuned} vs adapter {adapted}");
+
+    let out = scratch("method-bad");
+    // A usage error: clap's message, with its hint to try --help.
+    let unknown = train(&model, &data, &out, &["--method", "lorra"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown)
+        .contains("unknown method 'lorra' (one of: lora, dora, ia3, prompt, prefix, dept, peqa, lofit)"));
+    assert_clean_failure(
+        &train(&model, &data, &out, &["--method", "ia3", "--rank", "4"]),
+        "--rank does not apply to --method ia3 (it takes --targets)",
+    );
+    assert_clean_failure(
+        &train(&model, &data, &out, &["--method", "prompt", "--virtual-tokens", "9000"]),
+        "do not fit in the model's context",
+    );
+}
+
 #[test]
 fn train_takes_chat_and_prompt_completion_jsonl() {
     let Some(model) = real_model() else { return };

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use adaptkit::adapt::LoraAdapter;
+use adaptkit::adapt::{self, LoraAdapter};
 use adaptkit::control::CancelToken;
 use adaptkit::device::DeviceChoice;
 use adaptkit::generate::{GenerateOptions, SamplingParams};
@@ -181,6 +181,46 @@ fn a_lora_made_by_hugging_face_peft_gives_its_logits() {
             max_diff(adapted, base)
         );
         assert!(diff < LOGIT_TOLERANCE, "prompt {i}: max |logit diff| {diff} against PEFT");
+    }
+}
+
+/// Prompt tuning, prefix tuning, IA3 and DoRA, both ways through Hugging Face PEFT
+/// (`tests/reference/peft_methods.py`): adapters PEFT made give PEFT's logits here, and PEFT
+/// gives the adapters adaptkit trained the logits they give here.
+#[test]
+fn peft_methods_give_the_same_logits_both_ways() {
+    let Some(engine) = engine() else { return };
+    for file in ["peft_methods.json", "peft_loads_adaptkit_methods.json"] {
+        let (index, vocab, rows) = golden_logits(file);
+        let prompts: Vec<Vec<u32>> = index["prompt_ids"].as_array().unwrap().iter().map(ids).collect();
+        let entries = index["rows"].as_array().unwrap();
+        let mut methods = 0;
+        for (r, entry) in entries.iter().enumerate() {
+            let want = &rows[r * vocab..][..vocab];
+            let prompt = r % prompts.len();
+            let base = &rows[prompt * vocab..][..vocab];
+            let max_diff =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let (name, got) = match entry["adapter"].as_str() {
+                None => ("base", engine.last_logits(&prompts[prompt], &NoAdapters).unwrap()),
+                Some(name) => {
+                    let adapter = adapt::load(&golden_dir().join(name), engine.model()).unwrap();
+                    assert!(max_diff(want, base) > 0.1, "{name}: the reference adapter must move the logits");
+                    methods += 1;
+                    (name, engine.last_logits(&prompts[prompt], adapter.as_ref()).unwrap())
+                }
+            };
+            let diff = max_diff(&got[..vocab], want);
+            eprintln!(
+                "{file} {name}, prompt {prompt}: max |logit diff| {diff:.5} (moved by {:.2})",
+                max_diff(want, base)
+            );
+            assert!(
+                diff < LOGIT_TOLERANCE,
+                "{file} {name}, prompt {prompt}: max |logit diff| {diff} against PEFT"
+            );
+        }
+        assert_eq!(methods, 8, "{file}: four methods on two prompts");
     }
 }
 

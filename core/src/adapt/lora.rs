@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
 
+use super::tensors::{self, rotary_rows, saved, tensor2, untracked, values, Rng, Saved};
+use super::{Method, MethodKind};
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::format::safetensors::Dtype;
-use crate::model::linear::host_f32;
-use crate::model::rope::{permute_rotary_rows, RowOrder};
+use crate::model::rope::RowOrder;
 use crate::model::{Adapters, Llama, Projection};
 use crate::parallel::for_each_chunk_mut;
 use crate::quant::QuantMatrix;
@@ -68,6 +68,7 @@ struct Pair {
     b: Tensor<2>,
 }
 
+#[derive(Clone)]
 pub struct LoraAdapter {
     config: LoraConfig,
     pairs: BTreeMap<(usize, Projection), Pair>,
@@ -77,7 +78,8 @@ pub struct LoraAdapter {
     initial: Option<BTreeMap<(usize, Projection), Pair>>,
 }
 
-const PREFIX: &str = "base_model.model.model.layers.";
+/// Where PEFT keeps the modules of decoder layer `i`: `{LAYERS}{i}.self_attn.q_proj…`.
+pub(crate) const LAYERS: &str = "base_model.model.model.layers.";
 
 /// `lora_A` and `lora_B` of one projection as read, before both are known to be present.
 type HalfPair = (Option<Vec<f32>>, Option<Vec<f32>>);
@@ -85,6 +87,16 @@ type HalfPair = (Option<Vec<f32>>, Option<Vec<f32>>);
 impl LoraAdapter {
     pub fn config(&self) -> &LoraConfig {
         &self.config
+    }
+
+    /// `A` and `B` of one projection, if adapted.
+    pub(crate) fn pair(&self, layer: usize, projection: Projection) -> Option<(&Tensor<2>, &Tensor<2>)> {
+        self.pairs.get(&(layer, projection)).map(|pair| (&pair.a, &pair.b))
+    }
+
+    /// The adapted projections, in order.
+    pub(crate) fn sites(&self) -> impl Iterator<Item = (usize, Projection)> + '_ {
+        self.pairs.keys().copied()
     }
 
     /// `s · B (A x)` for projection `projection` of block `layer`, if this adapter has one
@@ -116,20 +128,13 @@ impl LoraAdapter {
             ));
         }
         let c = model.config();
-        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-        let mut uniform = move || {
-            // xorshift64*: reproducible on every platform.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut rng = Rng::new(seed);
         let mut pairs = BTreeMap::new();
         for layer in 0..c.n_layers {
             for &projection in &config.targets {
                 let (inp, out) = (c.projection_shape(projection).1, c.projection_shape(projection).0);
                 let bound = 1.0 / (inp as f32).sqrt();
-                let a = (0..config.rank * inp).map(|_| uniform() * bound).collect();
+                let a = (0..config.rank * inp).map(|_| rng.uniform() * bound).collect();
                 pairs.insert(
                     (layer, projection),
                     Pair {
@@ -182,14 +187,6 @@ impl LoraAdapter {
         Ok(Self { config, pairs, dropout_seed: None, initial: Some(initial) })
     }
 
-    /// What this adapter's model looked like before training, when that is not the plain base
-    /// model: PiSSA's starting components on top of the residual base (off the graph). `None`
-    /// for PEFT's initialisation, whose start is the base model itself.
-    pub fn starting_point(&self) -> Option<Self> {
-        let initial = self.initial.clone()?;
-        Some(Self { config: self.config.clone(), pairs: initial, dropout_seed: None, initial: None })
-    }
-
     /// Training with dropout: masks for the next forward passes drawn from `seed` (the same
     /// seed gives the same masks). `None`, the default, turns dropout off, as for inference.
     pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
@@ -205,44 +202,29 @@ impl LoraAdapter {
         self
     }
 
-    /// The same adapter with its parameters off the autodiff graph, for forward passes that
-    /// keep no activations for backward.
-    pub fn detached(&self) -> Self {
-        let pairs = self
-            .pairs
-            .iter()
-            .map(|(&site, pair)| (site, Pair { a: untracked(&pair.a), b: untracked(&pair.b) }))
-            .collect();
-        Self {
-            config: self.config.clone(),
-            pairs,
-            dropout_seed: self.dropout_seed,
-            initial: self.initial.clone(),
-        }
-    }
-
-    /// Every parameter tensor with a stable name (its PEFT key), for optimizers.
-    pub fn parameters_mut(&mut self) -> impl Iterator<Item = (String, &mut Tensor<2>)> {
-        self.pairs.iter_mut().flat_map(|(&(layer, projection), pair)| {
-            let name = move |w: &str| format!("{PREFIX}{layer}.{}.lora_{w}.weight", projection.hf_path());
-            [(name("A"), &mut pair.a), (name("B"), &mut pair.b)]
-        })
-    }
-
     /// The weight change `s · B A` (`[out, in]`, our row layout) for one projection, if adapted.
     pub fn weight_delta(&self, layer: usize, projection: Projection) -> Result<Option<Vec<f32>>, Error> {
         let Some(pair) = self.pairs.get(&(layer, projection)) else { return Ok(None) };
-        host_f32(pair.b.clone().matmul(pair.a.clone()).mul_scalar(self.config.scale())).map(Some)
+        values(&pair.b.clone().matmul(pair.a.clone()).mul_scalar(self.config.scale())).map(Some)
     }
 
     /// Reads a PEFT LoRA adapter made for `model` (shapes are checked against it).
     pub fn load(dir: &Path, model: &Llama) -> Result<Self, Error> {
-        let peft = PeftDir::read(dir)?;
-        let bad = |message: String| Error::Adapter { path: dir.display().to_string(), message };
+        Self::from_peft(&PeftDir::read(dir)?, model)
+    }
+
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+        super::expect_type(peft, MethodKind::Lora)?;
+        Self::read_weights(peft, model)
+    }
+
+    /// The LoRA part of a saved PEFT `LORA` adapter (DoRA's too).
+    pub(crate) fn read_weights(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+        let bad = |message: String| tensors::bad(peft, message);
         let config = parse_config(&peft.config).map_err(bad)?;
         let c = model.config();
         let mut found: BTreeMap<(usize, Projection), HalfPair> = BTreeMap::new();
-        for tensor in peft.tensors.tensors() {
+        for tensor in peft.tensors.tensors().iter().filter(|t| !t.name.contains("lora_magnitude_vector")) {
             let (layer, projection, is_b) = parse_key(&tensor.name).ok_or_else(|| {
                 bad(format!("tensor '{}' is not a LoRA weight of a decoder projection", tensor.name))
             })?;
@@ -270,16 +252,13 @@ impl LoraAdapter {
         let device = model.device();
         let mut pairs = BTreeMap::new();
         for ((layer, projection), (a, b)) in found {
-            let (Some(a), Some(mut b)) = (a, b) else {
+            let (Some(a), Some(b)) = (a, b) else {
                 return Err(bad(format!(
                     "layer {layer} {} has only one of lora_A and lora_B",
                     projection.hf_name()
                 )));
             };
-            if projection.is_rotary() {
-                let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
-                b = reorder_rows(&b, heads, c.head_dim, config.rank, RowOrder::ToPairs);
-            }
+            let b = rotary_rows(c, projection, b, config.rank, RowOrder::ToPairs);
             let out = c.projection_shape(projection).0;
             pairs.insert(
                 (layer, projection),
@@ -297,9 +276,9 @@ impl LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// Writes the adapter as a PEFT directory that `peft.PeftModel.from_pretrained` loads
-    /// (q/k `lora_B` rows back in HF order).
-    pub fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+    /// The PEFT config and tensors of the adapter (q/k `lora_B` rows back in HF order), which
+    /// `peft.PeftModel.from_pretrained` loads.
+    pub(crate) fn to_peft(&self, model: &Llama) -> Result<(Value, Vec<Saved>), Error> {
         let c = model.config();
         // PiSSA trains against a residual base; for the original base it is the LoRA of rank
         // 2r with `A' = [A; A₀]`, `B' = [B, −B₀]` and the same scale (PEFT's conversion).
@@ -310,12 +289,12 @@ impl LoraAdapter {
         };
         let mut tensors = Vec::new();
         for (&(layer, projection), pair) in &self.pairs {
-            let name = |which: &str| format!("{PREFIX}{layer}.{}.lora_{which}.weight", projection.hf_path());
-            let mut a = host_f32(pair.a.clone())?;
-            let mut b = host_f32(pair.b.clone())?;
+            let name = |which: &str| format!("{LAYERS}{layer}.{}.lora_{which}.weight", projection.hf_path());
+            let mut a = values(&pair.a)?;
+            let mut b = values(&pair.b)?;
             if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
-                a.extend(host_f32(start.a.clone())?);
-                let b0 = host_f32(start.b.clone())?;
+                a.extend(values(&start.a)?);
+                let b0 = values(&start.b)?;
                 let r = self.config.rank;
                 b = b
                     .chunks_exact(r)
@@ -324,13 +303,9 @@ impl LoraAdapter {
                     .collect();
             }
             let (out, inp) = (pair.b.dims()[0], pair.a.dims()[1]);
-            if projection.is_rotary() {
-                let heads = if projection == Projection::Q { c.n_heads } else { c.n_kv_heads };
-                b = reorder_rows(&b, heads, c.head_dim, rank, RowOrder::ToRotateHalf);
-            }
-            let bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            tensors.push((name("A"), Dtype::F32, vec![rank, inp], bytes(a)));
-            tensors.push((name("B"), Dtype::F32, vec![out, rank], bytes(b)));
+            let b = rotary_rows(c, projection, b, rank, RowOrder::ToRotateHalf);
+            tensors.push(saved(name("A"), vec![rank, inp], &a));
+            tensors.push(saved(name("B"), vec![out, rank], &b));
         }
         let config = serde_json::json!({
             "peft_type": "LORA",
@@ -344,25 +319,77 @@ impl LoraAdapter {
             "fan_in_fan_out": false,
             "inference_mode": true,
         });
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
     }
 }
 
 impl Adapters for LoraAdapter {
-    fn linear_delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
-        self.delta(layer, projection, x)
+    fn linear_output(&self, layer: usize, projection: Projection, x: &Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+        match self.delta(layer, projection, x) {
+            Some(delta) => y + delta,
+            None => y,
+        }
+    }
+}
+
+impl Method for LoraAdapter {
+    fn kind(&self) -> MethodKind {
+        MethodKind::Lora
+    }
+
+    fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
+        self.pairs
+            .iter()
+            .flat_map(|(&(layer, projection), pair)| {
+                let name = move |w: &str| format!("{LAYERS}{layer}.{}.lora_{w}.weight", projection.hf_path());
+                [(name("A"), &pair.a), (name("B"), &pair.b)]
+            })
+            .collect()
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor<2>)> {
+        self.pairs
+            .iter_mut()
+            .flat_map(|(&(layer, projection), pair)| {
+                let name = move |w: &str| format!("{LAYERS}{layer}.{}.lora_{w}.weight", projection.hf_path());
+                [(name("A"), &mut pair.a), (name("B"), &mut pair.b)]
+            })
+            .collect()
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Method> {
+        Box::new(self.clone())
+    }
+
+    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+        let (config, tensors) = self.to_peft(model)?;
+        Ok(PeftDir::write(dir, &config, &tensors)?)
+    }
+
+    fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
+        let Some(delta) = self.weight_delta(layer, projection)? else { return Ok(false) };
+        weight.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
+        Ok(true)
+    }
+
+    fn set_training_seed(&mut self, seed: Option<u64>) {
+        self.dropout_seed = seed;
+    }
+
+    fn starting_point(&self) -> Option<Box<dyn Method>> {
+        let initial = self.initial.clone()?;
+        Some(Box::new(Self {
+            config: self.config.clone(),
+            pairs: initial,
+            dropout_seed: None,
+            initial: None,
+        }))
     }
 }
 
 fn parse_config(json: &Value) -> Result<LoraConfig, String> {
-    match json.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
-        other => return Err(format!("peft_type {other:?} is not LORA")),
-    }
-    for (flag, what) in [("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out weights")] {
-        if json.get(flag).and_then(Value::as_bool) == Some(true) {
-            return Err(format!("{what} ({flag} = true) is not supported yet"));
-        }
+    if json.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
+        return Err("fan_in_fan_out weights (fan_in_fan_out = true) are not supported".into());
     }
     if let Some(init) = json.get("init_lora_weights").and_then(Value::as_str) {
         let init = init.to_ascii_lowercase();
@@ -383,18 +410,7 @@ fn parse_config(json: &Value) -> Result<LoraConfig, String> {
     if !alpha.is_finite() {
         return Err(format!("lora_alpha {alpha} is not finite"));
     }
-    let targets = match json.get("target_modules") {
-        Some(Value::Array(names)) => names
-            .iter()
-            .map(|n| {
-                let name = n.as_str().unwrap_or_default();
-                Projection::parse(name).ok_or_else(|| {
-                    format!("unknown target module '{name}' (supported: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        other => return Err(format!("target_modules must be a list of module names, found {other:?}")),
-    };
+    let targets = super::parse_targets(json, "target_modules")?;
     Ok(LoraConfig {
         rank,
         alpha,
@@ -407,7 +423,7 @@ fn parse_config(json: &Value) -> Result<LoraConfig, String> {
 
 /// `base_model.model.model.layers.{i}.{self_attn|mlp}.{x}_proj.lora_{A|B}.weight`.
 fn parse_key(name: &str) -> Option<(usize, Projection, bool)> {
-    let rest = name.strip_prefix(PREFIX)?;
+    let rest = name.strip_prefix(LAYERS)?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, is_b) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
         (m, false)
@@ -416,14 +432,6 @@ fn parse_key(name: &str) -> Option<(usize, Projection, bool)> {
     };
     let projection = Projection::ALL.into_iter().find(|p| p.hf_path() == module)?;
     Some((layer.parse().ok()?, projection, is_b))
-}
-
-fn reorder_rows(values: &[f32], heads: usize, head_dim: usize, row_len: usize, order: RowOrder) -> Vec<f32> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    permute_rotary_rows(&bytes, heads, head_dim, row_len * 4, order)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// `len` multipliers: 0 with probability `p`, else `1 / (1 - p)` (inverted dropout), from a
@@ -445,14 +453,4 @@ fn dropout_mask(seed: u64, len: usize, p: f32) -> Vec<f32> {
     }
     mask.truncate(len);
     mask
-}
-
-/// `x` off the autodiff graph. (`detach` would keep a parameter's `require_grad`, so ops on it
-/// would still record a graph.)
-fn untracked(x: &Tensor<2>) -> Tensor<2> {
-    x.clone().set_require_grad(false)
-}
-
-fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, shape), device)
 }

@@ -53,7 +53,7 @@ fn map_file(path: &Path) -> io::Result<crate::bytes::SharedBytes> {
 /// `write` fills a temp file in the same directory (a rename cannot cross file systems), which
 /// is synced to disk before it is renamed over `path`.
 #[cfg(feature = "std")]
-fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
     use std::fs;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);

@@ -1,5 +1,6 @@
 //! Hyper-parameters of a Llama-family decoder, read from GGUF metadata or a HF `config.json`.
 
+use super::sites::Projection;
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
 
@@ -108,8 +109,15 @@ impl LlamaConfig {
                 )));
             }
         }
-        if let Some(bias) = gguf.tensors().iter().find(|t| t.name.ends_with(".bias")) {
-            return Err(Error::Config(format!("tensor '{}': linear biases are not supported", bias.name)));
+        // Projections may have output biases (a merged LoFiT adapter writes one); other biases
+        // belong to architectures this decoder is not.
+        let projection_bias = |name: &str| {
+            (0..config.n_layers).any(|layer| Projection::ALL.iter().any(|p| p.gguf_bias(layer) == name))
+        };
+        if let Some(bias) =
+            gguf.tensors().iter().find(|t| t.name.ends_with(".bias") && !projection_bias(&t.name))
+        {
+            return Err(Error::Config(format!("tensor '{}': this bias is not supported", bias.name)));
         }
         config.validate()?;
         Ok(config)

@@ -16,6 +16,8 @@ pub struct KvCache {
     head_dim: usize,
     len: usize,
     max_len: usize,
+    /// Leading positions that hold the adapters' soft prompt rather than tokens.
+    prompt_len: usize,
 }
 
 impl KvCache {
@@ -27,6 +29,7 @@ impl KvCache {
             head_dim: config.head_dim,
             len: 0,
             max_len: config.context_len,
+            prompt_len: 0,
         }
     }
 
@@ -37,6 +40,16 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Leading positions holding a soft prompt (key/value prefixes and virtual tokens).
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Marks everything cached so far as the soft prompt.
+    pub fn mark_prompt(&mut self) {
+        self.prompt_len = self.len;
     }
 
     pub fn batch(&self) -> usize {
@@ -56,8 +69,12 @@ impl KvCache {
     }
 
     /// Forgets everything after the first `len` tokens (e.g. to reuse a shared prompt prefix).
+    /// Cutting into the soft prompt drops all of it, so that the next pass writes it again.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        if self.len < self.prompt_len {
+            (self.len, self.prompt_len) = (0, 0);
+        }
     }
 
     /// Checks that `new_tokens` more fit in the context.
@@ -90,6 +107,13 @@ impl KvCache {
         let out = (cache_k.clone().slice(live.clone()), cache_v.clone().slice(live));
         self.layers[layer] = Some((cache_k, cache_v));
         out
+    }
+
+    /// The cached keys and values of `layer` (`[batch, kv_heads, len, head_dim]`), if any.
+    pub fn layer(&self, layer: usize) -> Option<(Tensor<4>, Tensor<4>)> {
+        let (k, v) = self.layers.get(layer)?.as_ref()?;
+        let live = [0..self.batch, 0..self.kv_heads, 0..self.len, 0..self.head_dim];
+        Some((k.clone().slice(live.clone()), v.clone().slice(live)))
     }
 
     /// Marks the tokens appended to every layer in this forward pass as cached.

@@ -20,13 +20,31 @@ use burn::tensor::{DType, Tensor, TensorData};
 use crate::error::Error;
 use crate::quant::{QuantError, QuantMatrix};
 
+/// Cloning shares the weight (its blocks and any device copy).
+#[derive(Clone)]
 pub struct QuantLinear {
     weight: FrozenWeight,
+    /// Added to every output, `[out]`.
+    bias: Option<Tensor<1>>,
 }
 
 impl QuantLinear {
     pub fn new(weight: QuantMatrix) -> Self {
-        Self { weight: FrozenWeight::new(weight) }
+        Self { weight: FrozenWeight::new(weight), bias: None }
+    }
+
+    /// The layer with an output bias of `out_features` values.
+    pub fn with_bias(self, bias: Tensor<1>) -> Self {
+        Self { bias: Some(bias), ..self }
+    }
+
+    /// The same layer (bias included) with another weight of the same shape.
+    pub fn with_weight(&self, weight: QuantMatrix) -> Self {
+        Self { weight: FrozenWeight::new(weight), bias: self.bias.clone() }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor<1>> {
+        self.bias.as_ref()
     }
 
     pub fn weight(&self) -> &QuantMatrix {
@@ -44,6 +62,15 @@ impl QuantLinear {
     /// `x: [batch, len, in] -> [batch, len, out]`, differentiable with respect to `x` on an
     /// autodiff device.
     pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        let y = self.product(x)?;
+        Ok(match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, 1, self.out_features()]),
+            None => y,
+        })
+    }
+
+    /// `x·Wᵀ`: [`forward`](Self::forward) without the bias.
+    pub fn product(&self, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         let dims = x.dims();
         if dims[2] != self.in_features() {
             return Err(Error::InvalidArgument(format!(

@@ -84,7 +84,8 @@ impl Llama {
                 old.cols()
             )));
         }
-        *block.linear_mut(projection) = QuantLinear::new(weight);
+        let linear = block.linear_mut(projection);
+        *linear = linear.with_weight(weight);
         Ok(())
     }
 
@@ -99,7 +100,9 @@ impl Llama {
         self.forward_adapted(tokens, batch, cache, &NoAdapters)
     }
 
-    /// [`forward`](Self::forward) with `adapters` acting at their sites.
+    /// [`forward`](Self::forward) with `adapters` acting at their sites. An empty cache first
+    /// takes the adapters' soft prompt (key/value prefixes, then virtual tokens), once: the
+    /// cache holds it for every later pass of the session.
     pub fn forward_adapted(
         &self,
         tokens: &[u32],
@@ -124,36 +127,107 @@ impl Llama {
                 c.vocab_size
             )));
         }
+        if cache.is_empty() {
+            self.prime(cache, adapters)?;
+        }
         let len = tokens.len() / batch;
         cache.check_room(len)?;
-        if len <= PREFILL_CHUNK {
-            return self.forward_chunk(tokens, batch, cache, adapters);
-        }
         let mut hidden = Vec::with_capacity(len.div_ceil(PREFILL_CHUNK));
         for start in (0..len).step_by(PREFILL_CHUNK) {
             let end = (start + PREFILL_CHUNK).min(len);
             let chunk: Vec<u32> =
                 tokens.chunks_exact(len).flat_map(|row| &row[start..end]).copied().collect();
-            hidden.push(self.forward_chunk(&chunk, batch, cache, adapters)?);
+            let x = adapters.token_embeddings(cache.len() - cache.prompt_len(), self.embed(&chunk, batch)?);
+            hidden.push(self.final_norm(self.run_blocks(x, cache, adapters)?));
         }
-        Ok(Tensor::cat(hidden, 1))
+        Ok(if hidden.len() == 1 { hidden.remove(0) } else { Tensor::cat(hidden, 1) })
     }
 
-    fn forward_chunk(
+    /// Every block on `x: [batch, len, d_model]` after what `cache` holds, advancing it.
+    fn run_blocks(
         &self,
-        tokens: &[u32],
-        batch: usize,
+        mut x: Tensor<3>,
         cache: &mut KvCache,
         adapters: &dyn Adapters,
     ) -> Result<Tensor<3>, Error> {
-        let len = tokens.len() / batch;
+        let len = x.dims()[1];
         let positions = self.positions(cache.len(), len);
-        let mut x = self.embed(tokens, batch)?;
         for layer in 0..self.blocks.len() {
             x = self.block_forward(layer, x, &positions, cache, adapters)?;
         }
         cache.advance(len);
-        Ok(self.final_norm(x))
+        Ok(x)
+    }
+
+    /// Writes the adapters' soft prompt into the empty `cache`: their key/value prefixes, then
+    /// their virtual tokens run through every block.
+    fn prime(&self, cache: &mut KvCache, adapters: &dyn Adapters) -> Result<(), Error> {
+        self.write_prefix(cache, None, adapters)?;
+        if let Some(x) = self.virtual_input(cache.batch(), adapters)? {
+            cache.check_room(x.dims()[1])?;
+            self.run_blocks(x, cache, adapters)?;
+        }
+        cache.mark_prompt();
+        Ok(())
+    }
+
+    /// Writes the adapters' key/value prefixes of every layer (`only: Some(layer)`: of that
+    /// layer alone) into the empty `cache` and returns their length (0 without any).
+    pub fn write_prefix(
+        &self,
+        cache: &mut KvCache,
+        only: Option<usize>,
+        adapters: &dyn Adapters,
+    ) -> Result<usize, Error> {
+        let c = &self.config;
+        let batch = cache.batch();
+        let mut len = None;
+        for layer in 0..c.n_layers {
+            let prefix = adapters.prefix_kv(layer);
+            let this = prefix.as_ref().map_or(0, |(k, _)| k.dims()[0]);
+            let first = *len.get_or_insert(this);
+            if first != this {
+                return Err(Error::InvalidArgument(format!(
+                    "the key/value prefix of layer {layer} has {this} positions, that of layer 0 {first}"
+                )));
+            }
+            let Some((k, v)) = prefix.filter(|_| only.is_none_or(|l| l == layer)) else { continue };
+            let expected = [this, c.n_kv_heads, c.head_dim];
+            if k.dims() != expected || v.dims() != expected {
+                return Err(Error::InvalidArgument(format!(
+                    "the key/value prefix of layer {layer} is {:?}/{:?}, expected {expected:?} for this model",
+                    k.dims(),
+                    v.dims()
+                )));
+            }
+            cache.check_room(this)?;
+            let per_sequence = |t: Tensor<3>| {
+                let t = t.swap_dims(0, 1).unsqueeze_dim::<4>(0);
+                if batch == 1 {
+                    t
+                } else {
+                    t.expand([batch, c.n_kv_heads, this, c.head_dim])
+                }
+            };
+            cache.append(layer, per_sequence(k), per_sequence(v));
+        }
+        let len = len.unwrap_or(0);
+        cache.advance(len);
+        Ok(len)
+    }
+
+    /// The adapters' virtual tokens as the input of `batch` sequences, `[batch, len, d_model]`.
+    pub fn virtual_input(&self, batch: usize, adapters: &dyn Adapters) -> Result<Option<Tensor<3>>, Error> {
+        let Some(tokens) = adapters.virtual_tokens() else { return Ok(None) };
+        let [len, d] = tokens.dims();
+        if d != self.config.d_model || len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{len} virtual tokens of width {d} for a model of width {}",
+                self.config.d_model
+            )));
+        }
+        let x = tokens.unsqueeze_dim::<3>(0);
+        Ok(Some(if batch == 1 { x } else { x.expand([batch, len, d]) }))
     }
 
     /// The token embeddings `[batch, len, d_model]` of `tokens` (`batch` equal rows).
@@ -243,11 +317,9 @@ impl Block {
         let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
         let linear = |projection: Projection, x: Tensor<3>| -> Result<Tensor<3>, Error> {
+            let x = attn.adapters.linear_input(layer, projection, x);
             let y = self.linear(projection).forward(x.clone())?;
-            Ok(match attn.adapters.linear_delta(layer, projection, &x) {
-                Some(delta) => y + delta,
-                None => y,
-            })
+            Ok(attn.adapters.linear_output(layer, projection, &x, y))
         };
         let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h), &attn.positions.rope);
         let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv), &attn.positions.rope);

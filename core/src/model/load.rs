@@ -24,6 +24,8 @@ enum Part {
     AttnNorm(usize),
     FfnNorm(usize),
     Linear(usize, Projection),
+    /// The optional output bias of a projection (e.g. LoFiT's merged head offsets).
+    Bias(usize, Projection),
 }
 
 /// Where a format keeps each part, and how to read it.
@@ -31,6 +33,8 @@ trait WeightSource {
     /// A `[rows, cols]` matrix, its rows in our layout (q/k in RoPE-pair order).
     fn matrix(&self, part: Part, rows: usize, cols: usize) -> Result<QuantMatrix, Error>;
     fn vector(&self, part: Part, len: usize) -> Result<Vec<f32>, Error>;
+    /// Whether the file has this part (for optional ones).
+    fn has(&self, part: Part) -> bool;
 }
 
 impl Llama {
@@ -52,12 +56,15 @@ impl Llama {
 
 fn build(config: LlamaConfig, source: &dyn WeightSource, device: &Device) -> Result<Llama, Error> {
     let c = &config;
-    let vector = |part| -> Result<Tensor<1>, Error> {
-        Ok(Tensor::from_data(TensorData::new(source.vector(part, c.d_model)?, [c.d_model]), device))
+    let vector_of = |part, len| -> Result<Tensor<1>, Error> {
+        Ok(Tensor::from_data(TensorData::new(source.vector(part, len)?, [len]), device))
     };
+    let vector = |part| vector_of(part, c.d_model);
     let linear = |layer, projection| -> Result<QuantLinear, Error> {
         let (rows, cols) = c.projection_shape(projection);
-        Ok(QuantLinear::new(source.matrix(Part::Linear(layer, projection), rows, cols)?))
+        let linear = QuantLinear::new(source.matrix(Part::Linear(layer, projection), rows, cols)?);
+        let bias = Part::Bias(layer, projection);
+        Ok(if source.has(bias) { linear.with_bias(vector_of(bias, rows)?) } else { linear })
     };
     let token_embedding = source.matrix(Part::TokenEmbedding, c.vocab_size, c.d_model)?;
     let output = QuantLinear::new(if c.tied_embeddings {
@@ -102,6 +109,7 @@ impl Gguf<'_> {
             Part::AttnNorm(i) => format!("blk.{i}.attn_norm.weight"),
             Part::FfnNorm(i) => format!("blk.{i}.ffn_norm.weight"),
             Part::Linear(i, projection) => projection.gguf_tensor(i),
+            Part::Bias(i, projection) => projection.gguf_bias(i),
         }
     }
 }
@@ -135,6 +143,10 @@ impl WeightSource for Gguf<'_> {
         quant::dequantize(info.ty, &self.0.tensor_data(info), &mut out)?;
         Ok(out)
     }
+
+    fn has(&self, part: Part) -> bool {
+        self.0.tensor(&Self::name(part)).is_some()
+    }
 }
 
 struct HuggingFace<'a> {
@@ -151,6 +163,7 @@ impl HuggingFace<'_> {
             Part::AttnNorm(i) => format!("model.layers.{i}.input_layernorm.weight"),
             Part::FfnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
             Part::Linear(i, projection) => format!("model.layers.{i}.{}.weight", projection.hf_path()),
+            Part::Bias(i, projection) => format!("model.layers.{i}.{}.bias", projection.hf_path()),
         }
     }
 
@@ -198,9 +211,24 @@ impl WeightSource for HuggingFace<'_> {
         Ok(QuantMatrix::new(ty, rows, cols, SharedBytes::from_vec(permuted))?)
     }
 
+    /// q/k biases are permuted like the rows of their weights.
     fn vector(&self, part: Part, len: usize) -> Result<Vec<f32>, Error> {
         let name = Self::name(part);
         let (file, _) = self.find(&name, &[len])?;
-        Ok(file.tensor_f32(&name)?)
+        let values = file.tensor_f32(&name)?;
+        let heads = match part {
+            Part::Bias(_, Projection::Q) => self.config.n_heads,
+            Part::Bias(_, Projection::K) => self.config.n_kv_heads,
+            _ => return Ok(values),
+        };
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(permute_rotary_rows(&bytes, heads, self.config.head_dim, 4, RowOrder::ToPairs)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn has(&self, part: Part) -> bool {
+        self.files.iter().any(|f| f.tensor(&Self::name(part)).is_some())
     }
 }

@@ -11,4 +11,4 @@ pub mod sites;
 pub use config::{LlamaConfig, RopeScaling};
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use sites::{Adapters, NoAdapters, Projection};
+pub use sites::{soft_prompt_len, Adapters, NoAdapters, Projection};

@@ -59,6 +59,11 @@ impl Projection {
         format!("blk.{layer}.{part}.weight")
     }
 
+    /// The GGUF name of this projection's optional output bias in block `layer`.
+    pub fn gguf_bias(self, layer: usize) -> String {
+        self.gguf_tensor(layer).replace(".weight", ".bias")
+    }
+
     /// The short names the CLI takes (`q,k,v,o,gate,up,down`) and PEFT's names both parse.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.hf_name() == name || p.hf_name().trim_end_matches("_proj") == name)
@@ -71,15 +76,56 @@ impl Projection {
     }
 }
 
-/// Adapters acting on a forward pass. Every method has a neutral default, so a method
-/// implements only the sites it uses.
+/// Adapters acting on a forward pass. Every site has a neutral default, so a method implements
+/// only the sites it uses. Sites, in the order a pass meets them:
+/// - the soft prompt: key/value prefixes written into an empty cache ([`prefix_kv`]) and
+///   virtual tokens run through the model before the input ([`virtual_tokens`]), once per cache;
+/// - the token embeddings of the input ([`token_embeddings`]);
+/// - each projection's input ([`linear_input`]) and output ([`linear_output`]).
+///
+/// [`prefix_kv`]: Adapters::prefix_kv
+/// [`virtual_tokens`]: Adapters::virtual_tokens
+/// [`token_embeddings`]: Adapters::token_embeddings
+/// [`linear_input`]: Adapters::linear_input
+/// [`linear_output`]: Adapters::linear_output
 pub trait Adapters: Send + Sync {
-    /// What to add to the output of projection `projection` of block `layer`, given its input
-    /// `x: [batch, len, in]`; `None` for nothing.
-    fn linear_delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
+    /// The input of projection `projection` of block `layer` (`[batch, len, in]`), changed.
+    fn linear_input(&self, layer: usize, projection: Projection, x: Tensor<3>) -> Tensor<3> {
+        let _ = (layer, projection);
+        x
+    }
+
+    /// The output `y` (`[batch, len, out]`) of projection `projection` of block `layer`,
+    /// changed; `x` is the input it was computed from.
+    fn linear_output(&self, layer: usize, projection: Projection, x: &Tensor<3>, y: Tensor<3>) -> Tensor<3> {
         let _ = (layer, projection, x);
+        y
+    }
+
+    /// The token embeddings `x: [batch, len, d_model]` of input positions `start..start + len`
+    /// (counted from the first real token: virtual tokens are not counted), changed.
+    fn token_embeddings(&self, start: usize, x: Tensor<3>) -> Tensor<3> {
+        let _ = start;
+        x
+    }
+
+    /// Keys and values (`[len, kv_heads, head_dim]` each, keys after RoPE, in our RoPE-pair
+    /// layout) that every sequence of block `layer` attends to before its first token.
+    fn prefix_kv(&self, layer: usize) -> Option<(Tensor<3>, Tensor<3>)> {
+        let _ = layer;
         None
     }
+
+    /// Input embeddings `[len, d_model]` run through the model before the first real token.
+    fn virtual_tokens(&self) -> Option<Tensor<2>> {
+        None
+    }
+}
+
+/// Positions the adapters' soft prompt takes in the cache (key/value prefix and virtual tokens).
+pub fn soft_prompt_len(adapters: &dyn Adapters) -> usize {
+    adapters.prefix_kv(0).map_or(0, |(k, _)| k.dims()[0])
+        + adapters.virtual_tokens().map_or(0, |t| t.dims()[0])
 }
 
 /// The plain model.

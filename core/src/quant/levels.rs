@@ -64,6 +64,23 @@ impl Levels {
         Some(Self { bits: decoder.bits, group: decoder.group, zero: decoder.zero, words, groups })
     }
 
+    /// The part of every value (row-major) proportional to its block's scale `d`:
+    /// `scale · (level − zero)`, which is the value less its group's `min`. PEQA trains `d`,
+    /// and `∂w/∂d = this / d`.
+    pub fn scaled_parts(&self) -> Vec<f32> {
+        let per_word = (32 / self.bits) as usize;
+        let mask = (1u32 << self.bits) - 1;
+        let mut out = Vec::with_capacity(self.words.len() * per_word);
+        for (i, &word) in self.words.iter().enumerate() {
+            let scale = self.groups[2 * (i * per_word / self.group)];
+            for k in 0..per_word {
+                let q = (word >> (self.bits * k as u32)) & mask;
+                out.push(scale * (q as f32 - self.zero));
+            }
+        }
+        out
+    }
+
     /// All values, row-major: the format's meaning, spelled out for the tests.
     #[cfg(test)]
     fn dequantize(&self) -> Vec<f32> {

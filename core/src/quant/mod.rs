@@ -129,6 +129,18 @@ impl GgmlType {
         }
     }
 
+    /// Byte offset in a block of its f16 scale `d`, which scales every value of the block
+    /// (K-quants: the super-block scale over the sub-block scales), for the formats we read
+    /// whose values are `d · (…) + offset`; `None` for the others.
+    pub const fn scale_offset(self) -> Option<usize> {
+        use GgmlType::*;
+        match self {
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K => Some(0),
+            Q6K => Some(q6_k::D),
+            _ => None,
+        }
+    }
+
     /// Bytes of one block, as laid out by ggml.
     pub const fn block_bytes(self) -> usize {
         use GgmlType::*;

@@ -8,19 +8,19 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 
 use super::{AdamW, TrainState};
-use crate::adapt::LoraAdapter;
+use crate::adapt::Method;
 use crate::error::Error;
 use crate::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
 use crate::model::linear::host_f32;
 
-pub fn save(path: &Path, adapter: &mut LoraAdapter, state: &TrainState) -> Result<(), Error> {
+pub fn save(path: &Path, adapter: &dyn Method, state: &TrainState) -> Result<(), Error> {
     let mut tensors = Vec::new();
     let mut add = |name: String, t: &Tensor<2>| -> Result<(), Error> {
         let bytes = host_f32(t.clone())?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
         tensors.push((name, Dtype::F32, t.dims().to_vec(), bytes));
         Ok(())
     };
-    for (name, param) in adapter.parameters_mut() {
+    for (name, param) in adapter.parameters() {
         add(format!("adapter/{name}"), param)?;
     }
     for (name, (m, v)) in &state.optimizer.moments {
@@ -35,6 +35,7 @@ pub fn save(path: &Path, adapter: &mut LoraAdapter, state: &TrainState) -> Resul
         "optimizer_steps": state.optimizer.steps,
         "weight_decay": state.optimizer.weight_decay,
         "planned_steps": state.planned_steps,
+        "method": adapter.kind().name(),
     })
     .to_string();
     write_safetensors(path, &tensors, &[("adaptkit_train_state", &position)])?;
@@ -42,7 +43,7 @@ pub fn save(path: &Path, adapter: &mut LoraAdapter, state: &TrainState) -> Resul
 }
 
 /// Restores `adapter` (made with the same configuration) and returns the run's state.
-pub fn load(path: &Path, adapter: &mut LoraAdapter) -> Result<TrainState, Error> {
+pub fn load(path: &Path, adapter: &mut dyn Method) -> Result<TrainState, Error> {
     let bad = |message: String| Error::Adapter { path: path.display().to_string(), message };
     let file = SafetensorsFile::open(path)?;
     let position = file
@@ -52,6 +53,14 @@ pub fn load(path: &Path, adapter: &mut LoraAdapter) -> Result<TrainState, Error>
         .map(|(_, v)| v.clone())
         .ok_or_else(|| bad("not an adaptkit training checkpoint".into()))?;
     let position: serde_json::Value = serde_json::from_str(&position).map_err(|e| bad(e.to_string()))?;
+    // Checkpoints from before methods were recorded are LoRA's.
+    let method = position["method"].as_str().unwrap_or("lora");
+    if method != adapter.kind().name() {
+        return Err(bad(format!(
+            "the checkpoint is of a {method} run; this run trains {}",
+            adapter.kind().name()
+        )));
+    }
     let number =
         |key: &str| position[key].as_u64().ok_or_else(|| bad(format!("state field '{key}' is missing")));
     let tensor = |name: &str, like: &Tensor<2>| -> Result<Tensor<2>, Error> {

@@ -17,11 +17,11 @@ use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 
-use crate::adapt::LoraAdapter;
+use crate::adapt::{detached, Method};
 use crate::device::is_host;
 use crate::error::Error;
 use crate::model::linear::host_f32;
-use crate::model::{Adapters, Llama};
+use crate::model::{Adapters, KvCache, Llama};
 use crate::parallel::for_each_chunk_pair_mut;
 use crate::quant::QuantMatrix;
 
@@ -144,53 +144,92 @@ fn head_loss_on_device(model: &Llama, hidden: Tensor<3>, targets: &TokenTargets)
     Ok(total)
 }
 
-/// The loss of one batch and the gradients of `adapter`'s parameters, by name. With
-/// `recompute`, only each block's input is kept from the forward pass and each block is run
-/// again during backward (activation checkpointing): activation memory falls from all blocks'
-/// to one block's, for one more forward pass of compute.
+/// The loss of one batch (the method's penalty not included) and the gradients of `adapter`'s
+/// parameters, by name. With `recompute`, only each block's input is kept from the forward pass
+/// and each block is run again during backward (activation checkpointing): activation memory
+/// falls from all blocks' to one block's, for one more forward pass of compute.
 pub fn loss_and_gradients(
     model: &Llama,
-    adapter: &mut LoraAdapter,
+    adapter: &mut dyn Method,
     tokens: &[u32],
     targets: Option<&[bool]>,
     batch: usize,
     recompute: bool,
 ) -> Result<(f32, BTreeMap<String, Tensor<2>>), Error> {
+    let penalty = adapter.penalty();
     if !recompute {
         let loss = masked_next_token_loss(model, adapter, tokens, targets, batch)?;
-        let grads = loss.backward();
-        return Ok((host_f32(loss)?[0], super::collect_grads(adapter, &grads)));
+        let value = host_f32(loss.clone())?[0];
+        let objective = match penalty {
+            Some(penalty) => loss + penalty,
+            None => loss,
+        };
+        return Ok((value, super::collect_grads(adapter, &objective.backward())));
     }
     let targets = TokenTargets::next_tokens(tokens, targets, batch)?;
     let len = tokens.len() / batch;
-    let positions = model.positions(0, len);
+    // The input sequence: the virtual tokens, then the (adapted) token embeddings.
+    let input = |adapters: &dyn Adapters| -> Result<Tensor<3>, Error> {
+        let x = adapters.token_embeddings(0, model.embed(tokens, batch)?);
+        Ok(match model.virtual_input(batch, adapters)? {
+            Some(prompt) => Tensor::cat(vec![prompt, x], 1),
+            None => x,
+        })
+    };
+    // Each block sees its own key/value prefix before the sequence.
+    let block_cache = |layer: usize, adapters: &dyn Adapters| -> Result<(KvCache, usize), Error> {
+        let mut cache = model.new_cache(batch);
+        let prefix = model.write_prefix(&mut cache, Some(layer), adapters)?;
+        Ok((cache, prefix))
+    };
     // Forward without a graph: the adapter's parameters are detached, the block inputs kept.
-    let frozen = adapter.detached();
-    let mut inputs = vec![model.embed(tokens, batch)?];
+    let frozen = detached(adapter);
+    let mut inputs = vec![input(frozen.as_ref())?];
+    let sequence = inputs[0].dims()[1];
+    let (_, prefix) = block_cache(0, frozen.as_ref())?;
+    let context = model.config().context_len;
+    if prefix + sequence > context {
+        return Err(Error::ContextOverflow { tokens: prefix + sequence, context });
+    }
+    let positions = model.positions(prefix, sequence);
     for layer in 0..model.blocks().len() {
         let x = inputs[layer].clone();
-        let mut cache = model.new_cache(batch);
-        inputs.push(model.block_forward(layer, x, &positions, &mut cache, &frozen)?);
+        let (mut cache, _) = block_cache(layer, frozen.as_ref())?;
+        inputs.push(model.block_forward(layer, x, &positions, &mut cache, frozen.as_ref())?);
     }
     let top = inputs.pop().expect("the embeddings at least").require_grad();
-    let loss = head_loss(model, model.final_norm(top.clone()), targets)?;
+    let d = model.config().d_model;
+    let hidden = model.final_norm(top.clone()).slice([0..batch, sequence - len..sequence, 0..d]);
+    let loss = head_loss(model, hidden, targets)?;
     let grads = loss.backward();
     let value = host_f32(loss)?[0];
     let mut upstream = top.grad(&grads).expect("the loss depends on the last block");
     let mut total: BTreeMap<String, Tensor<2>> = BTreeMap::new();
+    let mut add = |grads: BTreeMap<String, Tensor<2>>| {
+        for (name, g) in grads {
+            let sum = match total.remove(&name) {
+                Some(t) => t + g,
+                None => g,
+            };
+            total.insert(name, sum);
+        }
+    };
     // Backward block by block: rerun the block with the tracked adapter and back-propagate
-    // `Σ out · upstream`, whose gradient with respect to `out` is `upstream`.
+    // `Σ out · upstream`, whose gradient with respect to `out` is `upstream`. The first block's
+    // input is rebuilt from the tracked adapter, so that soft prompts and embedding changes
+    // get their gradients.
     for (layer, x) in inputs.into_iter().enumerate().rev() {
-        let x = if layer > 0 { x.require_grad() } else { x };
-        let mut cache = model.new_cache(batch);
+        let x = if layer > 0 { x.require_grad() } else { input(adapter)? };
+        let (mut cache, _) = block_cache(layer, adapter)?;
         let out = model.block_forward(layer, x.clone(), &positions, &mut cache, adapter)?;
         let grads = (out * upstream.clone()).sum().backward();
-        for (name, g) in super::collect_grads(adapter, &grads) {
-            total.insert(name, g);
-        }
+        add(super::collect_grads(adapter, &grads));
         if layer > 0 {
             upstream = x.grad(&grads).expect("the block's output depends on its input");
         }
+    }
+    if let Some(penalty) = penalty {
+        add(super::collect_grads(adapter, &penalty.backward()));
     }
     Ok((value, total))
 }

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use burn::tensor::Gradients;
 use burn::tensor::Tensor;
 
-use crate::adapt::LoraAdapter;
+use crate::adapt::{detached, trainable, Method};
 use crate::error::Error;
-use crate::model::{Adapters, Llama, NoAdapters};
+use crate::model::{soft_prompt_len, Adapters, Llama, NoAdapters};
 
 /// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
 /// (`save`: a path and every how many steps).
@@ -69,13 +69,16 @@ impl AdamW {
         Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, steps: 0, moments: BTreeMap::new() }
     }
 
-    /// One update, at learning rate `lr`, of every parameter of `adapter` named in `grads`.
-    pub fn step(&mut self, adapter: &mut LoraAdapter, grads: &BTreeMap<String, Tensor<2>>, lr: f32) {
+    /// One update, at learning rate `lr` (times the method's factor for each parameter), of
+    /// every parameter of `adapter` named in `grads`.
+    pub fn step(&mut self, adapter: &mut dyn Method, grads: &BTreeMap<String, Tensor<2>>, lr: f32) {
         self.steps += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let correction1 = 1.0 - b1.powi(self.steps);
         let correction2 = 1.0 - b2.powi(self.steps);
-        for (name, param) in adapter.parameters_mut() {
+        let rates: Vec<f32> =
+            adapter.parameters().iter().map(|(name, _)| lr * adapter.learning_rate_scale(name)).collect();
+        for ((name, param), lr) in adapter.parameters_mut().into_iter().zip(rates) {
             let Some(grad) = grads.get(&name).cloned() else { continue };
             let value = param.clone().inner();
             let (m, v) = self.moments.remove(&name).unwrap_or_else(|| (grad.zeros_like(), grad.zeros_like()));
@@ -91,8 +94,8 @@ impl AdamW {
 }
 
 /// The gradients of `adapter`'s parameters in `grads`, by name, off the autodiff graph.
-pub fn collect_grads(adapter: &mut LoraAdapter, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
-    adapter.parameters_mut().filter_map(|(name, param)| Some((name, param.grad(grads)?))).collect()
+pub fn collect_grads(adapter: &dyn Method, grads: &Gradients) -> BTreeMap<String, Tensor<2>> {
+    adapter.parameters().into_iter().filter_map(|(name, param)| Some((name, param.grad(grads)?))).collect()
 }
 
 /// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
@@ -216,7 +219,7 @@ pub const FORGETTING_LIMIT: f32 = 0.05;
 ///   the update, leaving the last checkpoint as it was.
 pub fn fit(
     model: &Llama,
-    adapter: &mut LoraAdapter,
+    adapter: &mut Box<dyn Method>,
     windows: &data::Windows,
     options: &TrainOptions,
     checkpointing: Checkpointing,
@@ -232,8 +235,9 @@ pub fn fit(
         return Err(Error::InvalidArgument("early stopping needs held-out data".into()));
     }
     let context = model.config().context_len;
+    let prompt = soft_prompt_len(adapter.as_ref());
     let all = || windows.train.iter().chain(&windows.held_out).chain(&windows.general);
-    if let Some(long) = all().map(|w| w.tokens.len()).find(|&len| len > context) {
+    if let Some(long) = all().map(|w| prompt + w.tokens.len()).find(|&len| len > context) {
         return Err(Error::ContextOverflow { tokens: long, context });
     }
     let fresh = TrainState::new(windows.train.len(), options.weight_decay);
@@ -251,30 +255,31 @@ pub fn fit(
     }
     // The base model, against which forgetting is measured (for PiSSA: its split at the start).
     let general_loss_base = match adapter.starting_point() {
-        Some(start) => mean_loss(model, &start, &windows.general)?,
+        Some(start) => mean_loss(model, start.as_ref(), &windows.general)?,
         None => mean_loss(model, &NoAdapters, &windows.general)?,
     };
-    let evaluate = |adapter: &LoraAdapter, step: usize| -> Result<Evaluation, Error> {
-        let mut frozen = adapter.detached();
-        frozen.set_dropout_seed(None);
-        let general = mean_loss(model, &frozen, &windows.general)?;
+    let evaluate = |adapter: &dyn Method, step: usize| -> Result<Evaluation, Error> {
+        let mut frozen = detached(adapter);
+        frozen.set_training_seed(None);
+        let general = mean_loss(model, frozen.as_ref(), &windows.general)?;
         Ok(Evaluation {
             step,
-            held_out: mean_loss(model, &frozen, &windows.held_out)?,
+            held_out: mean_loss(model, frozen.as_ref(), &windows.held_out)?,
             general,
             general_rise: general.zip(general_loss_base).map(|(g, base)| (g - base).exp() - 1.0),
         })
     };
-    let mut evaluations = vec![evaluate(adapter, state.step)?];
+    let mut evaluations = vec![evaluate(adapter.as_ref(), state.step)?];
     // The best held-out loss so far, its step and adapter, and evaluations since it.
-    let snapshot = |adapter: &LoraAdapter| options.patience.map(|_| adapter.detached());
-    let mut best = (evaluations[0].held_out.unwrap_or(f32::INFINITY), state.step, snapshot(adapter), 0);
+    let snapshot = |adapter: &dyn Method| options.patience.map(|_| detached(adapter));
+    let mut best =
+        (evaluations[0].held_out.unwrap_or(f32::INFINITY), state.step, snapshot(adapter.as_ref()), 0);
     let mut last_step = state.step;
     let (mut train_loss, mut tokens) = (f32::NAN, 0);
     for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
             if let Some((path, _)) = save {
-                checkpoint::save(path, adapter, &state)?;
+                checkpoint::save(path, adapter.as_ref(), &state)?;
             }
             return Err(Error::Cancelled);
         }
@@ -285,10 +290,10 @@ pub fn fit(
             // Dropout masks depend on the seed, step and micro-batch only, so a resumed run
             // and the recomputed blocks of activation checkpointing draw the same ones.
             let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro as u64;
-            adapter.set_dropout_seed(Some(options.seed.wrapping_add(mix)));
+            adapter.set_training_seed(Some(options.seed.wrapping_add(mix)));
             let (loss, grads) = loss_and_gradients(
                 model,
-                adapter,
+                adapter.as_mut(),
                 &batch.tokens,
                 Some(&batch.targets),
                 options.batch,
@@ -312,20 +317,20 @@ pub fn fit(
             return Err(Error::NonFiniteLoss { step, loss: train_loss, grad_norm });
         }
         let lr = options.learning_rate(step);
-        state.optimizer.step(adapter, &grads, lr);
+        state.optimizer.step(adapter.as_mut(), &grads, lr);
         state.step = step;
         last_step = step;
         let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
-        let eval = if due { Some(evaluate(adapter, step)?) } else { None };
+        let eval = if due { Some(evaluate(adapter.as_ref(), step)?) } else { None };
         on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens, eval });
         if let Some((path, _)) = save.filter(|(_, every)| *every > 0 && step % *every == 0) {
-            checkpoint::save(path, adapter, &state)?;
+            checkpoint::save(path, adapter.as_ref(), &state)?;
         }
         let Some(eval) = eval else { continue };
         evaluations.push(eval);
         let held_out = eval.held_out.unwrap_or(f32::INFINITY);
         if held_out < best.0 {
-            best = (held_out, step, snapshot(adapter), 0);
+            best = (held_out, step, snapshot(adapter.as_ref()), 0);
         } else {
             best.3 += 1;
             if options.patience.is_some_and(|patience| best.3 >= patience) {
@@ -333,16 +338,16 @@ pub fn fit(
             }
         }
     }
-    adapter.set_dropout_seed(None);
+    adapter.set_training_seed(None);
     // Only early stopping ends a run before its last step.
     let best_step = match best {
         (_, step, Some(best), _) if last_step < options.steps => {
-            *adapter = best.trainable();
+            *adapter = trainable(best);
             Some(step)
         }
         _ => None,
     };
-    let last = evaluate(adapter, best_step.unwrap_or(last_step))?;
+    let last = evaluate(adapter.as_ref(), best_step.unwrap_or(last_step))?;
     evaluations.push(last);
     Ok(TrainReport {
         steps: last_step,

@@ -1,0 +1,174 @@
+//! DePT (Shi & Lipani 2024): a shorter soft prompt plus a low-rank, position-indexed update of
+//! the input token embeddings, `E[i] += γ·(A B)[i]` for input positions `i < max_len`, with
+//! `A: [max_len, r]` Kaiming-uniform, `B: [r, d_model]` zero and `γ = α/√r`. The prompt and the
+//! low-rank pair train at their own learning rates. The update is per position, so it does not
+//! merge into the vocabulary's embeddings. PEFT has no DePT: it is stored in PEFT's layout
+//! with `peft_type: "DEPT"` (`prompt_embeddings`, `lora_embedding_A`, `lora_embedding_B`).
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use serde_json::Value;
+
+use super::prompt::{read_prompt, PromptAdapter, PromptInit};
+use super::tensors::{self, read, saved, tensor2, values, Rng};
+use super::{Method, MethodKind};
+use crate::error::Error;
+use crate::format::peft::PeftDir;
+use crate::model::{Adapters, Llama};
+
+pub const PEFT_TYPE: &str = "DEPT";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeptConfig {
+    /// Virtual tokens of the soft prompt.
+    pub tokens: usize,
+    pub rank: usize,
+    pub alpha: f32,
+    /// Input positions the embedding update covers.
+    pub max_len: usize,
+    /// The low-rank pair's learning rate over the prompt's.
+    pub embedding_lr_ratio: f32,
+}
+
+impl DeptConfig {
+    fn scale(&self) -> f32 {
+        self.alpha / (self.rank as f32).sqrt()
+    }
+
+    fn check(&self, context: usize) -> Result<(), String> {
+        if self.rank == 0 || self.max_len == 0 || self.max_len > context {
+            return Err(format!(
+                "DePT needs a rank >= 1 and a max length in 1..={context}, not rank {} and length {}",
+                self.rank, self.max_len
+            ));
+        }
+        if !(self.alpha.is_finite() && self.embedding_lr_ratio > 0.0 && self.embedding_lr_ratio.is_finite()) {
+            return Err("DePT's alpha must be finite and its learning-rate ratio positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct DeptAdapter {
+    config: DeptConfig,
+    prompt: PromptAdapter,
+    a: Tensor<2>,
+    b: Tensor<2>,
+}
+
+const KEY_A: &str = "lora_embedding_A";
+const KEY_B: &str = "lora_embedding_B";
+
+impl DeptAdapter {
+    pub fn new(config: DeptConfig, init: PromptInit, model: &Llama, seed: u64) -> Result<Self, Error> {
+        let c = model.config();
+        config.check(c.context_len).map_err(Error::InvalidArgument)?;
+        let prompt = PromptAdapter::new(config.tokens, init, model, seed)?;
+        // PEFT's LoRA-embedding initialisation: Kaiming-uniform rows of A (bound 1/√r), B zero.
+        let mut rng = Rng::new(seed ^ 0xD3E7);
+        let bound = 1.0 / (config.rank as f32).sqrt();
+        let a = (0..config.max_len * config.rank).map(|_| rng.uniform() * bound).collect();
+        let a = tensor2(a, [config.max_len, config.rank], model.device());
+        let b = tensor2(vec![0.0; config.rank * c.d_model], [config.rank, c.d_model], model.device());
+        Ok(Self { config, prompt, a, b })
+    }
+
+    pub fn config(&self) -> &DeptConfig {
+        &self.config
+    }
+
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+        super::expect_type(peft, MethodKind::Dept)?;
+        let c = model.config();
+        let number = |key: &str| peft.config.get(key).and_then(Value::as_f64);
+        let config = DeptConfig {
+            tokens: number("num_virtual_tokens").unwrap_or(0.0) as usize,
+            rank: number("r").unwrap_or(0.0) as usize,
+            alpha: number("lora_alpha").unwrap_or(f64::NAN) as f32,
+            max_len: number("max_length").unwrap_or(0.0) as usize,
+            embedding_lr_ratio: number("embedding_lr_ratio").unwrap_or(1.0) as f32,
+        };
+        config.check(c.context_len).map_err(|m| tensors::bad(peft, m))?;
+        let embeddings = read_prompt(peft, model)?;
+        let prompt = PromptAdapter::from_embeddings(embeddings);
+        let a = read(peft, KEY_A, &[config.max_len, config.rank])?;
+        let b = read(peft, KEY_B, &[config.rank, c.d_model])?;
+        Ok(Self {
+            a: tensor2(a, [config.max_len, config.rank], model.device()),
+            b: tensor2(b, [config.rank, c.d_model], model.device()),
+            config,
+            prompt,
+        })
+    }
+}
+
+impl Adapters for DeptAdapter {
+    fn virtual_tokens(&self) -> Option<Tensor<2>> {
+        self.prompt.virtual_tokens()
+    }
+
+    fn token_embeddings(&self, start: usize, x: Tensor<3>) -> Tensor<3> {
+        let [_, len, d] = x.dims();
+        let end = (start + len).min(self.config.max_len);
+        if start >= end {
+            return x;
+        }
+        let r = self.config.rank;
+        let update =
+            self.a.clone().slice([start..end, 0..r]).matmul(self.b.clone()).mul_scalar(self.config.scale());
+        let update = if end - start < len {
+            Tensor::cat(vec![update, Tensor::zeros([len - (end - start), d], &x.device())], 0)
+        } else {
+            update
+        };
+        x + update.unsqueeze_dim(0)
+    }
+}
+
+impl Method for DeptAdapter {
+    fn kind(&self) -> MethodKind {
+        MethodKind::Dept
+    }
+
+    fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
+        let mut params = self.prompt.parameters();
+        params.extend([(KEY_A.to_string(), &self.a), (KEY_B.to_string(), &self.b)]);
+        params
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor<2>)> {
+        let mut params = self.prompt.parameters_mut();
+        params.extend([(KEY_A.to_string(), &mut self.a), (KEY_B.to_string(), &mut self.b)]);
+        params
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Method> {
+        Box::new(self.clone())
+    }
+
+    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+        let (mut config, mut tensors) = self.prompt.to_peft(model, PEFT_TYPE)?;
+        let c = &self.config;
+        for (key, value) in [
+            ("r", Value::from(c.rank)),
+            ("lora_alpha", Value::from(c.alpha)),
+            ("max_length", Value::from(c.max_len)),
+            ("embedding_lr_ratio", Value::from(c.embedding_lr_ratio)),
+        ] {
+            config[key] = value;
+        }
+        tensors.push(saved(KEY_A.into(), vec![c.max_len, c.rank], &values(&self.a)?));
+        tensors.push(saved(KEY_B.into(), vec![c.rank, model.config().d_model], &values(&self.b)?));
+        Ok(PeftDir::write(dir, &config, &tensors)?)
+    }
+
+    fn learning_rate_scale(&self, name: &str) -> f32 {
+        if name == KEY_A || name == KEY_B {
+            self.config.embedding_lr_ratio
+        } else {
+            1.0
+        }
+    }
+}
