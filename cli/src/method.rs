@@ -90,10 +90,10 @@ fn accepted(method: MethodKind) -> &'static [&'static str] {
 pub fn default_lr(method: MethodKind) -> f32 {
     match method {
         MethodKind::Lora | MethodKind::Dora => 2e-4,
-        MethodKind::Ia3 => 1e-2,
+        MethodKind::Ia3 => 3e-3,
         MethodKind::Prompt | MethodKind::Dept => 3e-2,
         MethodKind::Prefix => 1e-2,
-        MethodKind::Peqa => 1e-3,
+        MethodKind::Peqa => 1e-4,
         MethodKind::Lofit => 1e-2,
     }
 }

@@ -52,7 +52,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
     /// Peak learning rate (after warm-up; cosine decay to a tenth by the last step) [default:
-    /// per method: lora, dora 2e-4; ia3, prefix, lofit 1e-2; prompt, dept 3e-2; peqa 1e-3].
+    /// per method: lora, dora 2e-4; ia3 3e-3; prefix, lofit 1e-2; prompt, dept 3e-2; peqa 1e-4].
     #[arg(long)]
     lr: Option<f32>,
     /// Warm-up steps.
