@@ -97,7 +97,6 @@ fn every_method_loads_what_it_saved() {
     let base = all_logits(&model, &TOKENS);
     for (i, method) in fresh_methods(&model).into_iter().enumerate() {
         let name = method.kind().name();
-        // PEQA's factors are saved rounded to the f16 scales they make: start from saved ones.
         let method = perturbed(method, 50 + i as u64, 0.05);
         let path = dir.join(name);
         method.save(&path, &model).unwrap();
@@ -108,10 +107,8 @@ fn every_method_loads_what_it_saved() {
         loaded.save(&dir.join(&format!("{name}-again")), &model).unwrap();
         let again = adapt::load(&dir.join(&format!("{name}-again")), &model).unwrap();
         assert_eq!(logits_with(&model, again.as_ref()), want, "{name}: a second round trip changed it");
-        if method.kind() != MethodKind::Peqa {
-            let diff = max_diff(&logits_with(&model, method.as_ref()), &want);
-            assert!(diff < 1e-4, "{name}: saved and loaded, the logits moved by {diff}");
-        }
+        let diff = max_diff(&logits_with(&model, method.as_ref()), &want);
+        assert!(diff < 1e-4, "{name}: saved and loaded, the logits moved by {diff}");
     }
 }
 
@@ -316,7 +313,9 @@ fn method_gradients_match_finite_differences() {
             })
             .collect();
         drop(params);
-        let eps = 1e-2;
+        // PEQA's forward rounds each block's scale to an f16 (steps of about 1e-3 in γ): a wider
+        // difference keeps that rounding a small part of it.
+        let eps = if method.kind() == MethodKind::Peqa { 5e-2 } else { 1e-2 };
         for (name, at, g) in picks {
             let mut loss_at = |delta: f32| {
                 for (n, param) in method.parameters_mut() {

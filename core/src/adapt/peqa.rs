@@ -3,8 +3,10 @@
 //! sub-block scales stay frozen. A factor `γ` per block makes the scale `d·(1 + γ)`, so the
 //! weight becomes `W + γ ⊙ S` with `S = d·(levels − zero)` (the part of each value that scales
 //! with `d`). The tuned model is still a valid quantized GGUF (merging writes the new scales
-//! into the blocks, see [`super::merge`]), and the adapter is the changed scales. Saved factors
-//! are rounded so that `d·(1 + γ)` is exactly the f16 the GGUF stores.
+//! into the blocks, see [`super::merge`]), and the adapter is the changed scales. Forward passes
+//! use the factors rounded so that `d·(1 + γ)` is exactly the f16 the GGUF stores
+//! (straight-through: `γ` itself trains at full precision), so what training evaluates is that
+//! GGUF; saved factors are the rounded ones.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +16,7 @@ use half::f16;
 use serde_json::json;
 
 use super::lora::LAYERS;
-use super::tensors::{self, read, saved, tensor2, values};
+use super::tensors::{self, read, saved, tensor2, untracked, values};
 use super::{Method, MethodKind};
 use crate::error::Error;
 use crate::format::peft::PeftDir;
@@ -122,8 +124,17 @@ impl Adapters for PeqaAdapter {
         // `S` exists only for this product; autodiff keeps it for `γ`'s gradient.
         let parts = tensor2(levels.scaled_parts(), [rows, cols], &x.device());
         let blocks = cols / block;
-        let per_value =
-            factor.clone().reshape([rows, blocks, 1]).expand([rows, blocks, block]).reshape([rows, cols]);
+        // Straight-through: the product sees the factors the GGUF will hold (each block's
+        // `d·(1 + γ)` an f16), and the gradient reaches `γ`, which keeps full precision so that
+        // steps smaller than an f16 step add up. (Reading `γ` fails only on a failed device,
+        // whose next op reports it.)
+        let factor = match self.snapped(layer, projection) {
+            Ok(snapped) => {
+                factor.clone() + (tensor2(snapped, [rows, blocks], &x.device()) - untracked(factor))
+            }
+            Err(_) => factor.clone(),
+        };
+        let per_value = factor.reshape([rows, blocks, 1]).expand([rows, blocks, block]).reshape([rows, cols]);
         let [b, t, _] = x.dims();
         let delta = x.clone().reshape([b * t, cols]).matmul((per_value * parts).transpose());
         y + delta.reshape([b, t, rows])
@@ -166,8 +177,7 @@ impl Method for PeqaAdapter {
         let Some(matrix) = self.matrices.get(&(layer, projection)) else { return Ok(false) };
         let Some(levels) = Levels::of(matrix) else { return Ok(false) };
         let block = matrix.ty().block_len();
-        // Dense weights need no f16 scales: the factors as trained.
-        let factors = values(&self.factors[&(layer, projection)])?;
+        let factors = self.snapped(layer, projection)?;
         for ((w, s), i) in weight.iter_mut().zip(levels.scaled_parts()).zip(0..) {
             *w += factors[i / block] * s;
         }
