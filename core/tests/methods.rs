@@ -11,7 +11,7 @@ use adaptkit::adapt::peqa::PeqaAdapter;
 use adaptkit::adapt::prefix::PrefixAdapter;
 use adaptkit::adapt::prompt::{PromptAdapter, PromptInit};
 use adaptkit::adapt::{self, AdapterSet, LoraAdapter, LoraConfig, Method, MethodKind};
-use adaptkit::burn::tensor::{Tensor, TensorData};
+use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::model::{Llama, NoAdapters, Projection};
 use adaptkit::quant::GgmlType;
@@ -410,4 +410,44 @@ fn bad_adapters_and_prompts_are_clear_errors() {
     assert!(err.contains("the model has 2 layers of 4 heads"), "{err}");
     let plain = all_logits(&model, &TOKENS);
     assert_eq!(adapted_logits(&model, &TOKENS, &NoAdapters), plain);
+}
+
+/// Every method computes on the GPU what it computes on the CPU: the same saved adapter gives
+/// the same logits, loss and gradients on both devices.
+#[test]
+fn every_method_runs_on_the_gpu_like_on_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let dir = tempdir();
+    let path = dir.join("m.gguf");
+    Weights::random(45).write_gguf(&path, GgmlType::Q4_1, None);
+    let gguf = GgufFile::open(&path).unwrap();
+    let cpu = Llama::from_gguf(&gguf, &Device::flex().autodiff()).unwrap();
+    let mut names = Vec::new();
+    for (i, method) in fresh_methods(&cpu).into_iter().enumerate() {
+        let name = method.kind().name();
+        perturbed(method, 80 + i as u64, 0.05).save(&dir.join(name), &cpu).unwrap();
+        names.push(name);
+    }
+    let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 4 != 1).collect();
+    let mut results = Vec::new();
+    for device in [Device::flex().autodiff(), gpu.autodiff()] {
+        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        for name in &names {
+            let mut method = adapt::trainable(adapt::load(&dir.join(name), &model).unwrap());
+            let logits = logits_with(&model, method.as_ref());
+            let (loss, grads) =
+                loss_and_gradients(&model, method.as_mut(), &TOKENS, Some(&counted), 2, false).unwrap();
+            results.push((logits, loss, grads));
+        }
+    }
+    let (on_cpu, on_gpu) = results.split_at(names.len());
+    for ((name, (cpu_logits, cpu_loss, cpu_grads)), (logits, loss, grads)) in
+        names.iter().zip(on_cpu).zip(on_gpu)
+    {
+        let diff = max_diff(logits, cpu_logits);
+        eprintln!("{name}: GPU vs CPU max |logit diff| {diff:.2e}, loss {loss} vs {cpu_loss}");
+        assert!(diff < 1e-3, "{name}: GPU logits differ from the CPU's by {diff}");
+        assert!((loss - cpu_loss).abs() < 1e-4 * cpu_loss, "{name}: loss {loss} vs CPU {cpu_loss}");
+        assert_same_gradients(cpu_grads, grads);
+    }
 }

@@ -551,23 +551,6 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
 
 // ---- GPU parity (burn-wgpu; Mesa's lavapipe in CI) ----
 
-/// The GPU for parity tests: `None` (the test is skipped, with a note) on a machine without
-/// one, unless `ADAPTKIT_REQUIRE_GPU` is set, as CI does after installing lavapipe.
-fn test_gpu() -> Option<Device> {
-    use adaptkit::device::{ComputeDevice, DeviceChoice};
-    match ComputeDevice::select(DeviceChoice::Gpu) {
-        Ok(gpu) => {
-            eprintln!("GPU: {}", gpu.name);
-            Some(gpu.device)
-        }
-        Err(e) if std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped, no GPU: {e}");
-            None
-        }
-        Err(e) => panic!("ADAPTKIT_REQUIRE_GPU is set, but {e}"),
-    }
-}
-
 /// Logits of the whole input at once (the decoded-matrix product) and then token by token
 /// through the KV cache (the in-kernel level product).
 fn prefill_and_decode_logits(model: &Llama) -> Vec<f32> {

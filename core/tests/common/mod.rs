@@ -447,3 +447,20 @@ pub fn assert_same_gradients(want: &Grads, got: &Grads) {
         }
     }
 }
+
+/// The GPU for parity tests: `None` (the test is skipped, with a note) on a machine without
+/// one, unless `ADAPTKIT_REQUIRE_GPU` is set, as CI does after installing lavapipe.
+pub fn test_gpu() -> Option<Device> {
+    use adaptkit::device::{ComputeDevice, DeviceChoice};
+    match ComputeDevice::select(DeviceChoice::Gpu) {
+        Ok(gpu) => {
+            eprintln!("GPU: {}", gpu.name);
+            Some(gpu.device)
+        }
+        Err(e) if std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none() => {
+            eprintln!("skipped, no GPU: {e}");
+            None
+        }
+        Err(e) => panic!("ADAPTKIT_REQUIRE_GPU is set, but {e}"),
+    }
+}
