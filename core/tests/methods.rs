@@ -298,7 +298,6 @@ fn method_gradients_match_finite_differences() {
         Box::new(LofitAdapter::offsets(&[(0, 2), (1, 0)], &model, 14).unwrap()),
     ];
     for method in methods {
-        let kind = method.kind().name();
         let mut method = adapt::trainable(perturbed(method, 70, 0.02));
         let grads = next_token_loss(&model, method.as_ref(), &TOKENS, 1).unwrap().backward();
         // The largest gradient entry of the first and the last parameter tensor.
@@ -317,24 +316,7 @@ fn method_gradients_match_finite_differences() {
         // difference keeps that rounding a small part of it.
         let eps = if method.kind() == MethodKind::Peqa { 5e-2 } else { 1e-2 };
         for (name, at, g) in picks {
-            let mut loss_at = |delta: f32| {
-                for (n, param) in method.parameters_mut() {
-                    if n == name {
-                        let mut values = param.clone().into_data().try_to_vec::<f32>().unwrap();
-                        values[at] += delta;
-                        *param = Tensor::from_data(TensorData::new(values, param.dims()), model.device());
-                    }
-                }
-                scalar(next_token_loss(&model, method.as_ref(), &TOKENS, 1).unwrap())
-            };
-            let (plus, minus) = (loss_at(eps), loss_at(-2.0 * eps));
-            loss_at(eps);
-            let numeric = (plus - minus) / (2.0 * eps);
-            eprintln!("{kind} {name}[{at}]: autodiff {g:.6} finite difference {numeric:.6}");
-            assert!(
-                (numeric - g).abs() < 0.05 * g.abs() + 2e-4,
-                "{kind} {name}[{at}]: autodiff {g} vs finite difference {numeric}"
-            );
+            assert_finite_difference(&model, method.as_mut(), &name, at, g, eps);
         }
     }
 }

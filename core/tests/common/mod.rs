@@ -6,12 +6,14 @@
 
 use std::path::Path;
 
-use adaptkit::burn::tensor::Device;
+use adaptkit::adapt::Method;
+use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
 use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype};
 use adaptkit::model::{Adapters, Llama, Projection};
 use adaptkit::quant::{self, GgmlType};
+use adaptkit::train::next_token_loss;
 
 pub const VOCAB: usize = 128;
 
@@ -463,4 +465,36 @@ pub fn test_gpu() -> Option<Device> {
         }
         Err(e) => panic!("ADAPTKIT_REQUIRE_GPU is set, but {e}"),
     }
+}
+
+/// Checks the autodiff gradient `g` of entry `at` of parameter `name` of `method` against the
+/// central finite difference of the next-token loss with step `eps` (the parameter is restored
+/// after): within 5% plus 2e-4.
+pub fn assert_finite_difference(
+    model: &Llama,
+    method: &mut dyn Method,
+    name: &str,
+    at: usize,
+    g: f32,
+    eps: f32,
+) {
+    let mut loss_at = |delta: f32| {
+        for (n, param) in method.parameters_mut() {
+            if n == name {
+                let mut values = param.clone().into_data().try_to_vec::<f32>().unwrap();
+                values[at] += delta;
+                *param = Tensor::from_data(TensorData::new(values, param.dims()), model.device());
+            }
+        }
+        scalar(next_token_loss(model, &*method, &TOKENS, 1).unwrap())
+    };
+    let (plus, minus) = (loss_at(eps), loss_at(-2.0 * eps));
+    loss_at(eps);
+    let numeric = (plus - minus) / (2.0 * eps);
+    eprintln!("{} {name}[{at}]: autodiff {g:.6} finite difference {numeric:.6}", method.kind().name());
+    assert!(
+        (numeric - g).abs() < 0.05 * g.abs() + 2e-4,
+        "{} {name}[{at}]: autodiff {g} vs finite difference {numeric}",
+        method.kind().name()
+    );
 }
