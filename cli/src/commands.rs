@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use adaptkit::adapt::merge::{export_merged, MergedType};
-use adaptkit::adapt::{self, AdapterSet};
+use adaptkit::adapt::AdapterSet;
 use adaptkit::control::CancelToken;
 use adaptkit::engine::{Engine, Prompt};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::generate::{GenerateOptions, GenerationEvent, SamplingParams};
 use adaptkit::model::{Adapters, LlamaConfig};
+use adaptkit::patch::{load_adapter, AttachOptions};
 use adaptkit::quant::GgmlType;
 use adaptkit::tokenizer::Message;
 use clap::Args;
@@ -49,13 +50,20 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-/// `--adapter PATH[:SCALE]`, repeatable: saved adapters (PEFT directories of any method)
-/// acting together.
+/// `--adapter PATH[:SCALE]`, repeatable: saved adapters (PEFT directories of any method) and
+/// patches (`.akp`) acting together.
 #[derive(Args, Clone)]
 pub struct AdapterArgs {
-    /// A saved adapter directory (any method), optionally with a scale (`dir:0.5`); repeatable.
+    /// A saved adapter directory (any method) or patch file (.akp), optionally with a scale
+    /// (`dir:0.5`); repeatable.
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     adapters: Vec<String>,
+    /// Patches must be signed by one of these Ed25519 public keys (repeatable).
+    #[arg(long = "trusted-key", value_name = "KEY.pub")]
+    trusted_keys: Vec<PathBuf>,
+    /// Attach patches made for another base of the same architecture as they are (PortLLM).
+    #[arg(long)]
+    port: bool,
 }
 
 impl AdapterArgs {
@@ -63,19 +71,24 @@ impl AdapterArgs {
         self.adapters.is_empty()
     }
 
+    /// Every adapter, checked (patches: signature when keys are trusted, base model) before
+    /// any is attached.
     pub fn load(&self, engine: &Engine) -> Result<AdapterSet, CliError> {
+        let trusted = crate::patch::read_trusted_keys(&self.trusted_keys)?;
+        let options = AttachOptions { trusted_keys: &trusted, allow_port: self.port };
+        let mut model_fingerprint = None;
+        let mut fingerprint = || -> Result<_, adaptkit::Error> {
+            if model_fingerprint.is_none() {
+                model_fingerprint = Some(crate::patch::fingerprint(engine)?);
+            }
+            Ok(model_fingerprint.clone().expect("set above"))
+        };
         let mut set = AdapterSet::new();
         for spec in &self.adapters {
-            let (path, scale) = match spec.rsplit_once(':') {
-                Some((path, scale)) if scale.parse::<f32>().is_ok() => {
-                    (path, scale.parse::<f32>().unwrap_or(1.0))
-                }
-                _ => (spec.as_str(), 1.0),
-            };
-            if !scale.is_finite() {
-                return Err(CliError::msg(format!("--adapter {spec}: the scale must be finite")));
-            }
-            set.push(adapt::load(Path::new(path), engine.model())?, scale);
+            let (path, scale) = crate::patch::split_weight(spec)?;
+            let (adapter, own_scale) =
+                load_adapter(Path::new(path), engine.model(), &mut fingerprint, &options)?;
+            set.push(adapter, scale * own_scale);
         }
         Ok(set)
     }
@@ -378,18 +391,21 @@ pub struct MergeArgs {
     out_format: Output,
 }
 
-pub fn merge(args: MergeArgs) -> Result<(), CliError> {
-    let merged_type = match args.merged_type.to_ascii_uppercase().as_str() {
+/// `--type`: `same` or a block format we can write.
+pub fn merged_type(name: &str) -> Result<MergedType, CliError> {
+    Ok(match name.to_ascii_uppercase().as_str() {
         "SAME" => MergedType::Same,
-        name => MergedType::Fixed(
+        upper => MergedType::Fixed(
             (0..64)
                 .filter_map(GgmlType::from_id)
-                .find(|ty| ty.name() == name && adaptkit::quant::is_supported(*ty))
-                .ok_or_else(|| {
-                    CliError::msg(format!("--type {}: not a block format we can write", args.merged_type))
-                })?,
+                .find(|ty| ty.name() == upper && adaptkit::quant::is_supported(*ty))
+                .ok_or_else(|| CliError::msg(format!("--type {name}: not a block format we can write")))?,
         ),
-    };
+    })
+}
+
+pub fn merge(args: MergeArgs) -> Result<(), CliError> {
+    let merged_type = merged_type(&args.merged_type)?;
     if args.adapters.is_empty() {
         return Err(CliError::msg("merge needs at least one --adapter"));
     }

@@ -20,13 +20,17 @@ fn setting(key: &str) -> &'static str {
         .unwrap_or_else(|| panic!("scripts/model.env lacks {key}"))
 }
 
-/// `$ADAPTKIT_HOME/models` (default `~/.cache/adaptkit/models`).
-pub fn default_dir() -> PathBuf {
-    let home = std::env::var_os("ADAPTKIT_HOME")
+/// `$ADAPTKIT_HOME` (default `~/.cache/adaptkit`): models, fingerprints, adapters.
+pub fn home() -> PathBuf {
+    std::env::var_os("ADAPTKIT_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/adaptkit")))
-        .unwrap_or_else(|| PathBuf::from(".adaptkit"));
-    home.join("models")
+        .unwrap_or_else(|| PathBuf::from(".adaptkit"))
+}
+
+/// `$ADAPTKIT_HOME/models` (default `~/.cache/adaptkit/models`).
+pub fn default_dir() -> PathBuf {
+    home().join("models")
 }
 
 /// The cached demo model's path (whether or not it was fetched yet).

@@ -8,6 +8,7 @@ mod fetch;
 mod interrupt;
 mod memory;
 mod method;
+mod patch;
 mod plot;
 mod train;
 
@@ -52,6 +53,12 @@ enum Command {
     Merge(commands::MergeArgs),
     /// Fine-tune an adapter (LoRA, DoRA, (IA)³, prompt, prefix, DePT, PEQA, LoFiT) and save it.
     Train(Box<train::TrainArgs>),
+    /// Adapter patches (.akp): compress (ComPEFT), inspect, apply, port (PortLLM), merge, sign,
+    /// verify, keygen.
+    Patch {
+        #[command(subcommand)]
+        command: patch::PatchCommand,
+    },
 }
 
 /// Options every verb shares.
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => commands::merge(args),
         Command::Train(args) => train::run(*args),
+        Command::Patch { command } => patch::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -161,11 +161,13 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let mut first: Option<(Instant, usize)> = None;
     let mut tokens_per_s = 0.0;
     let mut losses = Vec::new();
+    let mut tokens_trained = 0usize;
     let result = engine.run(|engine| {
         let checkpointing =
             Checkpointing { resume, save: Some((checkpoint_path.as_path(), args.checkpoint_every)) };
         train::fit(engine.model(), &mut adapter, &windows, &options, checkpointing, &cancel, &mut |step| {
             let now = Instant::now();
+            tokens_trained = step.tokens;
             let (t0, n0) = *first.get_or_insert((now, step.tokens));
             let secs = (now - t0).as_secs_f64();
             if secs > 0.0 {
@@ -209,6 +211,23 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         other => other?,
     };
     adapter.save(&args.out, engine.model())?;
+    // What the adapter was trained on, which a patch made from this directory carries.
+    let data_bytes = std::fs::metadata(&args.data).map(|m| m.len()).ok();
+    let training = json!({
+        "method": method.name(),
+        "steps": report.steps,
+        "tokens": tokens_trained,
+        "batch": args.batch,
+        "seq": args.seq,
+        "data": args.data.file_name().map(|n| n.to_string_lossy().to_string()),
+        "data_bytes": data_bytes,
+        "train_windows": windows.train.len(),
+        "eval_loss": report.eval_loss,
+        "eval_loss_before": report.eval_loss_before,
+    });
+    let training_path = args.out.join(adaptkit::patch::TRAINING_FILE);
+    adaptkit::format::write_atomic(&training_path, |w| w.write_all(training.to_string().as_bytes()))
+        .map_err(|e| CliError::io(&training_path, e))?;
     let parameters = parameter_count(adapter.as_ref());
     if let Some(plot) = &args.plot {
         let evals = |f: fn(&Evaluation) -> Option<f32>| -> Vec<(f32, f32)> {

@@ -15,6 +15,10 @@ pub enum Error {
     Peft(#[from] crate::format::peft::PeftError),
     #[error("adapter {path}: {message}")]
     Adapter { path: String, message: String },
+    #[error("patch {path}: {message}")]
+    Patch { path: String, message: String },
+    #[error("patch {path} was made for base model {patch}, and this model is {model}; port it (`adaptkit patch port`, or --port to attach it as it is)")]
+    PatchBase { path: String, patch: String, model: String },
     #[cfg(feature = "std")]
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),

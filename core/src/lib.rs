@@ -11,7 +11,10 @@ extern crate alloc;
 pub mod bytes;
 pub mod control;
 pub mod format;
+#[cfg(feature = "std")]
+pub mod linalg;
 pub mod parallel;
+pub mod patch;
 pub mod quant;
 
 #[cfg(feature = "std")]

@@ -387,7 +387,7 @@ impl Method for LoraAdapter {
     }
 }
 
-fn parse_config(json: &Value) -> Result<LoraConfig, String> {
+pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
     if json.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
         return Err("fan_in_fan_out weights (fan_in_fan_out = true) are not supported".into());
     }

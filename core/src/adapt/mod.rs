@@ -206,10 +206,15 @@ pub fn parameter_count(method: &dyn Method) -> usize {
 
 /// Reads a saved adapter of any registered method, made for `model` (shapes are checked).
 pub fn load(dir: &Path, model: &Llama) -> Result<Box<dyn Method>, Error> {
-    let peft = PeftDir::read(dir)?;
+    from_peft(&PeftDir::read(dir)?, model)
+}
+
+/// The adapter of any registered method in `peft` (read from disk or built in memory), made
+/// for `model`.
+pub fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Box<dyn Method>, Error> {
     let kind = MethodKind::of_config(&peft.config)
-        .map_err(|message| Error::Adapter { path: dir.display().to_string(), message })?;
-    kind.load(&peft, model)
+        .map_err(|message| Error::Adapter { path: peft.path.display().to_string(), message })?;
+    kind.load(peft, model)
 }
 
 /// Several adapters acting at once, each with its own scale: at scale `s` a member moves each

@@ -1,6 +1,7 @@
 //! File formats: parse and write bytes, nothing else.
 
 pub mod gguf;
+pub mod patch_file;
 #[cfg(feature = "std")]
 pub mod peft;
 pub mod safetensors;
