@@ -6,7 +6,7 @@
 use adaptkit::adapt::{self, AdapterSet};
 use adaptkit::format::patch_file::Encoding;
 use adaptkit::model::{Llama, NoAdapters};
-use adaptkit::patch::compress::compress;
+use adaptkit::patch::compress::{auto, compress, Budget, Scores};
 use adaptkit::patch::keys::signing_key;
 use adaptkit::patch::merge::combine;
 use adaptkit::patch::port::{norm_drift, port, targets, weight_drift};
@@ -243,4 +243,37 @@ fn fingerprints_are_cached_and_follow_the_file() {
     let fresh = cache.get(&a.path, &model, None).unwrap();
     assert_ne!(fresh.id, a.fingerprint.id);
     assert_eq!(fresh.weights_sha256, Fingerprint::compute(&other, &model, None).unwrap().weights_sha256);
+}
+
+#[test]
+fn auto_density_picks_the_smallest_density_within_the_budget() {
+    let dir = tempdir();
+    let base = base(&dir, 40);
+    let (_, patch) = lora_patch(&dir, &base, 9, 2);
+    // A stand-in for held-out text: the dense adapter scores 5 against the base's 20; below 10%
+    // density the patch loses gain; general text suffers below 15%.
+    let mut score = |candidate: Option<&Patch>| -> Result<Scores, Error> {
+        let Some(p) = candidate else { return Ok(Scores { held_out: 20.0, general: Some(10.0) }) };
+        let d = p.compression.as_ref().map_or(1.0, |c| c["density"].as_f64().unwrap());
+        Ok(Scores {
+            held_out: 5.0 * (1.0 + 5.0 * (0.1 - d).max(0.0)),
+            general: Some(10.0 * (1.0 + 2.0 * (0.15 - d).max(0.0))),
+        })
+    };
+    let lenient = Budget { keep_gain: 0.95, max_general_rise: 1.0 };
+    let choice = auto(&patch, lenient, &mut score).unwrap();
+    assert_eq!(choice.patch.compression.as_ref().unwrap()["density"], 0.1);
+    assert!(choice.trials.last().unwrap().accepted);
+    // Smaller densities were tried first, each with larger scales after its fitted one.
+    assert_eq!(choice.trials.iter().filter(|t| t.density < 0.1).count(), 3 * 3);
+    let strict = Budget { keep_gain: 0.95, max_general_rise: 0.05 };
+    let choice = auto(&patch, strict, &mut score).unwrap();
+    assert_eq!(choice.patch.compression.as_ref().unwrap()["density"], 0.15);
+    let at_ten =
+        choice.trials.iter().filter(|t| t.density == 0.1).map(|t| t.alpha_factor).collect::<Vec<_>>();
+    assert_eq!(at_ten, [1.0, 0.8, 0.65], "general text too high: smaller scales");
+    // An adapter with no gain is refused by name.
+    let mut no_gain =
+        |_: Option<&Patch>| -> Result<Scores, Error> { Ok(Scores { held_out: 9.0, general: None }) };
+    assert!(auto(&patch, lenient, &mut no_gain).err().unwrap().to_string().contains("no gain"));
 }

@@ -451,6 +451,26 @@ mod tests {
         }
     }
 
+    /// Writes the fuzz seeds (see `fuzz/README.md`): unsigned and signed, with a valid
+    /// ComPEFT stream.
+    #[cfg(feature = "std")]
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let dir = crate::format::fuzz_seed_dir("patch_reader");
+        let mut patch = sample();
+        let ternary = crate::patch::codec::Ternary {
+            len: 2000,
+            positions: vec![3, 70, 1999],
+            negative: vec![false, true, true],
+        };
+        let (bytes, rice_bits) = crate::patch::codec::encode(&ternary);
+        patch.tensors[2].encoding = Encoding::Ternary { scale: 0.5, init: 0.0, nonzeros: 3, rice_bits };
+        patch.tensors[2].bytes = bytes;
+        std::fs::write(dir.join("unsigned"), patch.to_bytes(None)).unwrap();
+        std::fs::write(dir.join("signed"), patch.to_bytes(Some(&SigningKey::from_bytes(&[1; 32])))).unwrap();
+    }
+
     #[test]
     fn round_trips_signed_and_unsigned() {
         let patch = sample();

@@ -111,7 +111,8 @@ fn initial_value(method: MethodKind, name: &str) -> Option<f32> {
 /// of lower rank than `r`) would otherwise spend its budget past that peak.
 fn top_k(values: &[f32], density: f64) -> Vec<u32> {
     let n = values.len();
-    let budget = ((density * n as f64).round() as usize).clamp(usize::from(n > 0), n);
+    // ⌊density·n⌋ (the paper's count), with a hair of slack for products like 0.3·10.
+    let budget = ((density * n as f64 + 1e-9).floor() as usize).clamp(usize::from(n > 0), n);
     let mut magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).filter(|&m| m > 0.0).collect();
     magnitudes.sort_unstable_by(|a, b| b.total_cmp(a));
     let (mut sum, mut best, mut keep) = (0f64, 0f64, 0usize);

@@ -4,14 +4,15 @@
 //! do not add up into one adapter of the same kind; attach them together instead
 //! (`--adapter a.akp:0.5 --adapter b.akp:0.5`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
 use super::{dense_tensor, DenseType, Patch, Values};
-use crate::adapt::lora::parse_config;
+use crate::adapt::lora::{parse_config, LAYERS};
 use crate::adapt::MethodKind;
 use crate::error::Error;
+use crate::model::Projection;
 
 /// The weighted sum of `patches` (each with its weight), as one dense patch.
 pub fn combine(patches: &[(Patch, f32)], dense: DenseType) -> Result<Patch, Error> {
@@ -86,58 +87,72 @@ fn lora_pairs(patch: &Patch) -> Result<Pairs, Error> {
 }
 
 fn stack_lora(patches: &[(Patch, f32)]) -> Result<(Value, Vec<Values>), Error> {
+    let base = &patches[0].0.base;
     let mut parts = Vec::new();
-    let mut targets = std::collections::BTreeSet::new();
+    let mut targets = BTreeSet::new();
+    let mut layers = BTreeSet::new();
     for (patch, weight) in patches {
         let config = parse_config(&patch.config).map_err(Error::InvalidArgument)?;
-        for t in &config.targets {
-            targets.insert(t.hf_name());
+        targets.extend(config.targets.iter().copied());
+        let pairs = lora_pairs(patch)?;
+        for module in pairs.keys() {
+            let layer =
+                module.strip_prefix(LAYERS).and_then(|rest| rest.split('.').next()?.parse::<usize>().ok());
+            layers.insert(layer.ok_or_else(|| {
+                Error::InvalidArgument(format!("'{module}' is not a decoder layer's module"))
+            })?);
         }
         // PEFT's scaling of this adapter, times its patch scale (λ) and its merge weight.
-        parts.push((lora_pairs(patch)?, config.rank, config.scale() * patch.scale * weight));
+        parts.push((pairs, config.rank, config.scale() * patch.scale * weight));
     }
     let rank: usize = parts.iter().map(|(_, r, _)| r).sum();
-    let modules: std::collections::BTreeSet<&String> = parts.iter().flat_map(|(p, _, _)| p.keys()).collect();
+    let head_dim = base.d_model / base.heads.max(1);
     let mut values = Vec::new();
-    for module in modules {
-        // Shapes from whichever patch has this module.
-        let (inp, out) = parts
-            .iter()
-            .find_map(|(p, _, _)| p.get(module).map(|(a, b)| (a.shape[1], b.shape[0])))
-            .unwrap_or((0, 0));
-        let mut a_all = Vec::with_capacity(rank * inp);
-        let mut b_all = vec![0f32; out * rank];
-        let mut col = 0;
-        for (pairs, r, s) in &parts {
-            match pairs.get(module) {
-                Some((a, b)) if a.shape == [*r, inp] && b.shape == [out, *r] => {
-                    a_all.extend_from_slice(&a.values);
-                    for row in 0..out {
-                        for j in 0..*r {
-                            b_all[row * rank + col + j] = s * b.values[row * r + j];
+    // Every target in every layer any patch adapts, as PEFT builds it from the config: zeros
+    // where a patch has no pair.
+    for &layer in &layers {
+        for &projection in &targets {
+            let module = format!("{LAYERS}{layer}.{}", projection.hf_path());
+            let (out, inp) = match projection {
+                Projection::Q | Projection::O => (base.d_model, base.d_model),
+                Projection::K | Projection::V => (base.kv_heads * head_dim, base.d_model),
+                Projection::Gate | Projection::Up => (base.ffn_dim, base.d_model),
+                Projection::Down => (base.d_model, base.ffn_dim),
+            };
+            let mut a_all = Vec::with_capacity(rank * inp);
+            let mut b_all = vec![0f32; out * rank];
+            let mut col = 0;
+            for (pairs, r, s) in &parts {
+                match pairs.get(&module) {
+                    Some((a, b)) if a.shape == [*r, inp] && b.shape == [out, *r] => {
+                        a_all.extend_from_slice(&a.values);
+                        for row in 0..out {
+                            for j in 0..*r {
+                                b_all[row * rank + col + j] = s * b.values[row * r + j];
+                            }
                         }
                     }
+                    Some((a, b)) => {
+                        return Err(Error::InvalidArgument(format!(
+                            "'{module}': shapes {:?} and {:?} do not fit the base model",
+                            a.shape, b.shape
+                        )))
+                    }
+                    None => a_all.extend(std::iter::repeat_n(0.0, r * inp)),
                 }
-                Some((a, _)) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "'{module}': shapes {:?} differ between the patches",
-                        a.shape
-                    )))
-                }
-                None => a_all.extend(std::iter::repeat_n(0.0, r * inp)),
+                col += r;
             }
-            col += r;
+            values.push(Values {
+                name: format!("{module}.lora_A.weight"),
+                shape: vec![rank, inp],
+                values: a_all,
+            });
+            values.push(Values {
+                name: format!("{module}.lora_B.weight"),
+                shape: vec![out, rank],
+                values: b_all,
+            });
         }
-        values.push(Values {
-            name: format!("{module}.lora_A.weight"),
-            shape: vec![rank, inp],
-            values: a_all,
-        });
-        values.push(Values {
-            name: format!("{module}.lora_B.weight"),
-            shape: vec![out, rank],
-            values: b_all,
-        });
     }
     // Scaling 1 (alpha = r, no rsLoRA): the weights are already in B.
     let mut config = patches[0].0.config.clone();
@@ -145,8 +160,11 @@ fn stack_lora(patches: &[(Patch, f32)]) -> Result<(Value, Vec<Values>), Error> {
         c.insert("r".into(), json!(rank));
         c.insert("lora_alpha".into(), json!(rank));
         c.insert("use_rslora".into(), json!(false));
-        c.insert("target_modules".into(), json!(targets.into_iter().collect::<Vec<_>>()));
         c.insert("lora_dropout".into(), json!(0.0));
+        c.insert("target_modules".into(), json!(targets.iter().map(|p| p.hf_name()).collect::<Vec<_>>()));
+        c.insert("layers_to_transform".into(), json!(layers.iter().collect::<Vec<_>>()));
+        c.insert("rank_pattern".into(), json!({}));
+        c.insert("alpha_pattern".into(), json!({}));
     }
     Ok((config, values))
 }

@@ -140,16 +140,20 @@ mod std_only {
             self.tensors.iter().map(|t| t.elements() * 2).sum()
         }
 
-        /// The adapter as an in-memory PEFT directory (f32 tensors); `label` names it in errors.
-        pub fn to_peft(&self, label: &Path) -> Result<PeftDir, Error> {
-            let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
+        /// The tensors decoded to f32, as a PEFT safetensors file lists them.
+        fn peft_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, Error> {
+            Ok(self
                 .values()?
                 .into_iter()
                 .map(|v| {
                     (v.name, Dtype::F32, v.shape, v.values.iter().flat_map(|x| x.to_le_bytes()).collect())
                 })
-                .collect();
-            let bytes = safetensors_to_bytes(&tensors, &[("format", "pt")])?;
+                .collect())
+        }
+
+        /// The adapter as an in-memory PEFT directory (f32 tensors); `label` names it in errors.
+        pub fn to_peft(&self, label: &Path) -> Result<PeftDir, Error> {
+            let bytes = safetensors_to_bytes(&self.peft_tensors()?, &[("format", "pt")])?;
             Ok(PeftDir {
                 config: self.config.clone(),
                 tensors: SafetensorsFile::from_bytes(SharedBytes::from_vec(bytes))?,
@@ -159,14 +163,7 @@ mod std_only {
 
         /// Writes the adapter as a PEFT directory, for tools that read those.
         pub fn write_peft(&self, dir: &Path) -> Result<(), Error> {
-            let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
-                .values()?
-                .into_iter()
-                .map(|v| {
-                    (v.name, Dtype::F32, v.shape, v.values.iter().flat_map(|x| x.to_le_bytes()).collect())
-                })
-                .collect();
-            Ok(PeftDir::write(dir, &self.config, &tensors)?)
+            Ok(PeftDir::write(dir, &self.config, &self.peft_tensors()?)?)
         }
 
         /// The adapter, ready to attach to `model` at the patch's own scale. The caller checks
@@ -340,10 +337,16 @@ mod std_only {
         fingerprint: &mut dyn FnMut() -> Result<Fingerprint, Error>,
         options: &AttachOptions,
     ) -> Result<(Box<dyn Method>, f32), Error> {
+        let label = path.display().to_string();
         if path.is_dir() {
             return Ok((adapt::load(path, model)?, 1.0));
         }
-        let label = path.display().to_string();
+        if !path.exists() {
+            return Err(Error::Adapter {
+                path: label,
+                message: "no such adapter directory or patch file".into(),
+            });
+        }
         let patch = Patch::read(path)?;
         if !options.trusted_keys.is_empty() {
             require_signer(patch.signer, options.trusted_keys).map_err(|e| bad(&label, e.to_string()))?;
