@@ -44,9 +44,9 @@ lora_h=$(ppl "$model" "$work/heldout.txt" "$work/lora")
 f16=$("$adaptkit" patch compress "$work/lora" --model "$model" --out "$work/dense.akp" --density dense --json |
   tail -n 1 | python3 -c 'import json, sys; print(json.load(sys.stdin)["f16_bytes"])')
 
-row() { # LABEL PATCH
+row() { # LABEL ADAPTER [FILE WHOSE SIZE COUNTS, default ADAPTER]
   local bytes h g
-  bytes=$(stat -c %s "$2")
+  bytes=$(stat -c %s "${3:-$2}")
   h=$(ppl "$model" "$work/heldout.txt" "$2")
   g=$(ppl "$model" "$general" "$2")
   python3 - "$1" "$bytes" "$h" "$g" "$f16" "$base_h" "$lora_h" <<'PY'
@@ -63,7 +63,7 @@ if [ "$what" = compress ] || [ "$what" = all ]; then
   echo
   echo "| patch | file bytes | smaller than f16 | held-out perplexity | gain kept | general English perplexity |"
   echo "|---|---|---|---|---|---|"
-  row "LoRA directory (f32)" "$work/lora/adapter_model.safetensors"
+  row "LoRA directory (f32 safetensors)" "$work/lora" "$work/lora/adapter_model.safetensors"
   row "dense f16 patch" "$work/dense.akp"
   for d in 0.02 0.05 0.1 0.2 0.3; do
     "$adaptkit" patch compress "$work/lora" --model "$model" --out "$work/d$d.akp" --density "$d" >/dev/null
@@ -71,7 +71,7 @@ if [ "$what" = compress ] || [ "$what" = all ]; then
   done
   "$adaptkit" patch compress "$work/lora" --model "$model" --out "$work/auto.akp" --density auto \
     --eval "$work/heldout.txt" --general-eval "$general" --json 2>"$work/auto.log" | tail -n 1 > "$work/auto.json"
-  row "ComPEFT, --density auto (keep 95% of the gain, general English within 5%), chose $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["compression"]; print(c["density"], "x%s" % c["alpha_factor"])' "$work/auto.json")" "$work/auto.akp"
+  row "ComPEFT, --density auto (keep 95% of the gain, general English within 5%), chose $(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["compression"]; print(c["density"], "at x%.2f the fitted scale" % c["alpha_factor"])' "$work/auto.json")" "$work/auto.akp"
   echo
 fi
 
@@ -88,7 +88,12 @@ if [ "$what" = port ] || [ "$what" = all ]; then
   echo "training the same LoRA recipe on the updated base (the reference PortLLM avoids)" >&2
   train "$updated" "$work/lora-updated"
   new_h=$(ppl "$updated" "$work/heldout.txt")
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"drift from the original base to the updated one (relative Frobenius norm, the patch'"'"'s 210 matrices): mean {r[\"mean_drift\"]:.4f}, max {r[\"max_drift\"]:.4f}")' "$work/port.json"
+  python3 - "$work/port.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"drift from the original base to the updated one (relative Frobenius norm over the patch's {len(r['drift'])} matrices): "
+      f"mean {r['mean_drift']:.4f}, max {r['max_drift']:.4f}")
+PY
   echo
   echo "| model | held-out perplexity | gain over its base kept (vs the original pair) |"
   echo "|---|---|---|"

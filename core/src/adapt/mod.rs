@@ -15,6 +15,7 @@ pub mod prompt;
 mod tensors;
 
 pub use lora::{LoraAdapter, LoraConfig, LoraInit};
+pub(crate) use tensors::Saved;
 
 use std::path::Path;
 

@@ -28,7 +28,7 @@ mod std_only {
     use serde_json::{json, Value};
 
     pub use super::fingerprint::{Fingerprint, FingerprintCache};
-    use crate::adapt::{self, Method, MethodKind};
+    use crate::adapt::{self, Method, MethodKind, Saved};
     use crate::bytes::SharedBytes;
     use crate::error::Error;
     use crate::format::patch_file::{hex, require_signer, Encoding, PatchFile, StoredTensor};
@@ -141,7 +141,7 @@ mod std_only {
         }
 
         /// The tensors decoded to f32, as a PEFT safetensors file lists them.
-        fn peft_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, Error> {
+        fn peft_tensors(&self) -> Result<Vec<Saved>, Error> {
             Ok(self
                 .values()?
                 .into_iter()
