@@ -168,9 +168,15 @@ fn compress_cmd(args: CompressArgs) -> Result<(), CliError> {
         patch
     };
     let mut auto_report = Value::Null;
+    // Per-tensor statistics of the coding (σ, fitted α, kept values, bits, a LoRA pair's cosine).
+    let mut tensor_reports = Value::Null;
     let patch = match args.density {
         Density::Dense => source.to_dense(args.dtype)?,
-        Density::Fraction(d) => compress::compress(&source, d)?.0,
+        Density::Fraction(d) => {
+            let (coded, reports) = compress::compress(&source, d)?;
+            tensor_reports = serde_json::to_value(reports).unwrap_or(Value::Null);
+            coded
+        }
         Density::Auto => {
             let held_out = eval_text.as_deref().unwrap_or_default();
             let general = args.general_eval.as_deref().map(read_text).transpose()?;
@@ -231,6 +237,7 @@ fn compress_cmd(args: CompressArgs) -> Result<(), CliError> {
             "ratio_vs_f16": ratio,
             "signed": key.is_some(),
             "auto": auto_report,
+            "tensors": tensor_reports,
         }),
         || say(format_args!("{out}: {bytes} bytes, {ratio:.1}x smaller than the adapter in f16\n")),
     );

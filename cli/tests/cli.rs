@@ -888,6 +888,10 @@ fn patches_compress_sign_verify_port_merge_and_apply_from_the_cli() {
     assert_eq!(info["base"]["id"], made["base"]);
     assert_eq!(info["signed"], false);
     let tensors = info["tensors"].as_array().unwrap();
+    // compress reports each coded tensor's statistics; inspect lists the same tensors.
+    let stats = made["tensors"].as_array().unwrap();
+    assert_eq!(stats.len(), tensors.len());
+    assert!(stats.iter().all(|t| t["alpha"].as_f64().unwrap() > 0.0 && t["sigma"].as_f64().unwrap() > 0.0));
     assert!(tensors
         .iter()
         .all(|t| t["encoding"] == "ternary" && t["density"].as_f64().unwrap() <= 0.1 + 1e-6));
