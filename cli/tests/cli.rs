@@ -193,6 +193,20 @@ fn fetch_into_a_cache_that_has_the_model_downloads_nothing() {
     assert_eq!(result["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
 }
 
+/// A short scratch text for perplexity checks.
+fn fox_text(name: &str) -> PathBuf {
+    let text = scratch(name);
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
+    text
+}
+
+/// `eval --seq 64` of `text` with `extra` arguments (adapters) and environment `env`.
+fn fox_perplexity(model: &str, text: &Path, extra: &[&str], env: &[(&str, &str)]) -> f64 {
+    let mut args = vec!["eval", "--model", model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
+    args.extend(extra);
+    last_json(&adaptkit_env(&args, env))["perplexity"].as_f64().unwrap()
+}
+
 #[test]
 fn generate_and_eval_take_peft_adapters() {
     let Some(model) = real_model() else { return };
@@ -209,14 +223,8 @@ fn generate_and_eval_take_peft_adapters() {
     assert_ne!(run(&["--adapter", adapter]), base, "the adapter changes the continuation");
     assert_eq!(run(&["--adapter", &format!("{adapter}:0")]), base, "scale 0 is the base model");
 
-    let text = scratch("eval.txt");
-    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
-    let eval = |extra: &[&str]| {
-        let mut args =
-            vec!["eval", "--model", &model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
-        args.extend(extra);
-        last_json(&adaptkit(&args))["perplexity"].as_f64().unwrap()
-    };
+    let text = fox_text("eval.txt");
+    let eval = |extra: &[&str]| fox_perplexity(&model, &text, extra, &[]);
     assert_ne!(eval(&["--adapter", adapter]), eval(&[]));
 
     assert_clean_failure(
@@ -863,14 +871,8 @@ fn patches_compress_sign_verify_port_merge_and_apply_from_the_cli() {
     let adapter = adapter.to_str().unwrap();
     let path = |name: &str| scratch(name).to_str().unwrap().to_string();
     let (dense, coded, signed, key) = (path("dense.akp"), path("coded.akp"), path("signed.akp"), path("key"));
-    let text = scratch("patch-eval.txt");
-    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(20)).unwrap();
-    let eval = |extra: &[&str]| {
-        let mut args =
-            vec!["eval", "--model", &model, "--data", text.to_str().unwrap(), "--seq", "64", "--json"];
-        args.extend(extra);
-        last_json(&run(&args))["perplexity"].as_f64().unwrap()
-    };
+    let text = fox_text("patch-eval.txt");
+    let eval = |extra: &[&str]| fox_perplexity(&model, &text, extra, &home_env);
     let compress = |out: &str, extra: &[&str]| {
         let mut args = vec!["patch", "compress", adapter, "--model", &model, "--out", out, "--json"];
         args.extend(extra);
