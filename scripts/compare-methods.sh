@@ -9,12 +9,8 @@
 # base model's.
 #
 #   scripts/compare-methods.sh [METHOD[:EXTRA ARGS] ...]   (default: all eight methods)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
-cargo build --release -p adaptkit-cli >&2
-adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
-model=$("$adaptkit" fetch)
+# shellcheck source=scripts/cli-prelude.sh
+source "$(dirname "$0")/cli-prelude.sh"
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(lora dora ia3 prompt prefix dept peqa lofit)
 out=$(mktemp -d)

@@ -6,12 +6,8 @@
 # held-out and general-text perplexity after training, as ratios to before.
 #
 #   scripts/experiment-defaults.sh [LR:STEPS ...]     (default: the grid in the README)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
-cargo build --release -p adaptkit-cli >&2
-adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
-model=$("$adaptkit" fetch)
+# shellcheck source=scripts/cli-prelude.sh
+source "$(dirname "$0")/cli-prelude.sh"
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(1e-4:30 3e-4:30 1e-3:30 3e-4:150 1e-3:60)
 out=$(mktemp -d)

@@ -10,12 +10,8 @@
 # Prints markdown tables on stdout; progress on stderr.
 #
 #   scripts/patch-experiments.sh [compress|port|all]     (default: all)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
-cargo build --release -p adaptkit-cli >&2
-adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
-model=$("$adaptkit" fetch)
+# shellcheck source=scripts/cli-prelude.sh
+source "$(dirname "$0")/cli-prelude.sh"
 what=${1:-all}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -359,8 +359,9 @@ fn apply(args: ApplyArgs) -> Result<(), CliError> {
     let engine = load_engine(&args.model)?;
     let options = adaptkit::patch::AttachOptions { trusted_keys: &trusted, allow_port: args.port };
     let mut fp = || fingerprint(&engine);
-    let (method, scale) = adaptkit::patch::load_adapter(&args.patch, engine.model(), &mut fp, &options)?;
     let patch = read_patch(&args.patch)?;
+    let method = patch.attach(engine.model(), &args.patch, &mut fp, &options)?;
+    let scale = patch.scale;
     let mut report =
         json!({"patch": args.patch.display().to_string(), "method": patch.method.name(), "scale": scale});
     if let Some(dir) = &args.peft {

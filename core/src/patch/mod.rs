@@ -348,10 +348,25 @@ mod std_only {
             });
         }
         let patch = Patch::read(path)?;
-        if !options.trusted_keys.is_empty() {
-            require_signer(patch.signer, options.trusted_keys).map_err(|e| bad(&label, e.to_string()))?;
+        Ok((patch.attach(model, path, fingerprint, options)?, patch.scale))
+    }
+
+    impl Patch {
+        /// The adapter of this patch (read from `path`) for `model`, after its signature (when
+        /// keys are trusted) and its base are checked.
+        pub fn attach(
+            &self,
+            model: &Llama,
+            path: &Path,
+            fingerprint: &mut dyn FnMut() -> Result<Fingerprint, Error>,
+            options: &AttachOptions,
+        ) -> Result<Box<dyn Method>, Error> {
+            let label = path.display().to_string();
+            if !options.trusted_keys.is_empty() {
+                require_signer(self.signer, options.trusted_keys).map_err(|e| bad(&label, e.to_string()))?;
+            }
+            self.check_base(&fingerprint()?, options.allow_port, &label)?;
+            self.to_method(model, path)
         }
-        patch.check_base(&fingerprint()?, options.allow_port, &label)?;
-        Ok((patch.to_method(model, path)?, patch.scale))
     }
 }

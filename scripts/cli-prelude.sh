@@ -1,0 +1,8 @@
+# Sourced by the experiment scripts: run from the repository root, build the CLI into the shared
+# target dir, and fetch the demo model. Sets `adaptkit` (the binary) and `model` (its path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
+cargo build --release -p adaptkit-cli >&2
+adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
+model=$("$adaptkit" fetch)
