@@ -1,23 +1,23 @@
-//! `adaptkit`: the command-line face of the runtime. Every verb takes `--json` and then prints
-//! exactly one JSON object as its last stdout line; progress goes to stderr. Errors are one line
-//! on stderr and exit code 2 (130 when interrupted).
+//! `adaptkit`: the command-line face of the runtime (`adaptkit::runtime`). It parses arguments,
+//! calls the runtime, and prints: progress bars and human lines on stderr/stdout, and with
+//! `--json` exactly one JSON object (a runtime report, serialized) as the last stdout line.
+//! Errors are one line on stderr and exit code 2 (130 when interrupted).
 
+mod args;
 mod bench;
 mod commands;
 mod fetch;
 mod interrupt;
-mod memory;
 mod method;
 mod patch;
 mod plot;
+mod progress;
 mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use adaptkit::device::DeviceChoice;
-use adaptkit::engine::EngineOptions;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "adaptkit", version, about = "Run and adapt small quantized language models on the device")]
@@ -37,12 +37,7 @@ enum Command {
         out: Output,
     },
     /// Show a model's architecture, parameter count and tensor types.
-    Info {
-        /// GGUF file or Hugging Face model directory (default: the fetched demo model).
-        model: Option<PathBuf>,
-        #[command(flatten)]
-        out: Output,
-    },
+    Info(commands::InfoArgs),
     /// Generate text from a prompt.
     Generate(commands::GenerateArgs),
     /// Perplexity of a text file.
@@ -53,6 +48,11 @@ enum Command {
     Merge(commands::MergeArgs),
     /// Fine-tune an adapter (LoRA, DoRA, (IA)³, prompt, prefix, DePT, PEQA, LoFiT) and save it.
     Train(Box<train::TrainArgs>),
+    /// The adaptation methods: their options and defaults, learning rates, and what they do.
+    Methods {
+        #[command(flatten)]
+        out: Output,
+    },
     /// Adapter patches (.akp): compress (ComPEFT), inspect, apply, port (PortLLM), merge, sign,
     /// verify, keygen.
     Patch {
@@ -69,31 +69,6 @@ pub struct Output {
     pub json: bool,
 }
 
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// GGUF file or Hugging Face model directory (default: the fetched demo model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Where the model runs: cpu, gpu (Vulkan/Metal/DX12, software GPUs included) or auto (a
-    /// hardware GPU when there is one, else the CPU, saying why).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: DeviceChoice,
-}
-
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    s.parse().map_err(|e: adaptkit::Error| e.to_string())
-}
-
-impl ModelArgs {
-    pub fn engine_options(&self, trainable: bool) -> EngineOptions {
-        EngineOptions { threads: self.threads, trainable, device: self.device }
-    }
-}
-
-/// A failure the user can act on: printed as one line, exit code 2.
 /// A one-line message for stderr and the exit code: 2, or 130 for an interruption (Ctrl-C).
 #[derive(Debug)]
 pub struct CliError {
@@ -116,9 +91,37 @@ impl CliError {
 }
 
 impl From<adaptkit::Error> for CliError {
+    /// The library names a bad option by its field; here that is the flag (`top_p` is
+    /// `--top-p`) when there is one.
     fn from(error: adaptkit::Error) -> Self {
-        Self::msg(error.to_string())
+        match error {
+            adaptkit::Error::InvalidOption { field, value, message } if is_flag(&field) => {
+                Self::msg(format!("{} {value}: {message}", flag(&field)))
+            }
+            adaptkit::Error::OptionNotTaken { option, method, takes } => {
+                let takes: Vec<String> = takes.iter().map(|t| flag(t)).collect();
+                let takes = if takes.is_empty() { "no options of its own".into() } else { takes.join(", ") };
+                Self::msg(format!("{} does not apply to --method {method} (it takes {takes})", flag(&option)))
+            }
+            other => Self::msg(other.to_string()),
+        }
     }
+}
+
+/// The flag of a field: `top_p` is `--top-p`.
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
+/// Whether `--field` (underscores as dashes) is a flag of some verb.
+fn is_flag(field: &str) -> bool {
+    fn has(command: &clap::Command, long: &str) -> bool {
+        command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(long) || a.get_all_aliases().is_some_and(|al| al.contains(&long)))
+            || command.get_subcommands().any(|c| has(c, long))
+    }
+    has(&Cli::command(), &flag(field)[2..])
 }
 
 fn main() -> ExitCode {
@@ -132,15 +135,30 @@ fn main() -> ExitCode {
             }
         }));
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value is one line, like every other error (clap adds a hint on more lines).
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let rendered = e.to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid value"));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Fetch { dir, out } => commands::fetch(dir, out),
-        Command::Info { model, out } => commands::info(model, out),
+        Command::Info(args) => commands::info(args),
         Command::Generate(args) => commands::generate(args),
         Command::Eval(args) => commands::eval(args),
         Command::Bench(args) => bench::run(args),
         Command::Merge(args) => commands::merge(args),
         Command::Train(args) => train::run(*args),
+        Command::Methods { out } => method::list(out),
         Command::Patch { command } => patch::run(command),
     };
     match result {
@@ -152,9 +170,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the verb's result: the JSON object as the last stdout line, or `human` for people.
-pub fn emit(out: Output, json: serde_json::Value, human: impl FnOnce()) {
+/// Prints the verb's result: the report as the JSON object of the last stdout line, or `human`
+/// for people. `extra` adds the fields only the CLI knows (the output path).
+pub fn emit<T: serde::Serialize>(
+    out: Output,
+    report: &T,
+    extra: &[(&str, serde_json::Value)],
+    human: impl FnOnce(),
+) {
     if out.json {
+        let mut json = serde_json::to_value(report).unwrap_or_default();
+        if let Some(object) = json.as_object_mut() {
+            for (key, value) in extra {
+                object.insert((*key).to_string(), value.clone());
+            }
+        }
         say(format_args!("{json}\n"));
     } else {
         human();

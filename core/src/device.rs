@@ -1,8 +1,10 @@
 //! Where a model runs: the CPU (burn-flex with our SIMD kernels) or a GPU through burn-wgpu
-//! (Vulkan, Metal or DX12; never OpenGL, where wgpu's compute support is partial).
+//! (Vulkan, Metal or DX12; never OpenGL, where wgpu's compute support is partial), and how a
+//! GPU's failures (a lost device, exhausted memory) become errors.
 
 use core::fmt;
 use core::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
 
@@ -52,11 +54,33 @@ pub struct ComputeDevice {
     pub gpu: bool,
     /// Why `auto` chose the CPU, when it did.
     pub fallback: Option<String>,
+    /// Where the GPU runtime's failures outside a read are recorded (GPUs only).
+    pub failures: Option<Arc<GpuFailures>>,
+}
+
+/// Failures the GPU runtime reports outside a read (wgpu's "uncaptured" errors: a buffer that
+/// could not be allocated, a validation error). The runtime's own handler panics on them, which
+/// no caller can catch under `panic = "abort"` (wasm) or on another thread; the handler this
+/// module installs records them here instead, and [`guard`] returns the first as an error when
+/// the call ends (it wins over the call's result, which may not be trustworthy).
+#[derive(Debug, Default)]
+pub struct GpuFailures(Mutex<Option<String>>);
+
+impl GpuFailures {
+    /// Keeps the first failure until it is taken.
+    pub fn record(&self, message: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert(message);
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
 }
 
 impl ComputeDevice {
     pub fn cpu() -> Self {
-        Self { device: Device::flex(), name: "cpu".into(), gpu: false, fallback: None }
+        Self { device: Device::flex(), name: "cpu".into(), gpu: false, fallback: None, failures: None }
     }
 
     /// The device for `choice`.
@@ -86,14 +110,32 @@ fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     use burn::tensor::wgpu::WgpuInitError;
     use cubecl::device::{WgpuBackend, WgpuDevice, WgpuDeviceKind};
 
+    // One record per graphics API: wgpu's runtime is one per process and selector.
+    static FAILURES: Mutex<Vec<(&str, Arc<GpuFailures>)>> = Mutex::new(Vec::new());
+    let failures_of = |name: &'static str| {
+        let mut all = FAILURES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match all.iter().find(|(n, _)| *n == name) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let f = Arc::new(GpuFailures::default());
+                all.push((name, f.clone()));
+                f
+            }
+        }
+    };
     let mut tried = Vec::new();
     for (api, name) in
         [(WgpuBackend::Vulkan, "Vulkan"), (WgpuBackend::Metal, "Metal"), (WgpuBackend::Dx12, "DX12")]
     {
-        let device = match Device::wgpu_options().graphics_api(api).init() {
-            Ok(device) => device,
-            // wgpu's runtime is one per process and selector: an earlier engine opened this
-            // one, and a device naming the same selector shares it.
+        let failures = failures_of(name);
+        let device = match Device::wgpu_options().graphics_api(api).init_with_setup() {
+            Ok((device, setup)) => {
+                let record = failures.clone();
+                setup.device.on_uncaptured_error(Arc::new(move |e| record.record(e.to_string())));
+                device
+            }
+            // An earlier engine opened this runtime (and installed the handler); a device
+            // naming the same selector shares it.
             Err(WgpuInitError::Registration { .. }) => {
                 Device::new(WgpuDevice::new(WgpuDeviceKind::DefaultDevice).on(api))
             }
@@ -106,7 +148,8 @@ fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
         let adapter = identity.as_ref().map_or_else(|| "unnamed adapter".to_string(), |i| i.name.clone());
         // A software rasterizer reports no physical card.
         let hardware = identity.is_some_and(|i| i.physical.is_some());
-        let gpu = ComputeDevice { device, name: format!("{name}: {adapter}"), gpu: true, fallback: None };
+        let name = format!("{name}: {adapter}");
+        let gpu = ComputeDevice { device, name, gpu: true, fallback: None, failures: Some(failures) };
         return Ok((gpu, hardware));
     }
     Err(Error::Device(format!("no GPU adapter found ({})", tried.join("; "))))
@@ -127,25 +170,81 @@ std::thread_local! {
     static GUARDED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
-/// Runs `work`, turning a panic into [`Error::Device`] when the model is on a GPU: the GPU
-/// runtime reports a lost device or exhausted memory by panicking inside an op, and a caller
-/// (an app, a training run with checkpoints) must get an error it can act on instead. On the
-/// CPU a panic is a bug and is left to unwind.
+/// Runs `work` on a GPU so that the GPU's failures come back as [`Error::Device`] naming the
+/// device: a read-back that failed (the runtime records a failed launch or a lost device on
+/// the buffers and reports it when they are read; our reads are all fallible), and a failure
+/// the runtime recorded outside a read ([`GpuFailures`]). On native targets a panic raised
+/// inside the GPU runtime's own code (a blocking call it cannot fail otherwise) becomes one
+/// too; any other panic is a bug and keeps unwinding. On the CPU, `work` runs as it is.
 pub fn guard<R>(compute: &ComputeDevice, work: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
     if !compute.gpu {
         return work();
     }
+    let device_error = |message: &str| Error::Device(format!("{} failed: {message}", compute.name));
     let outer = GUARDED.with(|g| g.replace(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    let result = catch_runtime_panics(work);
     GUARDED.with(|g| g.set(outer));
-    result.unwrap_or_else(|payload| {
+    let result = result.map_err(|message| device_error(&message)).and_then(|r| r);
+    if let Some(message) = compute.failures.as_ref().and_then(|f| f.take()) {
+        return Err(device_error(&message));
+    }
+    result.map_err(|e| match e {
+        Error::Backend(message) => device_error(&message),
+        other => other,
+    })
+}
+
+/// `work`, with a panic raised in the GPU runtime's code turned into its message; any other
+/// panic resumes. (wasm aborts on panics: nothing to catch there.)
+#[cfg(not(target_arch = "wasm32"))]
+fn catch_runtime_panics<R>(work: impl FnOnce() -> R) -> Result<R, String> {
+    let before = runtime_panics::count();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).or_else(|payload| {
+        if runtime_panics::count() == before {
+            std::panic::resume_unwind(payload);
+        }
         let message = payload
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("the GPU runtime failed");
-        Err(Error::Device(format!("{} failed: {message}", compute.name)))
+        Err(message.to_string())
     })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn catch_runtime_panics<R>(work: impl FnOnce() -> R) -> Result<R, String> {
+    Ok(work())
+}
+
+/// Counts panics whose location is in the GPU runtime's crates (cubecl, wgpu, naga,
+/// burn-cubecl), with a panic hook installed on first use that then calls the hook that was
+/// there before. A panic the runtime raises on its own worker and re-raises on the caller's
+/// thread is counted when it is first raised.
+#[cfg(not(target_arch = "wasm32"))]
+mod runtime_panics {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Once;
+
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn count() -> usize {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if info.location().is_some_and(|l| in_gpu_runtime(l.file())) {
+                    COUNT.fetch_add(1, Ordering::SeqCst);
+                }
+                previous(info);
+            }));
+        });
+        COUNT.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn in_gpu_runtime(file: &str) -> bool {
+        ["cubecl", "wgpu", "naga", "burn-cubecl", "burn_cubecl"].iter().any(|name| file.contains(name))
+    }
 }
 
 /// Whether a panic on this thread now would come back from [`guard`] as an error, so that an
@@ -165,12 +264,22 @@ mod tests {
         assert!(err.contains("'tpu'") && err.contains("cpu, gpu or auto"), "{err}");
     }
 
+    fn test_gpu() -> ComputeDevice {
+        ComputeDevice {
+            name: "Vulkan: test".into(),
+            gpu: true,
+            failures: Some(Arc::default()),
+            ..ComputeDevice::cpu()
+        }
+    }
+
     #[test]
-    fn a_gpu_failure_becomes_a_device_error() {
-        let gpu = ComputeDevice { name: "Vulkan: test".into(), gpu: true, ..ComputeDevice::cpu() };
-        let err = guard::<()>(&gpu, || {
+    fn a_recorded_gpu_failure_becomes_a_device_error_and_wins_over_the_result() {
+        let gpu = test_gpu();
+        let err = guard(&gpu, || {
             assert!(panic_becomes_error());
-            panic!("Out of memory: 512 MiB requested")
+            gpu.failures.as_ref().unwrap().record("Out of memory: 512 MiB requested".into());
+            Ok(7)
         })
         .unwrap_err();
         assert!(!panic_becomes_error());
@@ -178,6 +287,25 @@ mod tests {
             matches!(&err, Error::Device(m) if m.contains("Out of memory") && m.contains("Vulkan: test")),
             "{err}"
         );
+        // Taken once: the device works on.
         assert_eq!(guard(&gpu, || Ok(7)).unwrap(), 7);
+        // A failed read-back on the GPU is a device error too.
+        let err =
+            guard::<()>(&gpu, || Err(Error::Backend("reading a tensor back failed".into()))).unwrap_err();
+        assert!(matches!(&err, Error::Device(m) if m.contains("reading")), "{err}");
+    }
+
+    #[test]
+    fn a_bug_is_not_turned_into_a_gpu_error() {
+        let gpu = test_gpu();
+        let caught = std::panic::catch_unwind(|| guard::<()>(&gpu, || panic!("index out of bounds: a bug")));
+        assert!(
+            caught.is_err(),
+            "a panic outside the GPU runtime must keep unwinding, not become {caught:?}"
+        );
+        assert!(runtime_panics::in_gpu_runtime(
+            "/root/.cargo/registry/src/index.crates.io-1949/cubecl-runtime-0.11.3/src/client.rs"
+        ));
+        assert!(!runtime_panics::in_gpu_runtime("core/src/gpu/kernels.rs"));
     }
 }

@@ -1,15 +1,18 @@
 //! `Engine`: one loaded model with its tokenizer and its own worker pool. `Send + Sync`, no
-//! global state; every long call takes a `CancelToken` and reports progress.
+//! global state; every long call takes a `CancelToken` and reports progress. The runtime API
+//! ([`crate::runtime`]) builds on it; tests and tools use it directly.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
+use crate::bytes::SharedBytes;
 use crate::control::CancelToken;
 use crate::device::{guard, ComputeDevice, DeviceChoice};
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsFile;
+use crate::format::{map_file_stamped, FileStamp};
 use crate::generate::{self, GenerateOptions, Generation, GenerationEvent};
 use crate::model::{Adapters, Llama, LlamaConfig};
 use crate::parallel::Threads;
@@ -28,21 +31,57 @@ pub struct EngineOptions {
     pub device: DeviceChoice,
 }
 
+/// Where a model comes from: a path (a GGUF file or a Hugging Face model directory), or its
+/// bytes (a phone's asset, a browser's download).
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    Path(PathBuf),
+    /// A whole GGUF file.
+    Gguf(Vec<u8>),
+    /// A Hugging Face model: `config.json`, `tokenizer.json` (and optionally
+    /// `tokenizer_config.json`, which names the special tokens and holds the chat template), and
+    /// the `*.safetensors` shards in name order.
+    HuggingFace {
+        config_json: Vec<u8>,
+        tokenizer_json: Vec<u8>,
+        tokenizer_config_json: Option<Vec<u8>>,
+        safetensors: Vec<Vec<u8>>,
+    },
+}
+
+/// The files a model was read from, kept as they were loaded (mapped, not copied), so that what
+/// identifies the model (its fingerprint) and what a merge copies are exactly what runs.
+pub enum ModelFiles {
+    Gguf(GgufFile),
+    HuggingFace(Vec<SafetensorsFile>),
+}
+
+/// What the model was loaded from: a label for messages, and the stamps of the files read
+/// (none for bytes).
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub label: String,
+    pub stamps: Vec<FileStamp>,
+}
+
 pub struct Engine {
     model: Llama,
     tokenizer: Tokenizer,
     threads: Threads,
-    source: PathBuf,
+    files: ModelFiles,
+    origin: Origin,
     compute: ComputeDevice,
 }
 
 /// What to generate from: raw text, or a conversation rendered with the model's chat template.
-pub enum Prompt<'a> {
-    Text(&'a str),
-    Chat(&'a [Message]),
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<Message>),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Perplexity {
     pub perplexity: f64,
     /// Tokens whose next-token loss was counted.
@@ -54,35 +93,47 @@ impl Engine {
     /// Loads a GGUF file, or a Hugging Face model directory (`config.json`, `*.safetensors`,
     /// `tokenizer.json`).
     pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, Error> {
-        let compute = ComputeDevice::select(options.device)?;
-        let device =
-            if options.trainable { compute.device.clone().autodiff() } else { compute.device.clone() };
-        let (model, tokenizer) = if path.is_dir() {
-            load_hf_dir(path, &device)?
-        } else {
-            let gguf = GgufFile::open(path)?;
-            (Llama::from_gguf(&gguf, &device)?, Tokenizer::from_gguf(&gguf)?)
-        };
+        Self::open(ModelSource::Path(path.to_path_buf()), options)
+    }
+
+    /// Loads a model from a path or from bytes. The options are checked before anything is read.
+    pub fn open(source: ModelSource, options: &EngineOptions) -> Result<Self, Error> {
         if options.threads > MAX_THREADS {
-            return Err(Error::InvalidArgument(format!(
-                "{} threads is more than {MAX_THREADS}",
-                options.threads
-            )));
+            return Err(Error::option("threads", options.threads, format!("is more than {MAX_THREADS}")));
         }
         let threads =
             Threads::new(options.threads).map_err(|e| Error::Backend(format!("worker pool: {e}")))?;
-        Ok(Self { model, tokenizer, threads, source: path.to_path_buf(), compute })
+        let compute = ComputeDevice::select(options.device)?;
+        let device =
+            if options.trainable { compute.device.clone().autodiff() } else { compute.device.clone() };
+        let (model, tokenizer, files, origin) = match source {
+            ModelSource::Path(path) if path.is_dir() => load_hf_dir(&path, &device)?,
+            ModelSource::Path(path) => {
+                let (bytes, stamp) = read(&path)?;
+                let (model, tokenizer, files) = load_gguf(bytes, &device)?;
+                (model, tokenizer, files, Origin { label: path.display().to_string(), stamps: vec![stamp] })
+            }
+            ModelSource::Gguf(bytes) => {
+                let (model, tokenizer, files) = load_gguf(SharedBytes::from_vec(bytes), &device)?;
+                (model, tokenizer, files, Origin { label: "GGUF bytes".into(), stamps: Vec::new() })
+            }
+            ModelSource::HuggingFace { config_json, tokenizer_json, tokenizer_config_json, safetensors } => {
+                let shards = safetensors
+                    .into_iter()
+                    .map(|bytes| SafetensorsFile::from_bytes(SharedBytes::from_vec(bytes)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let tokenizer =
+                    Tokenizer::from_json_bytes(&tokenizer_json, tokenizer_config_json.as_deref())?;
+                let model = hf_model(&config_json, "config.json", &shards, &device)?;
+                let origin = Origin { label: "Hugging Face model bytes".into(), stamps: Vec::new() };
+                (model, tokenizer, ModelFiles::HuggingFace(shards), origin)
+            }
+        };
+        Ok(Self { model, tokenizer, threads, files, origin, compute })
     }
 
     pub fn model(&self) -> &Llama {
         &self.model
-    }
-
-    /// Runs `work` on the model, which it may change (e.g. PiSSA's residual weights), on this
-    /// engine's threads.
-    pub fn with_model_mut<R: Send>(&mut self, work: impl FnOnce(&mut Llama) -> R + Send) -> R {
-        let Self { threads, model, .. } = self;
-        threads.install(|| work(model))
     }
 
     /// The device the model runs on, and why `auto` chose the CPU when it did.
@@ -94,8 +145,13 @@ impl Engine {
         &self.tokenizer
     }
 
-    pub fn source(&self) -> &Path {
-        &self.source
+    /// The files the model was read from, as loaded.
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub fn threads(&self) -> usize {
@@ -211,26 +267,72 @@ fn log_sum_exp(row: &[f32]) -> f64 {
     max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
-fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, Tokenizer), Error> {
+fn read(path: &Path) -> Result<(SharedBytes, FileStamp), Error> {
+    map_file_stamped(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+fn load_gguf(bytes: SharedBytes, device: &Device) -> Result<(Llama, Tokenizer, ModelFiles), Error> {
+    let gguf = GgufFile::from_bytes(bytes)?;
+    let model = Llama::from_gguf(&gguf, device)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    Ok((model, tokenizer, ModelFiles::Gguf(gguf)))
+}
+
+fn hf_model(
+    config_json: &[u8],
+    label: &str,
+    shards: &[SafetensorsFile],
+    device: &Device,
+) -> Result<Llama, Error> {
+    let json: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(|e| Error::Config(format!("{label}: {e}")))?;
+    if shards.is_empty() {
+        return Err(Error::Config(format!("{label}: the model has no *.safetensors files")));
+    }
+    Llama::from_safetensors(LlamaConfig::from_hf_json(&json)?, shards, device)
+}
+
+fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, Tokenizer, ModelFiles, Origin), Error> {
     let io = |path: PathBuf| move |source| Error::Io { path, source };
+    let mut stamps = Vec::new();
+    let mut read_small = |name: &str| -> Result<Option<Vec<u8>>, Error> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (bytes, stamp) = read(&path)?;
+        stamps.push(stamp);
+        Ok(Some(bytes.to_vec()))
+    };
     let config_path = dir.join("config.json");
-    let config_text = std::fs::read_to_string(&config_path).map_err(io(config_path.clone()))?;
-    let json: serde_json::Value = serde_json::from_str(&config_text)
-        .map_err(|e| Error::Config(format!("{}: {e}", config_path.display())))?;
-    let config = LlamaConfig::from_hf_json(&json)?;
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+    let config = read_small("config.json")?.ok_or_else(|| Error::Io {
+        path: config_path.clone(),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let tokenizer_json = read_small("tokenizer.json")?.ok_or_else(|| Error::Io {
+        path: dir.join("tokenizer.json"),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let tokenizer =
+        Tokenizer::from_json_bytes(&tokenizer_json, read_small("tokenizer_config.json")?.as_deref())?;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir.to_path_buf()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
-    shards.sort();
-    if shards.is_empty() {
-        return Err(Error::Config(format!("{}: no *.safetensors files", dir.display())));
+    paths.sort();
+    let mut shards = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let (bytes, stamp) = read(path)?;
+        stamps.push(stamp);
+        shards.push(
+            SafetensorsFile::from_bytes(bytes)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
+        );
     }
-    let files = shards.iter().map(SafetensorsFile::open).collect::<Result<Vec<_>, _>>()?;
-    let model = Llama::from_safetensors(config, &files, device)?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-    Ok((model, tokenizer))
+    let model = hf_model(&config, &config_path.display().to_string(), &shards, device)?;
+    let origin = Origin { label: dir.display().to_string(), stamps };
+    Ok((model, tokenizer, ModelFiles::HuggingFace(shards), origin))
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ pub enum Error {
     #[cfg(feature = "std")]
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
+    /// Writing into a caller's stream failed (a file's errors are [`Error::Io`], with its path).
+    #[cfg(feature = "std")]
+    #[error("writing failed: {0}")]
+    Write(#[from] std::io::Error),
     #[error("unsupported architecture '{0}' (supported: llama, mistral)")]
     UnsupportedArchitecture(String),
     #[error("the model has no tensor '{0}'")]
@@ -39,6 +43,13 @@ pub enum Error {
     NonFiniteLoss { step: usize, loss: f32, grad_norm: f32 },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An option out of range or not applicable, by its field name (the CLI flag is the same
+    /// with dashes) and the value given.
+    #[error("{field} = {value}: {message}")]
+    InvalidOption { field: String, value: String, message: String },
+    /// An option given to a method that does not take it, with the options it takes.
+    #[error("{option} does not apply to method {method} (it takes {})", if takes.is_empty() { "no options of its own".to_string() } else { takes.join(", ") })]
+    OptionNotTaken { option: String, method: String, takes: Vec<String> },
     #[error("compute backend: {0}")]
     Backend(String),
     /// No usable GPU, or the GPU failed (lost, out of memory) during a call.
@@ -46,4 +57,12 @@ pub enum Error {
     Device(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+impl Error {
+    /// An [`Error::InvalidOption`].
+    pub fn option(field: &str, value: impl core::fmt::Display, message: impl Into<String>) -> Self {
+        use alloc::string::ToString;
+        Self::InvalidOption { field: field.into(), value: value.to_string(), message: message.into() }
+    }
 }

@@ -1,8 +1,10 @@
 //! adaptkit: run and adapt small quantized language models on the device.
 //!
 //! The data flows one way: `format` parses bytes, `quant` knows blocks, `model` knows the
-//! architecture, `generate` samples from it, and `Engine` ties a model, its tokenizer and a
-//! worker pool into one `Send + Sync` handle. See `shared/design.md`.
+//! architecture, `generate` samples from it, `adapt` and `train` adapt it, `patch` moves
+//! adapters between devices, `Engine` ties a model, its tokenizer and a worker pool into one
+//! `Send + Sync` handle, and [`runtime`] is the API every face calls. See
+//! `docs/architecture.md`.
 //!
 //! Without the `std` feature only the formats and quantization build (`no_std + alloc`).
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -32,6 +34,10 @@ pub mod gpu;
 #[cfg(feature = "std")]
 pub mod model;
 #[cfg(feature = "std")]
+pub mod runtime;
+#[cfg(feature = "std")]
+pub mod store;
+#[cfg(feature = "std")]
 pub mod tokenizer;
 #[cfg(feature = "std")]
 pub mod train;
@@ -39,6 +45,6 @@ pub mod train;
 #[cfg(feature = "std")]
 pub use burn;
 #[cfg(feature = "std")]
-pub use engine::{Engine, EngineOptions, Prompt};
+pub use engine::{Engine, EngineOptions, ModelSource, Prompt};
 #[cfg(feature = "std")]
 pub use error::Error;

@@ -3,7 +3,7 @@
 //! burn: loaders agree, quantized kernels agree with their dequantized weights, the KV cache and
 //! batching change nothing, and bad models give typed errors.
 
-use adaptkit::adapt::merge::{export_merged, MergedType};
+use adaptkit::adapt::merge::MergedType;
 use adaptkit::adapt::{AdapterSet, LoraAdapter, LoraConfig, Method};
 use adaptkit::burn::tensor::Device;
 use adaptkit::format::gguf::GgufFile;
@@ -171,14 +171,16 @@ fn a_peft_lora_runs_like_its_merged_weights() {
     second.write_peft(&dir.join("second"));
 
     let mut set = AdapterSet::new();
-    set.push(Box::new(LoraAdapter::load(&dir.join("first"), &model).unwrap()), 1.0);
+    set.push(Box::new(LoraAdapter::load(&dir.join("first"), &model).unwrap()) as Box<dyn Method>, 1.0)
+        .unwrap();
     let mut merged = weights.clone();
     first.merge_into(&mut merged, 1.0);
     let diff = max_diff(&adapted_logits(&model, &TOKENS, &set), &merged.reference_logits(&TOKENS).concat());
     assert!(diff < 1e-3, "one adapter: max |logit diff| {diff}");
 
     // Two at once with their own scales, against both merged.
-    set.push(Box::new(LoraAdapter::load(&dir.join("second"), &model).unwrap()), -0.5);
+    set.push(Box::new(LoraAdapter::load(&dir.join("second"), &model).unwrap()) as Box<dyn Method>, -0.5)
+        .unwrap();
     second.merge_into(&mut merged, -0.5);
     let diff = max_diff(&adapted_logits(&model, &TOKENS, &set), &merged.reference_logits(&TOKENS).concat());
     assert!(diff < 1e-3, "two adapters: max |logit diff| {diff}");
@@ -234,30 +236,52 @@ fn bad_adapters_are_named() {
 
 #[test]
 fn merged_gguf_equals_the_unmerged_adapters() {
+    use adaptkit::runtime::{AdapterSource, Model, OpenOptions};
     let dir = tempdir();
     Weights::random(17).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
-    let base = GgufFile::open(dir.join("m.gguf")).unwrap();
-    let model = load_gguf(&dir.join("m.gguf"));
+    let model = Model::open_path(&dir.join("m.gguf"), &OpenOptions::default()).unwrap();
     Lora::random(18, 4, false).write_peft(&dir.join("a"));
     Lora::random(19, 2, false).write_peft(&dir.join("b"));
-    let mut set = AdapterSet::new();
-    set.push(Box::new(LoraAdapter::load(&dir.join("a"), &model).unwrap()), 1.0);
-    set.push(Box::new(LoraAdapter::load(&dir.join("b"), &model).unwrap()), 0.5);
-    let unmerged = adapted_logits(&model, &TOKENS, &set);
-    let moved = max_diff(&unmerged, &all_logits(&model, &TOKENS));
+    for (name, scale) in [("a", 1.0), ("b", 0.5)] {
+        let adapter = model.load_adapter(AdapterSource::Path(dir.join(name)), &Default::default()).unwrap();
+        model.attach(&adapter, scale).unwrap();
+    }
+    let unmerged = model.logits(&TOKENS).unwrap();
+    let moved = max_diff(&unmerged, &all_logits(model.engine().model(), &TOKENS));
     assert!(moved > 0.05, "the adapters must change the model ({moved})");
 
-    let report = export_merged(&base, &set, MergedType::Fixed(GgmlType::F32), &dir.join("f32.gguf")).unwrap();
+    let report = model.export_merged_file(MergedType::Fixed(GgmlType::F32), &dir.join("f32.gguf")).unwrap();
     assert_eq!(report.tensors_merged, LAYERS * 7);
     let diff = max_diff(&all_logits(&load_gguf(&dir.join("f32.gguf")), &TOKENS), &unmerged);
     assert!(diff < 1e-3, "merged in f32: max |logit diff| {diff}");
 
     // Requantized to the base's Q8_0: what remains is Q8_0's rounding of the merged weights.
-    export_merged(&base, &set, MergedType::Same, &dir.join("q8.gguf")).unwrap();
+    model.export_merged_file(MergedType::Same, &dir.join("q8.gguf")).unwrap();
     let merged_q8 = load_gguf(&dir.join("q8.gguf"));
     assert_eq!(merged_q8.blocks()[0].attn_q.weight().ty(), GgmlType::Q8_0);
     let diff = max_diff(&all_logits(&merged_q8, &TOKENS), &unmerged);
     assert!(diff < moved / 5.0, "merged in Q8_0: max |logit diff| {diff}, adapters moved logits by {moved}");
+    // Streamed into any writer, the same bytes.
+    let mut streamed = Vec::new();
+    model.export_merged(MergedType::Same, &mut streamed).unwrap();
+    assert_eq!(streamed, std::fs::read(dir.join("q8.gguf")).unwrap());
+}
+
+/// The merge checks what it merges: a weight of another size than the adapter's model is an
+/// error, not a silent partial update (LoRA zipped over the shorter of the two).
+#[test]
+fn merging_into_a_weight_of_another_shape_is_refused() {
+    let dir = tempdir();
+    Weights::random(17).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    Lora::random(18, 4, false).write_peft(&dir.join("a"));
+    let lora = adaptkit::adapt::load(&dir.join("a"), &model).unwrap();
+    let (out, inp) = dims(Projection::Q);
+    let mut short = vec![0.0; out * inp - inp];
+    let err = lora.merge_weight(0, Projection::Q, &mut short).unwrap_err();
+    assert!(err.to_string().contains("another model"), "{err}");
+    let mut exact = vec![0.0; out * inp];
+    assert!(lora.merge_weight(0, Projection::Q, &mut exact).unwrap());
 }
 
 #[test]
@@ -484,6 +508,8 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         batch: 2,
         accumulate: 1,
         lr: 1e-2,
+        schedule: Default::default(),
+        min_lr_ratio: 0.1,
         warmup: 1,
         max_grad_norm: Some(1.0),
         weight_decay: 0.01,
@@ -503,10 +529,10 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     .unwrap();
 
     // Interrupted after step 2, right after its checkpoint was written (as if killed there).
-    let path = dir.join("checkpoint.safetensors");
+    let store = adaptkit::store::FileStore::new(dir.join("run"));
     let cancel = CancelToken::new();
     let mut first = Vec::new();
-    let save = Checkpointing { resume: None, save: Some((&path, 2)) };
+    let save = Checkpointing { resume: None, save: Some((&store, checkpoint::KEY, 2)) };
     let interrupted = fit(&model, &mut fresh(), &windows, &options, save, &cancel, &mut |s| {
         first.push(s.loss);
         if s.step == 2 {
@@ -516,7 +542,8 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     assert!(matches!(interrupted, Err(adaptkit::Error::Cancelled)));
 
     let mut resumed = fresh();
-    let state = checkpoint::load(&path, resumed.as_mut()).unwrap();
+    let bytes = std::fs::read(dir.join("run").join(checkpoint::KEY)).unwrap();
+    let state = checkpoint::load(bytes, "checkpoint", resumed.as_mut()).unwrap();
     assert_eq!(state.step, 2);
     let mut rest = Vec::new();
     let from = Checkpointing { resume: Some(state), save: None };
@@ -588,25 +615,20 @@ fn lora_training_on_the_gpu_matches_the_cpu() {
 }
 
 /// Exhausting GPU memory (a 256 GiB tensor) gives `Error::Device` naming the failure, not a
-/// panic or a hang, and the device keeps working afterwards.
+/// panic or a hang, through a fallible read-back, and the device keeps working afterwards.
 #[test]
 fn out_of_gpu_memory_is_an_error_and_the_device_recovers() {
     use adaptkit::burn::tensor::Tensor;
-    use adaptkit::device::{guard, ComputeDevice, DeviceChoice};
-    if test_gpu().is_none() {
-        return;
-    }
-    let gpu = ComputeDevice::select(DeviceChoice::Gpu).unwrap();
+    use adaptkit::device::guard;
+    use adaptkit::model::linear::host_f32;
+    let Some(gpu) = test_compute_gpu() else { return };
     let huge = guard(&gpu, || {
-        let t = Tensor::<2>::ones([1 << 18, 1 << 18], &gpu.device).add_scalar(1.0);
-        Ok(t.slice([0..1, 0..4]).into_data().try_to_vec::<f32>().unwrap())
+        host_f32(Tensor::<2>::ones([1 << 18, 1 << 18], &gpu.device).add_scalar(1.0).slice([0..1, 0..4]))
     });
     match huge {
         Err(Error::Device(message)) => assert!(message.contains(&gpu.name), "{message}"),
         other => panic!("a 256 GiB tensor gave {other:?}"),
     }
-    let small = guard(&gpu, || {
-        Ok(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0).into_data().try_to_vec::<f32>().unwrap())
-    });
+    let small = guard(&gpu, || host_f32(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0)));
     assert_eq!(small.unwrap(), vec![2.0; 4]);
 }

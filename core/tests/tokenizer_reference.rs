@@ -1,14 +1,15 @@
 //! The SmolLM2 tokenizer built from GGUF metadata against transformers reading the same file:
 //! `tests/reference/tokenizer_cases.json` holds the ids and chat renderings transformers gives.
-//! Needs the real model (`scripts/fetch-model.sh`); without it the test says so and passes.
-
-use std::path::PathBuf;
+//! Needs the real model (`common::real_model`: skipped with a note without it, a failure where
+//! `ADAPTKIT_REQUIRE_MODEL` is set, as in CI).
 
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::tokenizer::{Message, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 
-const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
+use common::{real_model, REAL_MODEL_FILE as MODEL};
+
 const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference/tokenizer_cases.json");
 
 #[derive(Deserialize)]
@@ -32,22 +33,9 @@ struct Chat {
     rendered: String,
 }
 
-/// Where `scripts/fetch-model.sh` puts the model.
-fn model_path() -> Option<PathBuf> {
-    let home = std::env::var_os("ADAPTKIT_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/adaptkit")))?;
-    Some(home.join("models").join(MODEL)).filter(|path| path.is_file())
-}
-
 #[test]
 fn smollm2_tokenizer_matches_transformers() {
-    let Some(path) = model_path() else {
-        eprintln!(
-            "note: {MODEL} is not fetched (scripts/fetch-model.sh); skipping the tokenizer reference test"
-        );
-        return;
-    };
+    let Some(path) = real_model() else { return };
     let reference: Reference =
         serde_json::from_slice(&std::fs::read(CASES).unwrap_or_else(|e| panic!("{CASES}: {e}")))
             .unwrap_or_else(|e| panic!("{CASES}: {e}"));

@@ -5,19 +5,57 @@
 //! merge into the vocabulary's embeddings. PEFT has no DePT: it is stored in PEFT's layout
 //! with `peft_type: "DEPT"` (`prompt_embeddings`, `lora_embedding_A`, `lora_embedding_B`).
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde_json::Value;
 
-use super::prompt::{read_prompt, PromptAdapter, PromptInit};
-use super::tensors::{self, read, saved, tensor2, values, Rng};
-use super::{Method, MethodKind};
+use super::prompt::{self, read_prompt, PromptAdapter, PromptInit};
+use super::registry::{
+    peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+};
+use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama};
+use crate::model::{Adapters, Llama, LlamaConfig};
 
-pub const PEFT_TYPE: &str = "DEPT";
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "dept",
+    peft_type: "DEPT",
+    summary: "a shorter soft prompt plus a low-rank update of the input embeddings by position",
+    options: &[
+        OptionSpec { option: MethodOption::VirtualTokens, default: OptionDefault::Count(10) },
+        prompt::PROMPT_INIT,
+        OptionSpec { option: MethodOption::Rank, default: OptionDefault::Count(8) },
+        OptionSpec { option: MethodOption::Alpha, default: OptionDefault::Number(8.0) },
+        OptionSpec {
+            option: MethodOption::MaxLen,
+            default: OptionDefault::Described("the sequence length (seq)"),
+        },
+        OptionSpec { option: MethodOption::EmbeddingLr, default: OptionDefault::Described("lr / 30") },
+    ],
+    default_lr: 3e-2,
+    mergeable: false,
+    scalable: false,
+    coding: Coding::Dense,
+    combine: Combine::Not,
+    stage: None,
+    recognizes: |config| peft_type(config) == "DEPT",
+    build: |ctx| {
+        let o = ctx.options;
+        let embedding_lr = o.embedding_lr.unwrap_or(ctx.lr / 30.0);
+        let config = DeptConfig {
+            tokens: ctx.count(MethodOption::VirtualTokens, o.virtual_tokens)?,
+            rank: ctx.count(MethodOption::Rank, o.rank)?,
+            alpha: ctx.number(MethodOption::Alpha, o.alpha)?,
+            max_len: o.max_len.unwrap_or(ctx.seq),
+            embedding_lr_ratio: embedding_lr / ctx.lr,
+        };
+        Ok(Box::new(DeptAdapter::new(config, prompt::init_of(ctx)?, ctx.model, ctx.seed)?))
+    },
+    load: |peft, model| Ok(Box::new(DeptAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeptConfig {
@@ -80,7 +118,7 @@ impl DeptAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Dept)?;
+        super::expect_type(peft, KIND)?;
         let c = model.config();
         let number = |key: &str| peft.config.get(key).and_then(Value::as_f64);
         let config = DeptConfig {
@@ -129,7 +167,7 @@ impl Adapters for DeptAdapter {
 
 impl Method for DeptAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Dept
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -148,8 +186,8 @@ impl Method for DeptAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let (mut config, mut tensors) = self.prompt.to_peft(model, PEFT_TYPE)?;
+    fn to_peft(&self, model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+        let (mut config, mut tensors) = self.prompt.prompt_peft(model, SPEC.peft_type)?;
         let c = &self.config;
         for (key, value) in [
             ("r", Value::from(c.rank)),
@@ -160,8 +198,8 @@ impl Method for DeptAdapter {
             config[key] = value;
         }
         tensors.push(saved(KEY_A.into(), vec![c.max_len, c.rank], &values(&self.a)?));
-        tensors.push(saved(KEY_B.into(), vec![c.rank, model.config().d_model], &values(&self.b)?));
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        tensors.push(saved(KEY_B.into(), vec![c.rank, model.d_model], &values(&self.b)?));
+        Ok((config, tensors))
     }
 
     fn learning_rate_scale(&self, name: &str) -> f32 {

@@ -7,19 +7,37 @@
 //! `LORA` with `use_dora: true` and a `lora_magnitude_vector` per module.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::Tensor;
 use serde_json::Value;
 
-use super::lora::{LoraAdapter, LoraConfig, LAYERS};
-use super::tensors::{read, rotary_rows, saved, tensor2, untracked, values};
-use super::{Method, MethodKind};
+use super::lora::{self, uses_dora, LoraAdapter, LoraConfig, LAYERS};
+use super::registry::{peft_type, Coding, Combine, MethodKind, MethodSpec};
+use super::tensors::{read, rotary_rows, saved, tensor2, untracked, values, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::linear::QuantLinear;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "dora",
+    peft_type: "LORA",
+    summary: "LoRA plus a magnitude per output row: W' = m ⊙ (W + sBA) / ‖W + sBA‖_row",
+    options: &[lora::RANK, lora::ALPHA, lora::DROPOUT, lora::RSLORA, lora::TARGETS],
+    default_lr: 2e-4,
+    mergeable: true,
+    scalable: true,
+    coding: Coding::LoraPairs,
+    combine: Combine::Not,
+    stage: None,
+    recognizes: |config| peft_type(config) == "LORA" && uses_dora(config),
+    build: |ctx| Ok(Box::new(DoraAdapter::new(lora::config_of(ctx)?, ctx.model, ctx.seed)?)),
+    load: |peft, model| Ok(Box::new(DoraAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 #[derive(Clone)]
 pub struct DoraAdapter {
@@ -44,7 +62,7 @@ impl DoraAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Dora)?;
+        super::expect_type(peft, KIND)?;
         let lora = LoraAdapter::read_weights(peft, model)?;
         let weights = frozen_weights(&lora, model)?;
         let c = model.config();
@@ -122,7 +140,7 @@ impl Adapters for DoraAdapter {
 
 impl Method for DoraAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Dora
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -141,15 +159,18 @@ impl Method for DoraAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let (mut config, mut tensors) = self.lora.to_peft(model)?;
+    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+        let (mut config, mut tensors) = self.lora.lora_peft(c)?;
         config["use_dora"] = Value::Bool(true);
-        let c = model.config();
         for (&(layer, p), m) in &self.magnitudes {
             let m = rotary_rows(c, p, values(m)?, 1, RowOrder::ToRotateHalf);
             tensors.push(saved(magnitude_key(layer, p), vec![m.len()], &m));
         }
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
+    }
+
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.lora.changes_weight(layer, projection)
     }
 
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {

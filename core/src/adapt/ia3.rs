@@ -6,18 +6,41 @@
 //! modules.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
 use super::lora::LAYERS;
-use super::tensors::{self, read, rotary_rows, saved, tensor2, values};
-use super::{Method, MethodKind};
+use super::registry::{
+    peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+};
+use super::tensors::{self, read, rotary_rows, saved, tensor2, values, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "ia3",
+    peft_type: "IA3",
+    summary: "vectors that rescale the outputs of k and v and the input of down, starting at 1",
+    options: &[OptionSpec {
+        option: MethodOption::Targets,
+        default: OptionDefault::Targets(&[Projection::K, Projection::V, Projection::Down]),
+    }],
+    default_lr: 3e-3,
+    mergeable: true,
+    scalable: true,
+    coding: Coding::FromInit(1.0),
+    combine: Combine::SumChanges(1.0),
+    stage: None,
+    recognizes: |config| peft_type(config) == "IA3",
+    build: |ctx| Ok(Box::new(Ia3Adapter::new(Ia3Config::on(ctx.targets()?), ctx.model)?)),
+    load: |peft, model| Ok(Box::new(Ia3Adapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ia3Config {
@@ -59,6 +82,8 @@ pub struct Ia3Adapter {
     config: Ia3Config,
     /// `[1, n]` per adapted projection: `n` its outputs, or its inputs for feed-forward ones.
     vectors: BTreeMap<(usize, Projection), Tensor<2>>,
+    /// `(out, in)` of each target's weight in the model the adapter was made for.
+    shapes: BTreeMap<Projection, (usize, usize)>,
 }
 
 impl Ia3Adapter {
@@ -73,7 +98,8 @@ impl Ia3Adapter {
                 vectors.insert((layer, p), tensor2(vec![1.0; n], [1, n], model.device()));
             }
         }
-        Ok(Self { config, vectors })
+        let shapes = config.targets.iter().map(|&p| (p, c.projection_shape(p))).collect();
+        Ok(Self { config, vectors, shapes })
     }
 
     pub fn config(&self) -> &Ia3Config {
@@ -90,7 +116,7 @@ impl Ia3Adapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Ia3)?;
+        super::expect_type(peft, KIND)?;
         let json = &peft.config;
         let config = Ia3Config {
             targets: super::parse_targets(json, "target_modules").map_err(|m| tensors::bad(peft, m))?,
@@ -153,7 +179,7 @@ impl Adapters for Ia3Adapter {
 
 impl Method for Ia3Adapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Ia3
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -168,8 +194,7 @@ impl Method for Ia3Adapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let c = model.config();
+    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut tensors = Vec::new();
         for (&(layer, p), vector) in &self.vectors {
             let v = values(vector)?;
@@ -194,11 +219,17 @@ impl Method for Ia3Adapter {
             "fan_in_fan_out": false,
             "inference_mode": true,
         });
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
+    }
+
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.vectors.contains_key(&(layer, projection))
     }
 
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
         let Some(vector) = self.vectors.get(&(layer, projection)) else { return Ok(false) };
+        let (out, inp) = self.shapes[&projection];
+        super::check_weight_len(weight, out * inp, layer, projection)?;
         let l = values(vector)?;
         if self.config.feedforward.contains(&projection) {
             // Columns: `W (l ⊙ x) = (W diag(l)) x`.

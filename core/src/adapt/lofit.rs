@@ -9,18 +9,63 @@
 //! saved with `peft_type: "LOFIT"`, the heads in the config and one `[K, head_dim]` tensor.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
-use super::tensors::{self, read, saved, tensor2, values, Rng};
-use super::{Method, MethodKind};
+use super::registry::{
+    peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+    Stage as StageSpec,
+};
+use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
 
-pub const PEFT_TYPE: &str = "LOFIT";
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "lofit",
+    peft_type: "LOFIT",
+    summary:
+        "two stages: per-head scales with an L1 penalty select heads, then per-head offsets train on them",
+    options: &[
+        OptionSpec { option: MethodOption::Heads, default: OptionDefault::Count(16) },
+        OptionSpec { option: MethodOption::SelectSteps, default: OptionDefault::Count(20) },
+        OptionSpec { option: MethodOption::L1, default: OptionDefault::Number(5e-4) },
+    ],
+    default_lr: 1e-2,
+    mergeable: true,
+    scalable: true,
+    coding: Coding::Dense,
+    combine: Combine::Not,
+    // The paper's selection run: half the offsets' learning rate.
+    stage: Some(StageSpec {
+        name: "select heads",
+        record: "lofit_heads.json",
+        steps: MethodOption::SelectSteps,
+        lr_factor: 0.5,
+        finish: |trained, ctx| {
+            let heads = LofitAdapter::select(trained, ctx.count(MethodOption::Heads, ctx.options.heads)?)?;
+            Ok(json!(heads))
+        },
+        next: |record, ctx| {
+            let heads: Vec<(usize, usize)> = serde_json::from_value(record.clone()).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "the selected heads ({record}) are not [layer, head] pairs: {e}"
+                ))
+            })?;
+            Ok(Box::new(LofitAdapter::offsets(&heads, ctx.model, ctx.seed)?))
+        },
+    }),
+    recognizes: |config| peft_type(config) == "LOFIT",
+    build: |ctx| {
+        let l1 = ctx.number(MethodOption::L1, ctx.options.l1)?;
+        Ok(Box::new(LofitAdapter::selection(ctx.model, l1, ctx.seed)?))
+    },
+    load: |peft, model| Ok(Box::new(LofitAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 /// What the adapter trains on its heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +94,8 @@ pub struct LofitAdapter {
     l1: f32,
     n_heads: usize,
     head_dim: usize,
+    /// Rows of `o_proj` (its columns are `n_heads · head_dim`).
+    d_model: usize,
 }
 
 /// The paper's initial spread of `A` and `v`.
@@ -91,7 +138,7 @@ impl LofitAdapter {
                 (site, tensor2(v, [1, c.head_dim], model.device()))
             })
             .collect();
-        Self { stage, heads, l1, n_heads: c.n_heads, head_dim: c.head_dim }
+        Self { stage, heads, l1, n_heads: c.n_heads, head_dim: c.head_dim, d_model: c.d_model }
     }
 
     pub fn stage(&self) -> Stage {
@@ -102,7 +149,7 @@ impl LofitAdapter {
     /// the same `A` always selects the same heads. `adapter` is a selection-stage LoFiT adapter
     /// (e.g. after training it through [`Method`]).
     pub fn select(adapter: &dyn Method, k: usize) -> Result<Vec<(usize, usize)>, Error> {
-        if adapter.kind() != MethodKind::Lofit {
+        if adapter.kind() != KIND {
             return Err(Error::InvalidArgument(format!(
                 "a {} adapter selects no heads",
                 adapter.kind().name()
@@ -129,7 +176,7 @@ impl LofitAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Lofit)?;
+        super::expect_type(peft, KIND)?;
         let c = model.config();
         let stage = match peft.config.get("stage").and_then(Value::as_str) {
             Some("offsets") => Stage::Offsets,
@@ -199,7 +246,7 @@ impl Adapters for LofitAdapter {
 
 impl Method for LofitAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Lofit
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -214,14 +261,14 @@ impl Method for LofitAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, _model: &Llama) -> Result<(), Error> {
+    fn to_peft(&self, _model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut all = Vec::with_capacity(self.heads.len() * self.head_dim);
         for v in self.heads.values() {
             all.extend(values(v)?);
         }
         let tensors = vec![saved(KEY.into(), vec![self.heads.len(), self.head_dim], &all)];
         let config = json!({
-            "peft_type": PEFT_TYPE,
+            "peft_type": SPEC.peft_type,
             "task_type": "CAUSAL_LM",
             "stage": self.stage.name(),
             "heads": self.heads.keys().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
@@ -229,22 +276,33 @@ impl Method for LofitAdapter {
             "target_modules": ["o_proj"],
             "inference_mode": true,
         });
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
+    }
+
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.stage == Stage::Selection
+            && projection == Projection::O
+            && self.heads.range((layer, 0)..(layer + 1, 0)).next().is_some()
     }
 
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
-        let Some(a) = self.layer_vector(layer).filter(|_| projection == Projection::O) else {
-            return Ok(false);
-        };
-        if self.stage == Stage::Offsets {
+        if !self.changes_weight(layer, projection) {
             return Ok(false);
         }
+        let Some(a) = self.layer_vector(layer) else { return Ok(false) };
+        super::check_weight_len(weight, self.d_model * self.n_heads * self.head_dim, layer, projection)?;
         // `W (x + A ⊙ x) = (W diag(1 + A)) x`: scale the columns.
         let a = values(&a)?;
         for row in weight.chunks_exact_mut(a.len()) {
             row.iter_mut().zip(&a).for_each(|(w, a)| *w *= 1.0 + a);
         }
         Ok(true)
+    }
+
+    fn adds_bias(&self, layer: usize, projection: Projection) -> bool {
+        self.stage == Stage::Offsets
+            && projection == Projection::O
+            && self.heads.range((layer, 0)..(layer + 1, 0)).next().is_some()
     }
 
     fn merge_bias(
@@ -258,6 +316,7 @@ impl Method for LofitAdapter {
         else {
             return Ok(None);
         };
+        super::check_weight_len(weight, self.d_model * self.n_heads * self.head_dim, layer, projection)?;
         // `W (x + v) = W x + W v`.
         let v = values(&v)?;
         Ok(Some(

@@ -9,14 +9,78 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
 
+use super::registry::{
+    peft_type, BuildContext, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+};
 use super::tensors::{self, rotary_rows, saved, tensor2, untracked, values, Rng, Saved};
-use super::{Method, MethodKind};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
 use crate::parallel::for_each_chunk_mut;
 use crate::quant::QuantMatrix;
+
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "lora",
+    peft_type: "LORA",
+    summary: "s·B·A beside each targeted projection",
+    options: &[
+        RANK,
+        ALPHA,
+        DROPOUT,
+        RSLORA,
+        OptionSpec { option: MethodOption::Init, default: OptionDefault::Init(LoraInit::Kaiming) },
+        TARGETS,
+    ],
+    default_lr: 2e-4,
+    mergeable: true,
+    scalable: true,
+    coding: Coding::LoraPairs,
+    combine: Combine::StackLora,
+    stage: None,
+    recognizes: |config| peft_type(config) == "LORA" && !uses_dora(config),
+    build: |ctx| {
+        let config = config_of(ctx)?;
+        Ok(Box::new(match ctx.init()? {
+            LoraInit::Kaiming => LoraAdapter::new(config, ctx.model, ctx.seed)?,
+            LoraInit::Pissa => LoraAdapter::new_pissa(config, ctx.model, ctx.seed)?,
+        }))
+    },
+    load: |peft, model| Ok(Box::new(LoraAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
+
+/// The options LoRA shares with DoRA.
+pub(crate) const RANK: OptionSpec =
+    OptionSpec { option: MethodOption::Rank, default: OptionDefault::Count(8) };
+pub(crate) const ALPHA: OptionSpec =
+    OptionSpec { option: MethodOption::Alpha, default: OptionDefault::Number(16.0) };
+pub(crate) const DROPOUT: OptionSpec =
+    OptionSpec { option: MethodOption::Dropout, default: OptionDefault::Number(0.0) };
+pub(crate) const RSLORA: OptionSpec =
+    OptionSpec { option: MethodOption::Rslora, default: OptionDefault::Flag(false) };
+pub(crate) const TARGETS: OptionSpec =
+    OptionSpec { option: MethodOption::Targets, default: OptionDefault::Targets(&Projection::ALL) };
+
+/// Whether a PEFT `LORA` config is a DoRA (`use_dora`).
+pub(crate) fn uses_dora(config: &Value) -> bool {
+    config.get("use_dora").and_then(Value::as_bool) == Some(true)
+}
+
+/// The LoRA configuration the options describe (LoRA's and DoRA's options).
+pub(crate) fn config_of(ctx: &BuildContext) -> Result<LoraConfig, Error> {
+    let o = ctx.options;
+    let mut config = LoraConfig::new(
+        ctx.count(MethodOption::Rank, o.rank)?,
+        ctx.number(MethodOption::Alpha, o.alpha)?,
+        ctx.targets()?,
+    );
+    config.dropout = ctx.number(MethodOption::Dropout, o.dropout)?;
+    config.use_rslora = ctx.flag(MethodOption::Rslora, o.rslora)?;
+    Ok(config)
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
@@ -29,13 +93,35 @@ pub struct LoraConfig {
 }
 
 /// How a new adapter starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LoraInit {
     /// PEFT's default: Kaiming-uniform `A`, zero `B`; the model starts unchanged.
     Kaiming,
-    /// Principal singular components of each weight, the base keeping the residual (see
-    /// [`super::pissa`]); needs [`LoraAdapter::new_pissa`].
+    /// Principal singular components of each weight (see [`super::pissa`]), trained against
+    /// the residual base; needs [`LoraAdapter::new_pissa`].
     Pissa,
+}
+
+impl LoraInit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kaiming => "kaiming",
+            Self::Pissa => "pissa",
+        }
+    }
+}
+
+impl core::str::FromStr for LoraInit {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self, Error> {
+        match name {
+            "kaiming" => Ok(Self::Kaiming),
+            "pissa" => Ok(Self::Pissa),
+            other => Err(Error::option("init", other, "must be kaiming or pissa")),
+        }
+    }
 }
 
 impl LoraConfig {
@@ -45,8 +131,11 @@ impl LoraConfig {
     }
 
     fn check(&self) -> Result<(), Error> {
-        if self.rank == 0 || self.targets.is_empty() {
-            return Err(Error::InvalidArgument("LoRA needs a rank >= 1 and at least one target".into()));
+        if self.rank == 0 {
+            return Err(Error::option("rank", 0, "must be at least 1"));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::option("targets", "", "name at least one projection"));
         }
         Ok(())
     }
@@ -74,7 +163,8 @@ pub struct LoraAdapter {
     pairs: BTreeMap<(usize, Projection), Pair>,
     /// Set while training with dropout: the seed of this micro-batch's masks.
     dropout_seed: Option<u64>,
-    /// PiSSA's starting `A₀`, `B₀`: the adapter is saved as `s·(B·A − B₀·A₀)` for the original base.
+    /// PiSSA's starting `A₀`, `B₀` (frozen): the adapter acts as `s·(B·A − B₀·A₀)`, so the
+    /// base model itself is never changed, and it is saved in that form for the original base.
     initial: Option<BTreeMap<(usize, Projection), Pair>>,
 }
 
@@ -100,12 +190,16 @@ impl LoraAdapter {
     }
 
     /// `s · B (A x)` for projection `projection` of block `layer`, if this adapter has one
-    /// (with dropout on `x` while a dropout seed is set).
+    /// (with dropout on `x` while a dropout seed is set); for PiSSA, minus the frozen
+    /// `s · B₀ (A₀ x)`, which stands for the residual base and sees `x` without dropout.
     pub fn delta(&self, layer: usize, projection: Projection, x: &Tensor<3>) -> Option<Tensor<3>> {
         let pair = self.pairs.get(&(layer, projection))?;
         let [b, t, d] = x.dims();
         let out = pair.b.dims()[0];
-        let x = match self.dropout_seed.filter(|_| self.config.dropout > 0.0) {
+        let low_rank = |pair: &Pair, x: Tensor<3>| {
+            x.reshape([b * t, d]).matmul(pair.a.clone().transpose()).matmul(pair.b.clone().transpose())
+        };
+        let dropped = match self.dropout_seed.filter(|_| self.config.dropout > 0.0) {
             Some(seed) => {
                 let site =
                     seed ^ ((layer as u64) << 8 | projection as u64).wrapping_mul(0xA24B_AED4_963E_E407);
@@ -114,8 +208,11 @@ impl LoraAdapter {
             }
             None => x.clone(),
         };
-        let low = x.reshape([b * t, d]).matmul(pair.a.clone().transpose());
-        Some(low.matmul(pair.b.clone().transpose()).mul_scalar(self.config.scale()).reshape([b, t, out]))
+        let mut delta = low_rank(pair, dropped);
+        if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
+            delta = delta - low_rank(start, x.clone());
+        }
+        Some(delta.mul_scalar(self.config.scale()).reshape([b, t, out]))
     }
 
     /// A fresh adapter on `config.targets` of every layer, initialised as PEFT does: `A`
@@ -148,10 +245,10 @@ impl LoraAdapter {
     }
 
     /// A PiSSA adapter (see [`super::pissa`]): `A`, `B` from the top `rank` singular components
-    /// of each targeted weight, which `model` then holds as the requantized residual. The same
-    /// `seed` gives the same split, so a resumed run rebuilds the same residual base. Run it
-    /// inside [`crate::Engine::with_model_mut`] to use the engine's threads.
-    pub fn new_pissa(mut config: LoraConfig, model: &mut Llama, seed: u64) -> Result<Self, Error> {
+    /// of each targeted weight, trained against the residual `W − s·B₀A₀`, which the adapter
+    /// itself subtracts (the shared model is not changed). The same `seed` gives the same split,
+    /// so a resumed run rebuilds the same adapter. Runs on the installed worker pool.
+    pub fn new_pissa(mut config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
         config.check()?;
         config.init = LoraInit::Pissa;
         for &projection in &config.targets {
@@ -164,21 +261,20 @@ impl LoraAdapter {
         let weights: Vec<QuantMatrix> =
             sites.iter().map(|&(layer, p)| model.blocks()[layer].linear(p).weight().clone()).collect();
         // The decompositions are independent: one task each on the installed pool.
-        let mut splits: Vec<Option<Result<_, Error>>> = sites.iter().map(|_| None).collect();
+        let mut splits: Vec<Option<(Vec<f32>, Vec<f32>)>> = sites.iter().map(|_| None).collect();
         for_each_chunk_mut(&mut splits, 1, |i, slot| {
             let (layer, projection) = sites[i];
             let site_seed = seed ^ ((layer as u64) << 8 | projection as u64);
             slot[0] = Some(super::pissa::split(&weights[i], rank, scale, site_seed));
         });
         let mut pairs = BTreeMap::new();
-        for ((&(layer, projection), weight), split) in sites.iter().zip(&weights).zip(splits) {
-            let (a, b, residual) = split.expect("every site was split")?;
-            model.set_projection_weight(layer, projection, residual)?;
+        for ((&site, weight), split) in sites.iter().zip(&weights).zip(splits) {
+            let (a, b) = split.expect("every site was split");
             let pair = Pair {
                 a: tensor2(a, [rank, weight.cols()], model.device()),
                 b: tensor2(b, [weight.rows(), rank], model.device()),
             };
-            pairs.insert((layer, projection), pair);
+            pairs.insert(site, pair);
         }
         let initial = pairs
             .iter()
@@ -202,10 +298,15 @@ impl LoraAdapter {
         self
     }
 
-    /// The weight change `s · B A` (`[out, in]`, our row layout) for one projection, if adapted.
+    /// The weight change `s · B A` (`[out, in]`, our row layout) for one projection, if adapted
+    /// (PiSSA: `s · (B A − B₀ A₀)`).
     pub fn weight_delta(&self, layer: usize, projection: Projection) -> Result<Option<Vec<f32>>, Error> {
         let Some(pair) = self.pairs.get(&(layer, projection)) else { return Ok(None) };
-        values(&pair.b.clone().matmul(pair.a.clone()).mul_scalar(self.config.scale())).map(Some)
+        let mut product = pair.b.clone().matmul(pair.a.clone());
+        if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
+            product = product - start.b.clone().matmul(start.a.clone());
+        }
+        values(&product.mul_scalar(self.config.scale())).map(Some)
     }
 
     /// Reads a PEFT LoRA adapter made for `model` (shapes are checked against it).
@@ -214,7 +315,7 @@ impl LoraAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Lora)?;
+        super::expect_type(peft, KIND)?;
         Self::read_weights(peft, model)
     }
 
@@ -278,8 +379,7 @@ impl LoraAdapter {
 impl LoraAdapter {
     /// The PEFT config and tensors of the adapter (q/k `lora_B` rows back in HF order), which
     /// `peft.PeftModel.from_pretrained` loads.
-    pub(crate) fn to_peft(&self, model: &Llama) -> Result<(Value, Vec<Saved>), Error> {
-        let c = model.config();
+    pub(crate) fn lora_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         // PiSSA trains against a residual base; for the original base it is the LoRA of rank
         // 2r with `A' = [A; A₀]`, `B' = [B, −B₀]` and the same scale (PEFT's conversion).
         let (rank, alpha) = match (&self.initial, self.config.use_rslora) {
@@ -334,7 +434,7 @@ impl Adapters for LoraAdapter {
 
 impl Method for LoraAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Lora
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -361,29 +461,23 @@ impl Method for LoraAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let (config, tensors) = self.to_peft(model)?;
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+        self.lora_peft(config)
+    }
+
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.pairs.contains_key(&(layer, projection))
     }
 
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
         let Some(delta) = self.weight_delta(layer, projection)? else { return Ok(false) };
+        super::check_weight_len(weight, delta.len(), layer, projection)?;
         weight.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
         Ok(true)
     }
 
     fn set_training_seed(&mut self, seed: Option<u64>) {
         self.dropout_seed = seed;
-    }
-
-    fn starting_point(&self) -> Option<Box<dyn Method>> {
-        let initial = self.initial.clone()?;
-        Some(Box::new(Self {
-            config: self.config.clone(),
-            pairs: initial,
-            dropout_seed: None,
-            initial: None,
-        }))
     }
 }
 

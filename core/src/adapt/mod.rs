@@ -1,6 +1,6 @@
 //! Adaptation methods. Each is one module that implements the model's [`Adapters`] trait for the
 //! sites it uses and [`Method`] for training, saving and merging, and is registered in
-//! [`MethodKind`]; the model never imports this module (see `shared/design.md`).
+//! [`registry::METHODS`]; the model never imports this module (see `docs/architecture.md`).
 
 pub mod dept;
 pub mod dora;
@@ -12,104 +12,22 @@ pub mod peqa;
 pub mod pissa;
 pub mod prefix;
 pub mod prompt;
+pub mod registry;
 mod tensors;
 
 pub use lora::{LoraAdapter, LoraConfig, LoraInit};
-pub(crate) use tensors::Saved;
+pub use registry::{MethodKind, MethodOption, MethodOptions, MethodSpec};
+pub use tensors::Saved;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use serde_json::Value;
 
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, Projection};
-
-/// The registered methods, by the names the CLI takes (`--method`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MethodKind {
-    Lora,
-    Dora,
-    Ia3,
-    Prompt,
-    Prefix,
-    Dept,
-    Peqa,
-    Lofit,
-}
-
-impl MethodKind {
-    pub const ALL: [MethodKind; 8] =
-        [Self::Lora, Self::Dora, Self::Ia3, Self::Prompt, Self::Prefix, Self::Dept, Self::Peqa, Self::Lofit];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Lora => "lora",
-            Self::Dora => "dora",
-            Self::Ia3 => "ia3",
-            Self::Prompt => "prompt",
-            Self::Prefix => "prefix",
-            Self::Dept => "dept",
-            Self::Peqa => "peqa",
-            Self::Lofit => "lofit",
-        }
-    }
-
-    /// Whether the method's change folds exactly into the base weights.
-    pub fn mergeable(self) -> bool {
-        !matches!(self, Self::Prompt | Self::Prefix | Self::Dept)
-    }
-
-    /// The method of a saved adapter, from its `adapter_config.json` (`peft_type`, and
-    /// `use_dora` for DoRA).
-    pub fn of_config(config: &Value) -> Result<Self, String> {
-        let peft_type = config.get("peft_type").and_then(Value::as_str).unwrap_or_default();
-        Ok(match peft_type {
-            "LORA" if config.get("use_dora").and_then(Value::as_bool) == Some(true) => Self::Dora,
-            "LORA" => Self::Lora,
-            "IA3" => Self::Ia3,
-            "PROMPT_TUNING" => Self::Prompt,
-            "PREFIX_TUNING" => Self::Prefix,
-            dept::PEFT_TYPE => Self::Dept,
-            peqa::PEFT_TYPE => Self::Peqa,
-            lofit::PEFT_TYPE => Self::Lofit,
-            other => {
-                return Err(format!(
-                    "peft_type '{other}' is not a method adaptkit knows (LORA, IA3, PROMPT_TUNING, PREFIX_TUNING, {}, {}, {})",
-                    dept::PEFT_TYPE,
-                    peqa::PEFT_TYPE,
-                    lofit::PEFT_TYPE
-                ))
-            }
-        })
-    }
-
-    /// Reads a saved adapter of this method, made for `model`.
-    fn load(self, peft: &PeftDir, model: &Llama) -> Result<Box<dyn Method>, Error> {
-        Ok(match self {
-            Self::Lora => Box::new(LoraAdapter::from_peft(peft, model)?),
-            Self::Dora => Box::new(dora::DoraAdapter::from_peft(peft, model)?),
-            Self::Ia3 => Box::new(ia3::Ia3Adapter::from_peft(peft, model)?),
-            Self::Prompt => Box::new(prompt::PromptAdapter::from_peft(peft, model)?),
-            Self::Prefix => Box::new(prefix::PrefixAdapter::from_peft(peft, model)?),
-            Self::Dept => Box::new(dept::DeptAdapter::from_peft(peft, model)?),
-            Self::Peqa => Box::new(peqa::PeqaAdapter::from_peft(peft, model)?),
-            Self::Lofit => Box::new(lofit::LofitAdapter::from_peft(peft, model)?),
-        })
-    }
-}
-
-impl core::str::FromStr for MethodKind {
-    type Err = Error;
-
-    fn from_str(name: &str) -> Result<Self, Error> {
-        Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
-            Error::InvalidArgument(format!("unknown method '{name}' (one of: {})", names.join(", ")))
-        })
-    }
-}
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
 
 /// What every adaptation method offers beyond acting on the forward pass: its parameters for
 /// the optimizer and checkpoints, saving, and merging where that is exact.
@@ -123,18 +41,39 @@ pub trait Method: Adapters {
 
     fn boxed_clone(&self) -> Box<dyn Method>;
 
+    /// The adapter as a PEFT-style `adapter_config.json` and tensors, for `config`'s model.
+    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error>;
+
     /// Writes the adapter as a PEFT-style directory that [`load`] reads back.
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error>;
+    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+        let (config, tensors) = self.to_peft(model.config())?;
+        Ok(PeftDir::write(dir, &config, &tensors)?)
+    }
+
+    /// Whether [`merge_weight`](Method::merge_weight) changes this projection, known before any
+    /// weight is read (a merged GGUF's header gives every tensor's type first).
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        let _ = (layer, projection);
+        false
+    }
 
     /// Applies the adapter's change to the dense weight `[out, in]` (our row layout) of one
-    /// projection; `false` when it leaves that projection alone. Methods whose change does not
-    /// fold into the weights say so with an error.
+    /// projection; `false` when it leaves that projection alone. A weight of another size than
+    /// the adapter's model has is an error. Methods whose change does not fold into the weights
+    /// say so with an error.
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
         let _ = (layer, projection, weight);
         Err(Error::InvalidArgument(format!(
             "a {} adapter does not merge into the weights",
             self.kind().name()
         )))
+    }
+
+    /// Whether [`merge_bias`](Method::merge_bias) gives a bias for this projection, known before
+    /// any weight is read (a merged GGUF's header lists its tensors first).
+    fn adds_bias(&self, layer: usize, projection: Projection) -> bool {
+        let _ = (layer, projection);
+        false
     }
 
     /// The output bias the adapter adds to one projection, given its dense weight `[out, in]`
@@ -164,16 +103,17 @@ pub trait Method: Adapters {
         let _ = seed;
     }
 
-    /// What the model looked like before training when that is not the plain base model
-    /// (PiSSA), off the autodiff graph.
-    fn starting_point(&self) -> Option<Box<dyn Method>> {
-        None
-    }
-
     /// The factor on the run's learning rate for parameter `name` (DePT's two rates).
     fn learning_rate_scale(&self, name: &str) -> f32 {
         let _ = name;
         1.0
+    }
+
+    /// Weight-sized values (f32) the method's forward builds in block `layer` and keeps for
+    /// backward, beyond the model's own activations (PEQA's `γ ⊙ S`): for the memory planner.
+    fn dense_training_values(&self, layer: usize) -> usize {
+        let _ = layer;
+        0
     }
 
     /// A term added to the training loss (LoFiT's L1 penalty while it selects heads).
@@ -200,6 +140,24 @@ pub fn detached(method: &dyn Method) -> Box<dyn Method> {
     copy
 }
 
+/// Refuses a dense weight of `projection` whose length is not `expected` (the adapter was made
+/// for another model).
+pub(crate) fn check_weight_len(
+    weight: &[f32],
+    expected: usize,
+    layer: usize,
+    projection: Projection,
+) -> Result<(), Error> {
+    if weight.len() != expected {
+        return Err(Error::InvalidArgument(format!(
+            "layer {layer} {} has {} weights, the adapter expects {expected}: it was made for another model",
+            projection.hf_name(),
+            weight.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Trainable values of `method`.
 pub fn parameter_count(method: &dyn Method) -> usize {
     method.parameters().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum()
@@ -215,16 +173,17 @@ pub fn load(dir: &Path, model: &Llama) -> Result<Box<dyn Method>, Error> {
 pub fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Box<dyn Method>, Error> {
     let kind = MethodKind::of_config(&peft.config)
         .map_err(|message| Error::Adapter { path: peft.path.display().to_string(), message })?;
-    kind.load(peft, model)
+    (kind.spec().load)(peft, model)
 }
 
 /// Several adapters acting at once, each with its own scale: at scale `s` a member moves each
 /// site's value `v` to `v + s·(member(v) − v)` (a LoRA's delta times `s`; an (IA)³ vector
-/// `1 + s·(l − 1)`). Soft prompts are concatenated in order. Switching adapters means building
-/// another set; the model is never reloaded.
-#[derive(Default)]
+/// `1 + s·(l − 1)`). Soft prompts are concatenated in order; for them only 0 (off) and 1 are
+/// defined. A member at scale 0 takes no part. Members are shared, not copied: switching
+/// adapters means building another set; the model is never reloaded.
+#[derive(Clone, Default)]
 pub struct AdapterSet {
-    members: Vec<(Box<dyn Method>, f32)>,
+    members: Vec<(Arc<dyn Method>, f32)>,
 }
 
 impl AdapterSet {
@@ -232,8 +191,13 @@ impl AdapterSet {
         Self::default()
     }
 
-    pub fn push(&mut self, adapter: Box<dyn Method>, scale: f32) {
+    /// Adds `adapter` at `scale`, which must be finite, and 0 or 1 for a method that is not
+    /// [`scalable`](MethodSpec::scalable) (soft prompts).
+    pub fn push(&mut self, adapter: impl Into<Arc<dyn Method>>, scale: f32) -> Result<(), Error> {
+        let adapter = adapter.into();
+        check_scale(adapter.kind(), scale)?;
         self.members.push((adapter, scale));
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -242,6 +206,11 @@ impl AdapterSet {
 
     pub fn members(&self) -> impl Iterator<Item = (&dyn Method, f32)> {
         self.members.iter().map(|(m, s)| (m.as_ref(), *s))
+    }
+
+    /// The members that take part (scale not 0).
+    fn active(&self) -> impl Iterator<Item = &(Arc<dyn Method>, f32)> {
+        self.members.iter().filter(|(_, scale)| *scale != 0.0)
     }
 
     /// Applies every member's change to the dense weight of one projection; `false` when no
@@ -253,7 +222,7 @@ impl AdapterSet {
         weight: &mut [f32],
     ) -> Result<bool, Error> {
         let mut changed = false;
-        for (member, scale) in &self.members {
+        for (member, scale) in self.active() {
             if *scale == 1.0 {
                 changed |= member.merge_weight(layer, projection, weight)?;
                 continue;
@@ -267,6 +236,27 @@ impl AdapterSet {
         Ok(changed)
     }
 
+    /// Whether a member changes this projection's weight (see [`Method::changes_weight`]).
+    pub fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.active().any(|(member, _)| member.changes_weight(layer, projection))
+    }
+
+    /// Refuses a set with a member that does not merge (a soft prompt), naming it.
+    pub fn check_mergeable(&self) -> Result<(), Error> {
+        match self.active().find(|(member, _)| !member.kind().mergeable()) {
+            Some((member, _)) => Err(Error::InvalidArgument(format!(
+                "a {} adapter does not merge into the weights (soft prompts act through the input)",
+                member.kind().name()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a member adds an output bias to this projection (see [`Method::adds_bias`]).
+    pub fn adds_bias(&self, layer: usize, projection: Projection) -> bool {
+        self.active().any(|(member, _)| member.adds_bias(layer, projection))
+    }
+
     /// The summed, scaled output biases the members add to one projection of dense weight
     /// `weight` (see [`Method::merge_bias`]).
     pub fn merge_bias(
@@ -276,7 +266,7 @@ impl AdapterSet {
         weight: &[f32],
     ) -> Result<Option<Vec<f32>>, Error> {
         let mut total: Option<Vec<f32>> = None;
-        for (member, scale) in &self.members {
+        for (member, scale) in self.active() {
             if let Some(bias) = member.merge_bias(layer, projection, weight)? {
                 let total = total.get_or_insert_with(|| vec![0.0; bias.len()]);
                 total.iter_mut().zip(bias).for_each(|(t, b)| *t += scale * b);
@@ -294,6 +284,24 @@ impl AdapterSet {
     }
 }
 
+/// Refuses a scale that is not finite, or one other than 0 and 1 for a soft prompt.
+pub fn check_scale(method: MethodKind, scale: f32) -> Result<(), Error> {
+    if !scale.is_finite() {
+        return Err(Error::option("scale", scale, "must be finite"));
+    }
+    if !method.spec().scalable && scale != 0.0 && scale != 1.0 {
+        return Err(Error::option(
+            "scale",
+            scale,
+            format!(
+                "a {} adapter is a soft prompt, which is on (1) or off (0); it has no scale in between",
+                method.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `value + scale·(moved − value)`, skipping the arithmetic at scale 1.
 fn interpolate<const D: usize>(value: Tensor<D>, moved: Tensor<D>, scale: f32) -> Tensor<D> {
     if scale == 1.0 {
@@ -305,7 +313,7 @@ fn interpolate<const D: usize>(value: Tensor<D>, moved: Tensor<D>, scale: f32) -
 
 impl Adapters for AdapterSet {
     fn linear_input(&self, layer: usize, projection: Projection, mut x: Tensor<3>) -> Tensor<3> {
-        for (member, scale) in &self.members {
+        for (member, scale) in self.active() {
             x = interpolate(x.clone(), member.linear_input(layer, projection, x), *scale);
         }
         x
@@ -318,14 +326,14 @@ impl Adapters for AdapterSet {
         x: &Tensor<3>,
         mut y: Tensor<3>,
     ) -> Tensor<3> {
-        for (member, scale) in &self.members {
+        for (member, scale) in self.active() {
             y = interpolate(y.clone(), member.linear_output(layer, projection, x, y), *scale);
         }
         y
     }
 
     fn token_embeddings(&self, start: usize, mut x: Tensor<3>) -> Tensor<3> {
-        for (member, scale) in &self.members {
+        for (member, scale) in self.active() {
             x = interpolate(x.clone(), member.token_embeddings(start, x), *scale);
         }
         x
@@ -333,12 +341,12 @@ impl Adapters for AdapterSet {
 
     fn prefix_kv(&self, layer: usize) -> Option<(Tensor<3>, Tensor<3>)> {
         let (keys, values): (Vec<_>, Vec<_>) =
-            self.members.iter().filter_map(|(member, _)| member.prefix_kv(layer)).unzip();
+            self.active().filter_map(|(member, _)| member.prefix_kv(layer)).unzip();
         (!keys.is_empty()).then(|| (Tensor::cat(keys, 0), Tensor::cat(values, 0)))
     }
 
     fn virtual_tokens(&self) -> Option<Tensor<2>> {
-        let tokens: Vec<_> = self.members.iter().filter_map(|(member, _)| member.virtual_tokens()).collect();
+        let tokens: Vec<_> = self.active().filter_map(|(member, _)| member.virtual_tokens()).collect();
         (!tokens.is_empty()).then(|| Tensor::cat(tokens, 0))
     }
 }
@@ -360,7 +368,7 @@ fn parse_targets(json: &Value, key: &str) -> Result<Vec<Projection>, String> {
 }
 
 /// Checks the `peft_type` of a saved adapter against the method reading it.
-fn expect_type(peft: &PeftDir, expected: MethodKind) -> Result<(), Error> {
+pub(crate) fn expect_type(peft: &PeftDir, expected: MethodKind) -> Result<(), Error> {
     let found = MethodKind::of_config(&peft.config).map_err(|message| tensors::bad(peft, message))?;
     if found != expected {
         return Err(tensors::bad(

@@ -9,21 +9,37 @@
 //! GGUF; saved factors are the rounded ones.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::Tensor;
 use half::f16;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::lora::LAYERS;
-use super::tensors::{self, read, saved, tensor2, untracked, values};
-use super::{Method, MethodKind};
+use super::lora::{self, LAYERS};
+use super::registry::{peft_type, Coding, Combine, MethodKind, MethodSpec};
+use super::tensors::{self, read, saved, tensor2, untracked, values, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, Projection};
 use crate::quant::{Levels, QuantMatrix};
 
-pub const PEFT_TYPE: &str = "PEQA";
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "peqa",
+    peft_type: "PEQA",
+    summary: "one factor per GGUF block scale, d ← d·(1 + γ); levels and offsets stay frozen",
+    options: &[lora::TARGETS],
+    default_lr: 1e-4,
+    mergeable: true,
+    scalable: true,
+    coding: Coding::FromInit(0.0),
+    combine: Combine::Not,
+    stage: None,
+    recognizes: |config| peft_type(config) == "PEQA",
+    build: |ctx| Ok(Box::new(PeqaAdapter::new(ctx.targets()?, ctx.model)?)),
+    load: |peft, model| Ok(Box::new(PeqaAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 #[derive(Clone)]
 pub struct PeqaAdapter {
@@ -61,7 +77,7 @@ impl PeqaAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Peqa)?;
+        super::expect_type(peft, KIND)?;
         let targets =
             super::parse_targets(&peft.config, "target_modules").map_err(|m| tensors::bad(peft, m))?;
         let mut adapter = Self::new(targets, model).map_err(|e| tensors::bad(peft, e.to_string()))?;
@@ -143,7 +159,7 @@ impl Adapters for PeqaAdapter {
 
 impl Method for PeqaAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Peqa
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -158,23 +174,28 @@ impl Method for PeqaAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, _model: &Llama) -> Result<(), Error> {
+    fn to_peft(&self, _model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut tensors = Vec::new();
         for (&(layer, p), factor) in &self.factors {
             tensors.push(saved(key(layer, p), factor.dims().to_vec(), &self.snapped(layer, p)?));
         }
         let config = json!({
-            "peft_type": PEFT_TYPE,
+            "peft_type": SPEC.peft_type,
             "task_type": "CAUSAL_LM",
             "target_modules": self.targets.iter().map(|p| p.hf_name()).collect::<Vec<_>>(),
             "block_scale": "d * (1 + peqa_scale), one factor per GGUF block, rows in GGUF order",
             "inference_mode": true,
         });
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
+    }
+
+    fn changes_weight(&self, layer: usize, projection: Projection) -> bool {
+        self.matrices.contains_key(&(layer, projection))
     }
 
     fn merge_weight(&self, layer: usize, projection: Projection, weight: &mut [f32]) -> Result<bool, Error> {
         let Some(matrix) = self.matrices.get(&(layer, projection)) else { return Ok(false) };
+        super::check_weight_len(weight, matrix.rows() * matrix.cols(), layer, projection)?;
         let Some(levels) = Levels::of(matrix) else { return Ok(false) };
         let block = matrix.ty().block_len();
         let factors = self.snapped(layer, projection)?;
@@ -182,6 +203,13 @@ impl Method for PeqaAdapter {
             *w += factors[i / block] * s;
         }
         Ok(true)
+    }
+
+    fn dense_training_values(&self, layer: usize) -> usize {
+        self.matrices
+            .range((layer, Projection::Q)..=(layer, Projection::Down))
+            .map(|(_, m)| m.rows() * m.cols())
+            .sum()
     }
 
     fn merge_blocks(&self, layer: usize, projection: Projection) -> Result<Option<Vec<u8>>, Error> {

@@ -1,14 +1,15 @@
 //! PiSSA (Meng et al. 2024): LoRA whose `A` and `B` start as the principal singular components
 //! of the frozen weight, `A = sqrt(S_r / s)·V_rᵀ` and `B = U_r·sqrt(S_r / s)` (as Hugging Face
-//! PEFT's `init_lora_weights="pissa"`), while the base keeps only the residual `W − s·B·A`,
-//! requantized (QPiSSA; in Q8_0 for bases below 8 bits, see `residual_type`). Training then
-//! adapts the directions that matter most. A PiSSA adapter only fits that residual base, so it is saved converted to a plain
-//! LoRA of twice the rank that fits the original base: `ΔW = s·(B·A − B₀·A₀)`.
+//! PEFT's `init_lora_weights="pissa"`), trained against the residual `W − s·B₀·A₀`. Training
+//! then adapts the directions that matter most. The residual is never materialised: the
+//! adapter acts as `s·(B·A − B₀·A₀)` beside the unchanged base (exactly the base at the start,
+//! with no requantization error, and the model shared with other callers is left alone), which
+//! is also how it is saved: a plain LoRA of twice the rank, `A' = [A; A₀]`, `B' = [B, −B₀]`.
 
 use crate::error::Error;
 use crate::linalg::symmetric_eigen;
 use crate::model::{Llama, Projection};
-use crate::quant::{GgmlType, QuantMatrix};
+use crate::quant::QuantMatrix;
 
 /// The top `rank` singular triplets of a row-major `rows x cols` matrix: `u` (`rows x rank`,
 /// row-major), `s` (descending) and `vt` (`rank x cols`, row-major).
@@ -126,43 +127,16 @@ fn orthonormalise(m: &mut [f64], n: usize, k: usize) {
     }
 }
 
-/// PiSSA's starting `A` (`rank x in`) and `B` (`out x rank`) for one weight, and the residual
-/// weight `W − scale·B·A` requantized in `W`'s format.
-pub(crate) fn split(
-    weight: &QuantMatrix,
-    rank: usize,
-    scale: f32,
-    seed: u64,
-) -> Result<(Vec<f32>, Vec<f32>, QuantMatrix), Error> {
+/// PiSSA's starting `A` (`rank x in`) and `B` (`out x rank`) for one weight: `s·B·A` is its
+/// best rank-`rank` approximation.
+pub(crate) fn split(weight: &QuantMatrix, rank: usize, scale: f32, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let (rows, cols) = (weight.rows(), weight.cols());
-    let w = weight.dequantize();
-    let p = principal_components(&w, rows, cols, rank, seed);
+    let p = principal_components(&weight.dequantize(), rows, cols, rank, seed);
     let r = p.s.len();
     let root: Vec<f64> = p.s.iter().map(|s| (s / f64::from(scale)).sqrt()).collect();
     let a: Vec<f32> = (0..r * cols).map(|i| (root[i / cols] * p.vt[i]) as f32).collect();
     let b: Vec<f32> = (0..rows * r).map(|i| (p.u[i] * root[i % r]) as f32).collect();
-    let mut residual = w;
-    for row in 0..rows {
-        for j in 0..r {
-            let bj = f64::from(scale) * f64::from(b[row * r + j]);
-            residual[row * cols..(row + 1) * cols]
-                .iter_mut()
-                .zip(&a[j * cols..(j + 1) * cols])
-                .for_each(|(w, a)| *w = (f64::from(*w) - bj * f64::from(*a)) as f32);
-        }
-    }
-    let residual = QuantMatrix::quantize(residual_type(weight.ty()), rows, cols, &residual)?;
-    Ok((a, b, residual))
-}
-
-/// The block format of a residual weight: its base's, except that bases below 8 bits keep the
-/// residual in Q8_0. Requantizing to 4 bits would add a rounding error as large as the base's
-/// own on top of it (SmolLM2's held-out loss started 0.23 nats worse with a Q4_1 residual).
-fn residual_type(base: GgmlType) -> GgmlType {
-    match base {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q8K => base,
-        _ => GgmlType::Q8_0,
-    }
+    (a, b)
 }
 
 /// Whether `projection` of every layer can be split at `rank` (PiSSA needs `rank` below both

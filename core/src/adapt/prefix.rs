@@ -9,17 +9,39 @@
 //! row layer by layer, key then value, head by head (keys' head dimensions in HF's rotate-half
 //! order).
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
-use super::tensors::{self, head_rows, read, saved, tensor2, untracked, values, Rng};
-use super::{Method, MethodKind};
+use super::registry::{
+    peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+};
+use super::tensors::{self, head_rows, read, saved, tensor2, untracked, values, Rng, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, NoAdapters};
+use crate::model::{Adapters, Llama, LlamaConfig, NoAdapters};
+
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "prefix",
+    peft_type: "PREFIX_TUNING",
+    summary: "keys and values of every layer that every sequence attends to first",
+    options: &[OptionSpec { option: MethodOption::VirtualTokens, default: OptionDefault::Count(10) }],
+    default_lr: 1e-2,
+    mergeable: false,
+    scalable: false,
+    coding: Coding::Dense,
+    combine: Combine::Not,
+    stage: None,
+    recognizes: |config| peft_type(config) == "PREFIX_TUNING",
+    build: |ctx| {
+        let tokens = ctx.count(MethodOption::VirtualTokens, ctx.options.virtual_tokens)?;
+        Ok(Box::new(PrefixAdapter::new(tokens, ctx.model, ctx.seed)?))
+    },
+    load: |peft, model| Ok(Box::new(PrefixAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
 
 #[derive(Clone)]
 pub struct PrefixAdapter {
@@ -77,7 +99,7 @@ impl PrefixAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Prefix)?;
+        super::expect_type(peft, KIND)?;
         let c = model.config();
         let m = peft.config.get("num_virtual_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
         if m == 0 || m > c.context_len {
@@ -121,7 +143,7 @@ impl Adapters for PrefixAdapter {
 
 impl Method for PrefixAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Prefix
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -140,8 +162,7 @@ impl Method for PrefixAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let c = model.config();
+    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         let (m, width) = (self.len(), self.kv_heads * self.head_dim);
         let mut rows = vec![Vec::with_capacity(self.layers.len() * 2 * width); m];
         for (k, v) in &self.layers {
@@ -166,6 +187,6 @@ impl Method for PrefixAdapter {
             "prefix_projection": false,
             "inference_mode": true,
         });
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+        Ok((config, tensors))
     }
 }

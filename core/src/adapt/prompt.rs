@@ -3,16 +3,55 @@
 //! writes them into an empty KV cache) and every later token reuses them. Stored as PEFT
 //! `PROMPT_TUNING` (`prompt_embeddings: [m, d_model]`).
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
-use super::tensors::{self, read, saved, tensor2, values, Rng};
-use super::{Method, MethodKind};
+use super::registry::{
+    peft_type, BuildContext, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
+};
+use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
+use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama};
+use crate::model::{Adapters, Llama, LlamaConfig};
+
+pub static SPEC: MethodSpec = MethodSpec {
+    name: "prompt",
+    peft_type: "PROMPT_TUNING",
+    summary: "virtual tokens run before the input",
+    options: &[
+        OptionSpec { option: MethodOption::VirtualTokens, default: OptionDefault::Count(20) },
+        PROMPT_INIT,
+    ],
+    default_lr: 3e-2,
+    mergeable: false,
+    scalable: false,
+    coding: Coding::Dense,
+    combine: Combine::Not,
+    stage: None,
+    recognizes: |config| peft_type(config) == "PROMPT_TUNING",
+    build: |ctx| {
+        let tokens = ctx.count(MethodOption::VirtualTokens, ctx.options.virtual_tokens)?;
+        Ok(Box::new(PromptAdapter::new(tokens, init_of(ctx)?, ctx.model, ctx.seed)?))
+    },
+    load: |peft, model| Ok(Box::new(PromptAdapter::from_peft(peft, model)?)),
+};
+
+pub const KIND: MethodKind = MethodKind::of(&SPEC);
+
+/// Where a soft prompt starts (prompt tuning's and DePT's option).
+pub(crate) const PROMPT_INIT: OptionSpec = OptionSpec {
+    option: MethodOption::PromptInit,
+    default: OptionDefault::Described("embeddings of random vocabulary tokens"),
+};
+
+/// The start the options ask for: the embeddings of `prompt_init`'s tokens, or random ones.
+pub(crate) fn init_of(ctx: &BuildContext) -> Result<PromptInit, Error> {
+    Ok(match ctx.prompt_text()? {
+        Some(ids) => PromptInit::Text(ids),
+        None => PromptInit::SampledVocabulary,
+    })
+}
 
 /// Where a new soft prompt starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,7 +86,7 @@ impl PromptAdapter {
     }
 
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
-        super::expect_type(peft, MethodKind::Prompt)?;
+        super::expect_type(peft, KIND)?;
         Ok(Self::from_embeddings(read_prompt(peft, model)?))
     }
 
@@ -56,13 +95,8 @@ impl PromptAdapter {
         Self { embeddings: Some(embeddings), init: PromptInit::SampledVocabulary }
     }
 
-    /// The PEFT config fields and tensor of the prompt.
-    pub(crate) fn to_peft(
-        &self,
-        model: &Llama,
-        peft_type: &str,
-    ) -> Result<(Value, Vec<tensors::Saved>), Error> {
-        let c = model.config();
+    /// The PEFT config fields and tensor of the prompt, saved as `peft_type`.
+    pub(crate) fn prompt_peft(&self, c: &LlamaConfig, peft_type: &str) -> Result<(Value, Vec<Saved>), Error> {
         let m = self.len();
         let mut tensors = Vec::new();
         if let Some(e) = &self.embeddings {
@@ -153,7 +187,7 @@ impl Adapters for PromptAdapter {
 
 impl Method for PromptAdapter {
     fn kind(&self) -> MethodKind {
-        MethodKind::Prompt
+        KIND
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor<2>)> {
@@ -168,8 +202,7 @@ impl Method for PromptAdapter {
         Box::new(self.clone())
     }
 
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
-        let (config, tensors) = self.to_peft(model, "PROMPT_TUNING")?;
-        Ok(PeftDir::write(dir, &config, &tensors)?)
+    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+        self.prompt_peft(config, SPEC.peft_type)
     }
 }

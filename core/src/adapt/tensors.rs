@@ -43,7 +43,7 @@ pub(crate) fn read(peft: &PeftDir, name: &str, shape: &[usize]) -> Result<Vec<f3
 }
 
 /// A tensor as the saved adapter stores it: name, f32, shape, little-endian bytes.
-pub(crate) type Saved = (String, Dtype, Vec<usize>, Vec<u8>);
+pub type Saved = (String, Dtype, Vec<usize>, Vec<u8>);
 
 pub(crate) fn saved(name: String, shape: Vec<usize>, values: &[f32]) -> Saved {
     (name, Dtype::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())

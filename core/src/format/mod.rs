@@ -36,17 +36,65 @@ fn find_sorted<'a, T>(
 /// pages load on first touch; read into memory on wasm32, which cannot map.
 #[cfg(feature = "std")]
 fn map_file(path: &Path) -> io::Result<crate::bytes::SharedBytes> {
+    Ok(map_file_stamped(path)?.0)
+}
+
+/// What identifies a file's contents without reading them: its path, size, times and inode,
+/// taken from the handle that was read (not looked up again by name, which may by then be
+/// another file). A file written in place changes its change time (`ctime`), which no tool
+/// can set back.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub path: String,
+    pub size: u64,
+    pub modified_ns: u128,
+    /// Unix: the inode's change time and number; 0 elsewhere.
+    pub changed_ns: i128,
+    pub inode: u64,
+}
+
+#[cfg(feature = "std")]
+impl FileStamp {
+    fn of(path: &Path, metadata: &std::fs::Metadata) -> Self {
+        let modified = metadata.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        #[cfg(unix)]
+        let (changed_ns, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec()), metadata.ino())
+        };
+        #[cfg(not(unix))]
+        let (changed_ns, inode) = (0, 0);
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        Self {
+            path: path.display().to_string(),
+            size: metadata.len(),
+            modified_ns: modified.map_or(0, |d| d.as_nanos()),
+            changed_ns,
+            inode,
+        }
+    }
+}
+
+/// [`map_file`] and the stamp of the file it mapped.
+#[cfg(feature = "std")]
+pub fn map_file_stamped(path: &Path) -> io::Result<(crate::bytes::SharedBytes, FileStamp)> {
+    let file = std::fs::File::open(path)?;
+    let stamp = FileStamp::of(path, &file.metadata()?);
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let file = std::fs::File::open(path)?;
         // SAFETY: a mapped file must not change while mapped. Model files are replaced, never
         // edited in place: our writers rename a finished temp file over the old one, which
         // leaves existing maps on the old inode. Files from elsewhere are taken on that contract.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(crate::bytes::SharedBytes::from_owner(alloc::sync::Arc::new(map)))
+        Ok((crate::bytes::SharedBytes::from_owner(alloc::sync::Arc::new(map)), stamp))
     }
     #[cfg(target_arch = "wasm32")]
-    Ok(crate::bytes::SharedBytes::from_vec(std::fs::read(path)?))
+    {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut &file, &mut bytes)?;
+        Ok((crate::bytes::SharedBytes::from_vec(bytes), stamp))
+    }
 }
 
 /// Writes a file so that readers see the old contents or the complete new ones, never a torn
@@ -54,7 +102,10 @@ fn map_file(path: &Path) -> io::Result<crate::bytes::SharedBytes> {
 /// `write` fills a temp file in the same directory (a rename cannot cross file systems), which
 /// is synced to disk before it is renamed over `path`.
 #[cfg(feature = "std")]
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>) -> io::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut (dyn io::Write + Send)) -> io::Result<()>,
+) -> io::Result<()> {
     use std::fs;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);

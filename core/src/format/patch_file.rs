@@ -94,8 +94,10 @@ pub struct StoredTensor {
 }
 
 impl StoredTensor {
+    /// Values the shape holds (`usize::MAX` for a shape whose product overflows, which no
+    /// parsed patch has).
     pub fn elements(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 
@@ -326,12 +328,16 @@ fn read_table(table: &[u8], count: usize) -> Result<Vec<Entry>, PatchFileError> 
             return Err(bad(format!("{ndim} dimensions (1 to {MAX_DIMS} allowed)")));
         }
         let mut shape = Vec::with_capacity(ndim);
-        let mut elements = 1u64;
+        // Checked at every step: a product that overflows is refused even when a later
+        // dimension is 0 (`[2^40, 2^40, 0]` would otherwise pass as 0 values).
+        let mut elements = Some(1u64);
         for _ in 0..ndim {
             let d = reader.varint()?;
-            elements = elements.saturating_mul(d);
+            elements = elements.and_then(|e| e.checked_mul(d)).filter(|_| d <= MAX_ELEMENTS);
             shape.push(d as usize);
         }
+        let elements =
+            elements.ok_or_else(|| bad(format!("shape {shape:?} holds more than {MAX_ELEMENTS} values")))?;
         total_elements = total_elements.saturating_add(elements);
         if total_elements > MAX_ELEMENTS {
             return Err(bad(format!("the patch's tensors would hold more than {MAX_ELEMENTS} values")));
@@ -518,6 +524,27 @@ mod tests {
         // Dropping the signature block without recomputing the checksum over the flags.
         let stripped = &signed[..signed.len() - SIGNATURE_BLOCK];
         assert!(PatchFile::from_bytes(stripped).is_err());
+    }
+
+    #[test]
+    fn a_shape_whose_product_overflows_is_refused_even_with_a_zero_dimension() {
+        for shape in [vec![1 << 40, 1 << 40, 0], vec![0, 1 << 62], vec![1 << 29]] {
+            let patch = PatchFile {
+                metadata: serde_json::json!({}),
+                tensors: vec![StoredTensor {
+                    name: "t".into(),
+                    shape: shape.clone(),
+                    encoding: Encoding::F32,
+                    bytes: Vec::new(),
+                }],
+                signer: None,
+            };
+            let err = PatchFile::from_bytes(&patch.to_bytes(None)).unwrap_err();
+            assert!(
+                matches!(&err, PatchFileError::Tensor { message, .. } if message.contains("more than")),
+                "{shape:?}: {err}"
+            );
+        }
     }
 
     #[test]

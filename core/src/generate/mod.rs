@@ -12,10 +12,11 @@ use crate::control::CancelToken;
 use crate::device::is_host;
 use crate::error::Error;
 use crate::model::linear::host_f32;
-use crate::model::{Adapters, Llama};
+use crate::model::{soft_prompt_len, Adapters, Llama};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
@@ -33,6 +34,13 @@ impl Default for GenerateOptions {
             stop_strings: Vec::new(),
             stop_at_eos: true,
         }
+    }
+}
+
+impl GenerateOptions {
+    /// Refuses options out of range, naming the field.
+    pub fn check(&self) -> Result<(), Error> {
+        self.sampling.validate()
     }
 }
 
@@ -55,6 +63,12 @@ impl StopReason {
     }
 }
 
+impl serde::Serialize for StopReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// What the streaming callback sees.
 pub enum GenerationEvent<'a> {
     /// The prompt went through the model; decoding starts.
@@ -65,6 +79,9 @@ pub enum GenerationEvent<'a> {
     /// Text held back until the end (an incomplete character or a stop-string prefix that never
     /// completed); sent once, after the last token. All `text`s together are `Generation::text`.
     Tail { text: &'a str },
+    /// Something the caller should know that does not stop generation (e.g. a chat prompt on a
+    /// model without a chat template).
+    Warning { text: &'a str },
 }
 
 #[derive(Clone, Debug)]
@@ -87,9 +104,11 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
     }
+    // A soft prompt takes its positions in the cache before the real tokens.
+    let soft_prompt = soft_prompt_len(adapters);
     let context = model.config().context_len;
-    if prompt.len() >= context {
-        return Err(Error::ContextOverflow { tokens: prompt.len() + 1, context });
+    if soft_prompt + prompt.len() >= context {
+        return Err(Error::ContextOverflow { tokens: soft_prompt + prompt.len() + 1, context });
     }
     let mut sampler = Sampler::new(options.sampling.clone())?;
     let mut cache = model.new_cache(1);
@@ -123,7 +142,7 @@ pub fn generate(
         if history.len() - prompt.len() >= options.max_tokens {
             break StopReason::MaxTokens;
         }
-        if history.len() >= context {
+        if soft_prompt + history.len() >= context {
             break StopReason::ContextFull;
         }
         let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;

@@ -3,7 +3,8 @@
 
 use crate::error::Error;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// 0 = greedy (argmax).
     pub temperature: f32,
@@ -13,7 +14,8 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens less likely than `min_p` times the most likely one; 0 = off.
     pub min_p: f32,
-    /// Divide positive logits (multiply negative ones) of recently seen tokens; 1 = off.
+    /// Divide positive logits (multiply negative ones) of recently seen tokens; 1 = off (the
+    /// default, as in transformers and llama.cpp, so that temperature 0 is plain greedy).
     pub repetition_penalty: f32,
     /// How many recent tokens the repetition penalty looks at.
     pub repeat_last_n: usize,
@@ -27,7 +29,7 @@ impl Default for SamplingParams {
             top_k: 40,
             top_p: 0.95,
             min_p: 0.05,
-            repetition_penalty: 1.1,
+            repetition_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
         }
@@ -36,23 +38,21 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, repetition_penalty: 1.0, ..Self::default() }
+        Self { temperature: 0.0, ..Self::default() }
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        let bad =
-            |what: &str, value: f32| Err(Error::InvalidArgument(format!("{what} = {value} is out of range")));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("temperature (must be >= 0)", self.temperature);
+            return Err(Error::option("temperature", self.temperature, "must be >= 0"));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top-p (must be in (0, 1])", self.top_p);
+            return Err(Error::option("top_p", self.top_p, "must be in (0, 1]"));
         }
         if !(0.0..1.0).contains(&self.min_p) {
-            return bad("min-p (must be in [0, 1))", self.min_p);
+            return Err(Error::option("min_p", self.min_p, "must be in [0, 1)"));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition penalty (must be > 0)", self.repetition_penalty);
+            return Err(Error::option("repetition_penalty", self.repetition_penalty, "must be > 0"));
         }
         Ok(())
     }

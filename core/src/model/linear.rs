@@ -38,11 +38,6 @@ impl QuantLinear {
         Self { bias: Some(bias), ..self }
     }
 
-    /// The same layer (bias included) with another weight of the same shape.
-    pub fn with_weight(&self, weight: QuantMatrix) -> Self {
-        Self { weight: FrozenWeight::new(weight), bias: self.bias.clone() }
-    }
-
     pub fn bias(&self) -> Option<&Tensor<1>> {
         self.bias.as_ref()
     }

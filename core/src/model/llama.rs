@@ -62,33 +62,6 @@ impl Llama {
         self.output.weight()
     }
 
-    /// Replaces the weight of `projection` in block `layer` by one of the same shape (PiSSA
-    /// leaves the base its residual).
-    pub fn set_projection_weight(
-        &mut self,
-        layer: usize,
-        projection: Projection,
-        weight: QuantMatrix,
-    ) -> Result<(), Error> {
-        let block = self.blocks.get_mut(layer).ok_or_else(|| {
-            Error::InvalidArgument(format!("layer {layer} of a model of {} layers", self.config.n_layers))
-        })?;
-        let old = block.linear(projection).weight();
-        if (old.rows(), old.cols()) != (weight.rows(), weight.cols()) {
-            return Err(Error::InvalidArgument(format!(
-                "a {}x{} weight cannot replace {} of shape {}x{}",
-                weight.rows(),
-                weight.cols(),
-                projection.hf_name(),
-                old.rows(),
-                old.cols()
-            )));
-        }
-        let linear = block.linear_mut(projection);
-        *linear = linear.with_weight(weight);
-        Ok(())
-    }
-
     pub fn new_cache(&self, batch: usize) -> KvCache {
         KvCache::new(&self.config, batch)
     }
@@ -344,18 +317,6 @@ impl Block {
 }
 
 impl Block {
-    fn linear_mut(&mut self, projection: Projection) -> &mut QuantLinear {
-        match projection {
-            Projection::Q => &mut self.attn_q,
-            Projection::K => &mut self.attn_k,
-            Projection::V => &mut self.attn_v,
-            Projection::O => &mut self.attn_output,
-            Projection::Gate => &mut self.ffn_gate,
-            Projection::Up => &mut self.ffn_up,
-            Projection::Down => &mut self.ffn_down,
-        }
-    }
-
     pub fn linear(&self, projection: Projection) -> &QuantLinear {
         match projection {
             Projection::Q => &self.attn_q,

@@ -64,15 +64,43 @@ impl Projection {
         self.gguf_tensor(layer).replace(".weight", ".bias")
     }
 
-    /// The short names the CLI takes (`q,k,v,o,gate,up,down`) and PEFT's names both parse.
+    /// The short name (`q`, …, `gate`, `up`, `down`) the CLI and the runtime API use.
+    pub fn short_name(self) -> &'static str {
+        self.hf_name().trim_end_matches("_proj")
+    }
+
+    /// The short names (`q,k,v,o,gate,up,down`) and PEFT's names both parse.
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.hf_name() == name || p.hf_name().trim_end_matches("_proj") == name)
+        Self::ALL.into_iter().find(|p| p.hf_name() == name || p.short_name() == name)
+    }
+
+    /// `q,v,down`: the short names, comma-separated.
+    pub fn list(projections: &[Projection]) -> String {
+        projections.iter().map(|p| p.short_name()).collect::<Vec<_>>().join(",")
     }
 
     /// Whether the rows of this projection's output are in RoPE-pair order in our layout (GGUF)
     /// and in rotate-half order in Hugging Face checkpoints and adapters.
     pub fn is_rotary(self) -> bool {
         matches!(self, Self::Q | Self::K)
+    }
+}
+
+impl serde::Serialize for Projection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.short_name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Projection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown projection '{name}' (one of: {})",
+                Self::list(&Self::ALL)
+            ))
+        })
     }
 }
 

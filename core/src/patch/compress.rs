@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::codec::{self, Ternary};
 use super::{bad, dense_tensor, DenseType, Patch, Values};
-use crate::adapt::MethodKind;
+use crate::adapt::registry::Coding;
 use crate::error::Error;
 use crate::format::patch_file::{Encoding, StoredTensor};
 use crate::linalg::symmetric_eigen;
@@ -48,9 +48,12 @@ pub fn compress(patch: &Patch, density: f64) -> Result<(Patch, Vec<TensorReport>
     let values = patch.values()?;
     let mut coded: Vec<Option<StoredTensor>> = vec![None; values.len()];
     let mut reports = Vec::new();
-    let lora_like = matches!(patch.method, MethodKind::Lora | MethodKind::Dora);
+    let coding = patch.method.spec().coding;
     for (i, a) in values.iter().enumerate() {
-        let Some(prefix) = a.name.strip_suffix("lora_A.weight").filter(|_| lora_like) else { continue };
+        let Some(prefix) = a.name.strip_suffix("lora_A.weight").filter(|_| coding == Coding::LoraPairs)
+        else {
+            continue;
+        };
         let b_name = format!("{prefix}lora_B.weight");
         let j = values
             .iter()
@@ -65,7 +68,7 @@ pub fn compress(patch: &Patch, density: f64) -> Result<(Patch, Vec<TensorReport>
         if coded[i].is_some() {
             continue;
         }
-        coded[i] = Some(match initial_value(patch.method, &v.name) {
+        coded[i] = Some(match initial_value(coding, &v.name) {
             Some(init) => {
                 let (tensor, report) = compress_plain(v, init, density);
                 reports.push(report);
@@ -91,16 +94,13 @@ pub fn compress(patch: &Patch, density: f64) -> Result<(Patch, Vec<TensorReport>
     Ok((out, reports))
 }
 
-/// The value a method's tensor starts from, when it is known without the model (the task
-/// vector is measured from it); `None` for tensors that stay dense.
-fn initial_value(method: MethodKind, name: &str) -> Option<f32> {
-    match method {
-        MethodKind::Lora | MethodKind::Dora if name.contains(".lora_A.") || name.contains(".lora_B.") => {
-            Some(0.0)
-        }
-        MethodKind::Ia3 => Some(1.0),
-        MethodKind::Peqa => Some(0.0),
-        _ => None,
+/// The value a tensor starts from, when it is known without the model (the task vector is
+/// measured from it); `None` for tensors that stay dense.
+fn initial_value(coding: Coding, name: &str) -> Option<f32> {
+    match coding {
+        Coding::LoraPairs if name.contains(".lora_A.") || name.contains(".lora_B.") => Some(0.0),
+        Coding::FromInit(init) => Some(init),
+        Coding::LoraPairs | Coding::Dense => None,
     }
 }
 

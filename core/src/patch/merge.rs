@@ -1,8 +1,8 @@
-//! Several patches made for one base, combined into one: the weighted sum of their changes.
-//! LoRA patches stack their ranks (`Σ wᵢ sᵢ Bᵢ Aᵢ = [w₁s₁B₁ … ]·[A₁; …]`), which is exact for
-//! any ranks and targets; (IA)³ vectors sum their changes, `1 + Σ wᵢ (lᵢ − 1)`. Other methods
-//! do not add up into one adapter of the same kind; attach them together instead
-//! (`--adapter a.akp:0.5 --adapter b.akp:0.5`).
+//! Several patches made for one base, combined into one: the weighted sum of their changes, as
+//! each method's [`Combine`] rule in the registry says. LoRA patches stack their ranks
+//! (`Σ wᵢ sᵢ Bᵢ Aᵢ = [w₁s₁B₁ … ]·[A₁; …]`), which is exact for any ranks and targets; (IA)³
+//! vectors sum their changes, `1 + Σ wᵢ (lᵢ − 1)`. Other methods do not add up into one adapter
+//! of the same kind; attach them together instead (`--adapter a.akp:0.5 --adapter b.akp:0.5`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,9 +10,8 @@ use serde_json::{json, Value};
 
 use super::{dense_tensor, DenseType, Patch, Values};
 use crate::adapt::lora::{parse_config, LAYERS};
-use crate::adapt::MethodKind;
+use crate::adapt::registry::Combine;
 use crate::error::Error;
-use crate::model::Projection;
 
 /// The weighted sum of `patches` (each with its weight), as one dense patch.
 pub fn combine(patches: &[(Patch, f32)], dense: DenseType) -> Result<Patch, Error> {
@@ -38,13 +37,13 @@ pub fn combine(patches: &[(Patch, f32)], dense: DenseType) -> Result<Patch, Erro
             return Err(Error::InvalidArgument(format!("weight {w} is not finite")));
         }
     }
-    let (config, values) = match first.method {
-        MethodKind::Lora => stack_lora(patches)?,
-        MethodKind::Ia3 => sum_ia3(patches)?,
-        other => {
+    let (config, values) = match first.method.spec().combine {
+        Combine::StackLora => stack_lora(patches)?,
+        Combine::SumChanges(init) => sum_changes(patches, init)?,
+        Combine::Not => {
             return Err(Error::InvalidArgument(format!(
                 "{} patches do not merge into one (LoRA and (IA)³ do); attach them together with repeated --adapter",
-                other.name()
+                first.method.name()
             )))
         }
     };
@@ -106,19 +105,13 @@ fn stack_lora(patches: &[(Patch, f32)]) -> Result<(Value, Vec<Values>), Error> {
         parts.push((pairs, config.rank, config.scale() * patch.scale * weight));
     }
     let rank: usize = parts.iter().map(|(_, r, _)| r).sum();
-    let head_dim = base.d_model / base.heads.max(1);
     let mut values = Vec::new();
     // Every target in every layer any patch adapts, as PEFT builds it from the config: zeros
     // where a patch has no pair.
     for &layer in &layers {
         for &projection in &targets {
             let module = format!("{LAYERS}{layer}.{}", projection.hf_path());
-            let (out, inp) = match projection {
-                Projection::Q | Projection::O => (base.d_model, base.d_model),
-                Projection::K | Projection::V => (base.kv_heads * head_dim, base.d_model),
-                Projection::Gate | Projection::Up => (base.ffn_dim, base.d_model),
-                Projection::Down => (base.d_model, base.ffn_dim),
-            };
+            let (out, inp) = base.projection_shape(projection);
             let mut a_all = Vec::with_capacity(rank * inp);
             let mut b_all = vec![0f32; out * rank];
             let mut col = 0;
@@ -169,19 +162,21 @@ fn stack_lora(patches: &[(Patch, f32)]) -> Result<(Value, Vec<Values>), Error> {
     Ok((config, values))
 }
 
-fn sum_ia3(patches: &[(Patch, f32)]) -> Result<(Value, Vec<Values>), Error> {
+/// `init + Σ wᵢ sᵢ (vᵢ − init)` of every tensor, for patches of one config.
+fn sum_changes(patches: &[(Patch, f32)], init: f32) -> Result<(Value, Vec<Values>), Error> {
     let first = &patches[0].0;
     if patches.iter().any(|(p, _)| p.config != first.config) {
-        return Err(Error::InvalidArgument(
-            "(IA)³ patches merge only with the same targets (their configs differ)".into(),
-        ));
+        return Err(Error::InvalidArgument(format!(
+            "{} patches merge only with the same targets (their configs differ)",
+            first.method.name()
+        )));
     }
     let mut total: Vec<Values> = first.values()?;
-    total.iter_mut().for_each(|v| v.values.iter_mut().for_each(|x| *x = 1.0));
+    total.iter_mut().for_each(|v| v.values.iter_mut().for_each(|x| *x = init));
     for (patch, weight) in patches {
         let w = weight * patch.scale;
         for (t, v) in total.iter_mut().zip(patch.values()?) {
-            t.values.iter_mut().zip(v.values).for_each(|(t, l)| *t += w * (l - 1.0));
+            t.values.iter_mut().zip(v.values).for_each(|(t, l)| *t += w * (l - init));
         }
     }
     Ok((first.config.clone(), total))

@@ -83,12 +83,34 @@ mod std_only {
     }
 
     impl Patch {
-        /// The adapter saved in `dir` (a PEFT directory of any method), made for `base`, with
-        /// its tensors dense in `dense`.
+        /// A patch of the adapter whose PEFT config and tensors these are, made for `base`, with
+        /// its tensors dense in `dense` and what it was trained on.
+        pub fn new(
+            config: Value,
+            tensors: &[Values],
+            base: Fingerprint,
+            dense: DenseType,
+            training: Option<Value>,
+        ) -> Result<Self, Error> {
+            let method = MethodKind::of_config(&config).map_err(|m| bad("adapter", m))?;
+            Ok(Self {
+                method,
+                config,
+                base,
+                scale: 1.0,
+                training,
+                compression: None,
+                ported: None,
+                tensors: tensors.iter().map(|v| dense_tensor(v, dense)).collect(),
+                signer: None,
+            })
+        }
+
+        /// The adapter saved in `dir` (a PEFT directory of any method, with the
+        /// `training.json` that `train` writes beside it, if any), made for `base`.
         pub fn from_adapter_dir(dir: &Path, base: Fingerprint, dense: DenseType) -> Result<Self, Error> {
             let peft = PeftDir::read(dir)?;
             let label = dir.display().to_string();
-            let method = MethodKind::of_config(&peft.config).map_err(|m| bad(&label, m))?;
             let mut values = Vec::new();
             for t in peft.tensors.tensors() {
                 values.push(Values {
@@ -104,16 +126,9 @@ mod std_only {
                 ),
                 Err(_) => None,
             };
-            Ok(Self {
-                method,
-                config: peft.config,
-                base,
-                scale: 1.0,
-                training,
-                compression: None,
-                ported: None,
-                tensors: values.iter().map(|v| dense_tensor(v, dense)).collect(),
-                signer: None,
+            Self::new(peft.config, &values, base, dense, training).map_err(|e| match e {
+                Error::Patch { message, .. } => bad(&label, message),
+                other => other,
             })
         }
 
@@ -319,54 +334,32 @@ mod std_only {
         Ok(Values { name: t.name.clone(), shape: t.shape.clone(), values })
     }
 
-    /// A saved adapter (a PEFT directory) or a patch file (`.akp`), ready to attach to the model
-    /// of `engine`'s fingerprint, with the scale to attach it at.
-    pub struct AttachOptions<'a> {
-        /// When not empty, patches must be signed by one of these keys.
-        pub trusted_keys: &'a [[u8; 32]],
+    /// What attaching a patch requires.
+    #[derive(Clone, Debug, Default)]
+    pub struct AttachOptions {
+        /// When not empty, patches must be signed by one of these keys (and adapters that
+        /// cannot be signed, PEFT directories, are refused).
+        pub trusted_keys: Vec<[u8; 32]>,
         /// Accept a patch made for another base of the same architecture (PortLLM, λ = 1).
         pub allow_port: bool,
     }
 
-    /// Loads `path` for `model`: a PEFT directory as it is; a patch after checking its
-    /// signature (when keys are trusted) and its base (`fingerprint` is called only for
-    /// patches). Nothing about the model changes, whatever fails.
-    pub fn load_adapter(
-        path: &Path,
-        model: &Llama,
-        fingerprint: &mut dyn FnMut() -> Result<Fingerprint, Error>,
-        options: &AttachOptions,
-    ) -> Result<(Box<dyn Method>, f32), Error> {
-        let label = path.display().to_string();
-        if path.is_dir() {
-            return Ok((adapt::load(path, model)?, 1.0));
-        }
-        if !path.exists() {
-            return Err(Error::Adapter {
-                path: label,
-                message: "no such adapter directory or patch file".into(),
-            });
-        }
-        let patch = Patch::read(path)?;
-        Ok((patch.attach(model, path, fingerprint, options)?, patch.scale))
-    }
-
     impl Patch {
-        /// The adapter of this patch (read from `path`) for `model`, after its signature (when
-        /// keys are trusted) and its base are checked.
+        /// The adapter of this patch (`label` names it in errors) for `model`, after its
+        /// signature (when keys are trusted) and its base (`fingerprint` is the model's) are
+        /// checked. Nothing about the model changes, whatever fails.
         pub fn attach(
             &self,
             model: &Llama,
-            path: &Path,
+            label: &str,
             fingerprint: &mut dyn FnMut() -> Result<Fingerprint, Error>,
             options: &AttachOptions,
         ) -> Result<Box<dyn Method>, Error> {
-            let label = path.display().to_string();
             if !options.trusted_keys.is_empty() {
-                require_signer(self.signer, options.trusted_keys).map_err(|e| bad(&label, e.to_string()))?;
+                require_signer(self.signer, &options.trusted_keys).map_err(|e| bad(label, e.to_string()))?;
             }
-            self.check_base(&fingerprint()?, options.allow_port, &label)?;
-            self.to_method(model, path)
+            self.check_base(&fingerprint()?, options.allow_port, label)?;
+            self.to_method(model, Path::new(label))
         }
     }
 }

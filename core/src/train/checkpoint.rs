@@ -1,19 +1,24 @@
 //! Training checkpoints: the adapter, the optimizer's moments and the run's position, in one
-//! safetensors file (state in its metadata) written atomically, so a run killed at any moment
-//! leaves either the previous checkpoint or the new one, never half of one.
+//! safetensors blob (state in its metadata) that the run's [`Store`](crate::store::Store)
+//! writes whole, so a run killed at any moment leaves either the previous checkpoint or the new
+//! one, never half of one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};
 
 use super::{AdamW, TrainState};
 use crate::adapt::Method;
+use crate::bytes::SharedBytes;
 use crate::error::Error;
-use crate::format::safetensors::{write_safetensors, Dtype, SafetensorsFile};
+use crate::format::safetensors::{safetensors_to_bytes, Dtype, SafetensorsFile};
 use crate::model::linear::host_f32;
 
-pub fn save(path: &Path, adapter: &dyn Method, state: &TrainState) -> Result<(), Error> {
+/// The store key of a run's checkpoint.
+pub const KEY: &str = "checkpoint.safetensors";
+
+/// The checkpoint of `adapter` at `state`.
+pub fn to_bytes(adapter: &dyn Method, state: &TrainState) -> Result<Vec<u8>, Error> {
     let mut tensors = Vec::new();
     let mut add = |name: String, t: &Tensor<2>| -> Result<(), Error> {
         let bytes = host_f32(t.clone())?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
@@ -38,14 +43,14 @@ pub fn save(path: &Path, adapter: &dyn Method, state: &TrainState) -> Result<(),
         "method": adapter.kind().name(),
     })
     .to_string();
-    write_safetensors(path, &tensors, &[("adaptkit_train_state", &position)])?;
-    Ok(())
+    Ok(safetensors_to_bytes(&tensors, &[("adaptkit_train_state", &position)])?)
 }
 
-/// Restores `adapter` (made with the same configuration) and returns the run's state.
-pub fn load(path: &Path, adapter: &mut dyn Method) -> Result<TrainState, Error> {
-    let bad = |message: String| Error::Adapter { path: path.display().to_string(), message };
-    let file = SafetensorsFile::open(path)?;
+/// Restores `adapter` (made with the same configuration) from the checkpoint `bytes` (`label`
+/// names it in errors) and returns the run's state.
+pub fn load(bytes: Vec<u8>, label: &str, adapter: &mut dyn Method) -> Result<TrainState, Error> {
+    let bad = |message: String| Error::Adapter { path: label.to_string(), message };
+    let file = SafetensorsFile::from_bytes(SharedBytes::from_vec(bytes)).map_err(|e| bad(e.to_string()))?;
     let position = file
         .metadata()
         .iter()

@@ -5,8 +5,10 @@
 pub mod checkpoint;
 pub mod data;
 pub mod loss;
+pub mod schedule;
 
 pub use loss::{loss_and_gradients, masked_next_token_loss, next_token_loss};
+pub use schedule::LrSchedule;
 
 use std::collections::BTreeMap;
 
@@ -16,13 +18,14 @@ use burn::tensor::Tensor;
 use crate::adapt::{detached, trainable, Method};
 use crate::error::Error;
 use crate::model::{soft_prompt_len, Adapters, Llama, NoAdapters};
+use crate::store::Store;
 
 /// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
-/// (`save`: a path and every how many steps).
+/// (`save`: a store, the key, and every how many steps).
 #[derive(Default)]
 pub struct Checkpointing<'a> {
     pub resume: Option<TrainState>,
-    pub save: Option<(&'a std::path::Path, usize)>,
+    pub save: Option<(&'a dyn Store, &'a str, usize)>,
 }
 
 /// Everything a run needs to continue exactly where it stopped (with the adapter itself).
@@ -119,8 +122,11 @@ pub struct TrainOptions {
     pub batch: usize,
     /// Micro-batches whose gradients are averaged into one optimizer step.
     pub accumulate: usize,
-    /// Peak learning rate, reached after `warmup` steps, then cosine decay to a tenth of it.
+    /// Peak learning rate, reached after `warmup` steps; then `schedule` shapes it.
     pub lr: f32,
+    pub schedule: LrSchedule,
+    /// The floor of [`LrSchedule::CosineWithMinLr`], as a fraction of `lr`.
+    pub min_lr_ratio: f32,
     pub warmup: usize,
     /// Clip the global gradient norm to this (`None`: no clipping).
     pub max_grad_norm: Option<f32>,
@@ -136,21 +142,14 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// Linear warm-up over `warmup` steps, then cosine decay from `lr` to `lr / 10` at the
-    /// last step. Steps count from 1.
+    /// The rate of step `step` (from 1) under the run's schedule.
     pub fn learning_rate(&self, step: usize) -> f32 {
-        if step <= self.warmup {
-            return self.lr * step as f32 / self.warmup as f32;
-        }
-        let span = self.steps.saturating_sub(self.warmup).max(1) as f32;
-        let progress = ((step - self.warmup) as f32 / span).min(1.0);
-        let floor = self.lr / 10.0;
-        floor + (self.lr - floor) * 0.5 * (1.0 + (core::f32::consts::PI * progress).cos())
+        self.schedule.rate(self.lr, step, self.steps, self.warmup, self.min_lr_ratio)
     }
 }
 
 /// Mean losses at one point of a run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Evaluation {
     pub step: usize,
     /// On the held-out windows (`None` without any).
@@ -181,6 +180,8 @@ pub struct StepReport {
     pub tokens: usize,
     /// Set on the steps where the run evaluated (every `eval_every`).
     pub eval: Option<Evaluation>,
+    /// Whether a checkpoint was saved after this step.
+    pub checkpointed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -208,8 +209,8 @@ pub const FORGETTING_LIMIT: f32 = 0.05;
 /// Trains `adapter` (made `trainable` on a model on an autodiff device) on `windows`, cycling
 /// through the training windows in batches, from `checkpointing.resume` when given.
 ///
-/// - With `checkpointing.save = (path, every)` the whole state is written atomically to `path`
-///   every `every` steps, so a killed run resumes with the same losses.
+/// - With `checkpointing.save = (store, key, every)` the whole state is written to `key` every
+///   `every` steps (whole, or not at all), so a killed run resumes with the same losses.
 /// - Every `options.eval_every` steps the held-out and general-text losses are measured; with
 ///   `options.patience`, the run stops once the held-out loss has not improved for that many
 ///   evaluations and returns the best adapter.
@@ -253,11 +254,8 @@ pub fn fit(
             windows.train.len()
         )));
     }
-    // The base model, against which forgetting is measured (for PiSSA: its split at the start).
-    let general_loss_base = match adapter.starting_point() {
-        Some(start) => mean_loss(model, start.as_ref(), &windows.general)?,
-        None => mean_loss(model, &NoAdapters, &windows.general)?,
-    };
+    // The base model, against which forgetting is measured.
+    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general)?;
     let evaluate = |adapter: &dyn Method, step: usize| -> Result<Evaluation, Error> {
         let mut frozen = detached(adapter);
         frozen.set_training_seed(None);
@@ -278,8 +276,8 @@ pub fn fit(
     let (mut train_loss, mut tokens) = (f32::NAN, 0);
     for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
-            if let Some((path, _)) = save {
-                checkpoint::save(path, adapter.as_ref(), &state)?;
+            if let Some((store, key, _)) = save {
+                store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state)?)?;
             }
             return Err(Error::Cancelled);
         }
@@ -322,10 +320,21 @@ pub fn fit(
         last_step = step;
         let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
         let eval = if due { Some(evaluate(adapter.as_ref(), step)?) } else { None };
-        on_step(&StepReport { step, steps: options.steps, loss: train_loss, lr, grad_norm, tokens, eval });
-        if let Some((path, _)) = save.filter(|(_, every)| *every > 0 && step % *every == 0) {
-            checkpoint::save(path, adapter.as_ref(), &state)?;
+        let checkpoint = save.filter(|(_, _, every)| *every > 0 && step % *every == 0);
+        if let Some((store, key, _)) = checkpoint {
+            store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state)?)?;
         }
+        let checkpointed = checkpoint.is_some();
+        on_step(&StepReport {
+            step,
+            steps: options.steps,
+            loss: train_loss,
+            lr,
+            grad_norm,
+            tokens,
+            eval,
+            checkpointed,
+        });
         let Some(eval) = eval else { continue };
         evaluations.push(eval);
         let held_out = eval.held_out.unwrap_or(f32::INFINITY);
@@ -389,31 +398,4 @@ fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -
         total += crate::model::linear::host_f32(loss)?[0];
     }
     Ok(Some(total / windows.len() as f32))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TrainOptions;
-
-    #[test]
-    fn warm_up_then_cosine_to_a_tenth() {
-        let o = TrainOptions {
-            steps: 110,
-            batch: 1,
-            accumulate: 1,
-            lr: 1e-3,
-            warmup: 10,
-            max_grad_norm: None,
-            weight_decay: 0.0,
-            seed: 0,
-            eval_every: 0,
-            patience: None,
-            checkpoint_activations: false,
-        };
-        assert!((o.learning_rate(1) - 1e-4).abs() < 1e-9);
-        assert!((o.learning_rate(10) - 1e-3).abs() < 1e-9);
-        assert!((o.learning_rate(60) - 5.5e-4).abs() < 1e-8, "{}", o.learning_rate(60));
-        assert!((o.learning_rate(110) - 1e-4).abs() < 1e-9);
-        assert!((1..110).all(|s| s < 10 || o.learning_rate(s + 1) <= o.learning_rate(s)));
-    }
 }

@@ -4,6 +4,9 @@
 //! part of it.
 #![allow(dead_code)]
 
+mod real_model;
+pub use real_model::*;
+
 use std::path::Path;
 
 use adaptkit::adapt::Method;
@@ -137,6 +140,7 @@ impl Weights {
         w.add_metadata("general.architecture", "llama").unwrap();
         w.add_metadata("llama.rope.freq_base", THETA).unwrap();
         w.add_metadata("llama.attention.layer_norm_rms_epsilon", EPS).unwrap();
+        add_tiny_tokenizer(&mut w);
         let mut add = |name: String, ty: GgmlType, dims: &[u64], values: &[f32]| {
             if skip != Some(name.as_str()) {
                 w.add_tensor(name, ty, dims, quant::quantize(ty, values).unwrap()).unwrap();
@@ -158,6 +162,14 @@ impl Weights {
             add(n("ffn_down"), ty, &[FFN as u64, D as u64], &l.down);
         }
         w.write_file(path).unwrap();
+    }
+
+    /// The whole GGUF file in `ty`, in memory.
+    pub fn gguf_bytes(&self, ty: GgmlType) -> Vec<u8> {
+        let dir = tempdir();
+        let path = dir.join("m.gguf");
+        self.write_gguf(&path, ty, None);
+        std::fs::read(path).unwrap()
     }
 
     /// A HF checkpoint directory: config.json + model.safetensors in HF's names and q/k layout.
@@ -298,6 +310,41 @@ pub fn pairs_to_rotate_half(w: &[f32], heads: usize, row_len: usize) -> Vec<f32>
     out
 }
 
+/// A byte-level BPE of exactly [`VOCAB`] tokens for the tiny models: three special tokens, the
+/// symbols of space, newline and printable ASCII, and merges of a few frequent pairs (ASCII text
+/// only), with ChatML as its chat template.
+pub fn add_tiny_tokenizer(w: &mut GgufWriter) {
+    const SPECIAL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    const MERGES: [&str; 29] = [
+        "Ġ t", "h e", "Ġt he", "i n", "e r", "a n", "o n", "r e", "a t", "e n", "o r", "e s", "Ġ a", "Ġ s",
+        "Ġ w", "Ġ o", "Ġ b", "Ġ c", "Ġ f", "Ġ m", "Ġ p", "i s", "i t", "o u", "l e", "s t", "n d", "a r",
+        "Ġ d",
+    ];
+    // GPT-2's byte-level alphabet keeps printable ASCII and maps space and newline to Ġ and Ċ.
+    let symbols = ['Ġ', 'Ċ'].into_iter().chain((33u8..=126).map(char::from));
+    let tokens: Vec<String> = SPECIAL
+        .iter()
+        .map(|s| s.to_string())
+        .chain(symbols.map(String::from))
+        .chain(MERGES.iter().map(|m| m.replace(' ', "")))
+        .collect();
+    assert_eq!(tokens.len(), VOCAB);
+    let types: Vec<i32> = (0..VOCAB).map(|i| if i < SPECIAL.len() { 3 } else { 1 }).collect();
+    w.add_metadata("tokenizer.ggml.model", "gpt2").unwrap();
+    w.add_metadata("tokenizer.ggml.pre", "smollm").unwrap();
+    w.add_metadata("tokenizer.ggml.tokens", tokens).unwrap();
+    w.add_metadata("tokenizer.ggml.merges", MERGES.iter().map(|m| m.to_string()).collect::<Vec<_>>())
+        .unwrap();
+    w.add_metadata("tokenizer.ggml.token_type", types).unwrap();
+    w.add_metadata("tokenizer.ggml.eos_token_id", 0u32).unwrap();
+    w.add_metadata("tokenizer.ggml.add_bos_token", false).unwrap();
+    w.add_metadata(
+        "tokenizer.chat_template",
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    )
+    .unwrap();
+}
+
 pub const TOKENS: [u32; 12] = [1, 17, 99, 3, 3, 64, 127, 0, 42, 8, 77, 5];
 
 pub fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
@@ -309,6 +356,20 @@ pub fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Writes the GGUF `base` with `set` merged into it (as loaded from `base`) to `out`.
+pub fn write_merged(
+    base: &Path,
+    set: &adaptkit::adapt::AdapterSet,
+    ty: adaptkit::adapt::merge::MergedType,
+    out: &Path,
+) {
+    let gguf = GgufFile::open(base).unwrap();
+    let model = load_gguf(base);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    adaptkit::adapt::merge::export_merged(&gguf, &model, set, ty, &mut file).unwrap();
+    std::io::Write::flush(&mut file).unwrap();
 }
 
 pub fn load_gguf(path: &Path) -> Llama {
@@ -451,15 +512,20 @@ pub fn assert_same_gradients(want: &Grads, got: &Grads) {
 }
 
 /// The GPU for parity tests: `None` (the test is skipped, with a note) on a machine without
-/// one, unless `ADAPTKIT_REQUIRE_GPU` is set, as CI does after installing lavapipe.
+/// one, unless `ADAPTKIT_REQUIRE_GPU` is set (not to `0`), as CI does after installing lavapipe.
 pub fn test_gpu() -> Option<Device> {
+    test_compute_gpu().map(|gpu| gpu.device)
+}
+
+/// [`test_gpu`] with its name and failure record.
+pub fn test_compute_gpu() -> Option<adaptkit::device::ComputeDevice> {
     use adaptkit::device::{ComputeDevice, DeviceChoice};
     match ComputeDevice::select(DeviceChoice::Gpu) {
         Ok(gpu) => {
             eprintln!("GPU: {}", gpu.name);
-            Some(gpu.device)
+            Some(gpu)
         }
-        Err(e) if std::env::var_os("ADAPTKIT_REQUIRE_GPU").is_none() => {
+        Err(e) if !env_flag("ADAPTKIT_REQUIRE_GPU") => {
             eprintln!("skipped, no GPU: {e}");
             None
         }

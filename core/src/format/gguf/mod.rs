@@ -18,7 +18,7 @@ mod value;
 mod write;
 
 pub use value::MetadataValue;
-pub use write::GgufWriter;
+pub use write::{GgufStream, GgufWriter};
 
 use alloc::string::String;
 use alloc::vec::Vec;

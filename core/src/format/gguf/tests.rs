@@ -3,7 +3,6 @@
 
 use super::*;
 use proptest::prelude::*;
-use std::path::PathBuf;
 
 fn parse(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
     GgufFile::from_bytes(SharedBytes::from_vec(bytes))
@@ -522,54 +521,6 @@ fn writes_files_atomically_and_maps_them() {
     let e = w.write_file(dir.join("no-such-dir").join("m.gguf")).unwrap_err();
     assert!(matches!(e, GgufError::Io { .. }), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn model_path() -> PathBuf {
-    let home = std::env::var_os("ADAPTKIT_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/adaptkit")
-    });
-    home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-#[test]
-fn opens_the_real_model() {
-    let path = model_path();
-    if !path.exists() {
-        println!("skipped: {} is absent (scripts/fetch-model.sh fetches it)", path.display());
-        return;
-    }
-    let file = GgufFile::open(&path).unwrap();
-    assert_eq!(file.version(), 3);
-    assert_eq!(file.metadata().len(), 33);
-    assert_eq!(file.get_str("general.architecture").unwrap(), "llama");
-    assert_eq!(file.get_u64("llama.block_count").unwrap(), 30);
-    assert_eq!(file.get_u64("llama.embedding_length").unwrap(), 576);
-    assert_eq!(file.get_u64("llama.context_length").unwrap(), 8192);
-    assert_eq!(file.get_u64("llama.attention.head_count").unwrap(), 9);
-    assert_eq!(file.get_u64("llama.attention.head_count_kv").unwrap(), 3);
-    assert_eq!(file.get_f32("llama.rope.freq_base").unwrap(), 100_000.0);
-    assert!(!file.get_bool("tokenizer.ggml.add_bos_token").unwrap());
-    assert_eq!(file.get_string_array("tokenizer.ggml.tokens").unwrap().len(), 49_152);
-    assert_eq!(file.get_string_array("tokenizer.ggml.merges").unwrap().len(), 48_900);
-    assert!(file.get_str("tokenizer.chat_template").unwrap().contains("<|im_start|>"));
-    assert_eq!(file.data_offset(), 1_785_664);
-
-    let tensors = file.tensors();
-    assert_eq!(tensors.len(), 272);
-    let count = |ty| tensors.iter().filter(|t| t.ty == ty).count();
-    assert_eq!((count(GgmlType::Q4_1), count(GgmlType::F32), count(GgmlType::Q8_0)), (210, 61, 1));
-    let embd = file.tensor("token_embd.weight").unwrap();
-    assert_eq!((embd.ty, &embd.dims[..]), (GgmlType::Q8_0, &[576, 49_152][..]));
-    assert!(file.tensor("output.weight").is_none(), "embeddings are tied");
-    for block in 0..30 {
-        let n = tensors.iter().filter(|t| t.name.starts_with(&format!("blk.{block}."))).count();
-        assert_eq!(n, 9, "blk.{block}");
-    }
-    let end = tensors.iter().map(|t| t.offset + t.n_bytes()).max().unwrap();
-    assert_eq!(file.data_offset() + end, std::fs::metadata(&path).unwrap().len());
-    for t in tensors {
-        assert_eq!(file.tensor_data(t).len() as u64, t.n_bytes(), "{}", t.name);
-    }
 }
 
 /// Writes the fuzz seeds (see `fuzz/README.md`).

@@ -124,38 +124,115 @@ impl GgufWriter {
     /// Hands the file to `sink` in pieces: the header (with padding), then each tensor's data
     /// followed by its padding. One layout for every destination.
     fn emit<E>(&self, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        let align = |n: u64| n.next_multiple_of(self.alignment.into());
-        let mut header = Vec::new();
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            put_string(&mut header, key);
-            header.extend_from_slice(&value.value_type().id().to_le_bytes());
-            put_value(&mut header, value);
-        }
-        let mut offset = 0u64;
+        let declared =
+            self.tensors.iter().map(|t| (t.name.as_str(), t.ty, t.dims.as_slice(), t.data.len() as u64));
+        sink(&header(self.alignment, &self.metadata, declared))?;
         for t in &self.tensors {
-            put_string(&mut header, &t.name);
-            header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
-            header.extend_from_slice(&t.ty.id().to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
-            offset = align(offset + t.data.len() as u64);
+            put_padded(&mut sink, &t.data, self.alignment)?;
         }
-        header.resize(align(header.len() as u64) as usize, 0);
-        sink(&header)?;
-        for t in &self.tensors {
-            sink(&t.data)?;
-            let mut padding = align(t.data.len() as u64) - t.data.len() as u64;
-            while padding > 0 {
-                let n = padding.min(ZEROS.len() as u64);
-                sink(&ZEROS[..n as usize])?;
-                padding -= n;
+        Ok(())
+    }
+}
+
+/// The header: magic, version, counts, metadata, and each tensor's name, shape, type and offset
+/// (its data laid out in order, each aligned), padded to the alignment.
+fn header<'a>(
+    alignment: u32,
+    metadata: &[(String, MetadataValue)],
+    tensors: impl ExactSizeIterator<Item = (&'a str, GgmlType, &'a [u64], u64)>,
+) -> Vec<u8> {
+    let align = |n: u64| n.next_multiple_of(alignment.into());
+    let mut header = Vec::new();
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut header, key);
+        header.extend_from_slice(&value.value_type().id().to_le_bytes());
+        put_value(&mut header, value);
+    }
+    let mut offset = 0u64;
+    for (name, ty, dims, len) in tensors {
+        put_string(&mut header, name);
+        header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&ty.id().to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+        offset = align(offset + len);
+    }
+    header.resize(align(header.len() as u64) as usize, 0);
+    header
+}
+
+/// `data`, then zeros up to the alignment.
+fn put_padded<E>(
+    sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    data: &[u8],
+    alignment: u32,
+) -> Result<(), E> {
+    sink(data)?;
+    let mut padding = (data.len() as u64).next_multiple_of(alignment.into()) - data.len() as u64;
+    while padding > 0 {
+        let n = padding.min(ZEROS.len() as u64);
+        sink(&ZEROS[..n as usize])?;
+        padding -= n;
+    }
+    Ok(())
+}
+
+/// A GGUF file written as it is produced: the metadata and every tensor's name, type and shape
+/// are declared first (they make the header), then each tensor's data is asked for in declared
+/// order, so a writer holds one tensor at a time (a merged model need not fit in memory twice).
+#[derive(Clone, Debug)]
+pub struct GgufStream {
+    metadata: GgufWriter,
+    tensors: Vec<(String, GgmlType, Vec<u64>, u64)>,
+}
+
+impl GgufStream {
+    /// A stream with `metadata`'s keys and alignment (its tensors, if any, are not used).
+    pub fn new(metadata: &GgufWriter) -> Self {
+        let metadata = GgufWriter { tensors: Vec::new(), ..metadata.clone() };
+        Self { metadata, tensors: Vec::new() }
+    }
+
+    /// Declares the next tensor.
+    pub fn declare(&mut self, name: impl Into<String>, ty: GgmlType, dims: &[u64]) -> Result<(), GgufError> {
+        let name = name.into();
+        let size = tensor_size(&name, ty, dims)?;
+        if self.tensors.iter().any(|t| t.0 == name) {
+            return Err(GgufError::DuplicateTensor { tensor: name });
+        }
+        self.tensors.push((name, ty, dims.to_vec(), size));
+        Ok(())
+    }
+
+    /// Writes the file into `w`, asking `data(i)` for the `i`-th declared tensor's bytes when
+    /// its turn comes; bytes of another size than declared are an error.
+    #[cfg(feature = "std")]
+    pub fn write<E: From<GgufError> + From<std::io::Error>>(
+        &self,
+        w: &mut dyn std::io::Write,
+        mut data: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    ) -> Result<(), E> {
+        let declared =
+            self.tensors.iter().map(|(name, ty, dims, size)| (name.as_str(), *ty, dims.as_slice(), *size));
+        w.write_all(&header(self.metadata.alignment, &self.metadata.metadata, declared))?;
+        for (i, (name, ty, dims, size)) in self.tensors.iter().enumerate() {
+            let bytes = data(i)?;
+            if bytes.len() as u64 != *size {
+                return Err(E::from(GgufError::TensorSizeMismatch {
+                    tensor: name.clone(),
+                    ty: *ty,
+                    dims: dims.clone(),
+                    expected: *size,
+                    found: bytes.len() as u64,
+                }));
             }
+            put_padded(&mut |chunk: &[u8]| w.write_all(chunk), &bytes, self.metadata.alignment)?;
         }
         Ok(())
     }

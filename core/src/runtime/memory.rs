@@ -1,11 +1,12 @@
-//! Resident memory of this process, for `bench` and `train` reports.
+//! Resident memory of this process, for reports (`train`, `bench`, `merge`) and for checking
+//! the memory-budget planner's predictions.
 
-/// Peak RSS in MiB (Linux `VmHWM`); `None` where the OS does not say.
+/// Peak resident memory in MiB (Linux and Android: `VmHWM`); `None` where the OS does not say.
 pub fn peak_rss_mb() -> Option<f64> {
     status_mib("VmHWM:")
 }
 
-/// Current RSS in MiB (Linux `VmRSS`); `None` where the OS does not say.
+/// Current resident memory in MiB (Linux and Android: `VmRSS`); `None` where the OS does not say.
 pub fn rss_mb() -> Option<f64> {
     status_mib("VmRSS:")
 }

@@ -1,0 +1,35 @@
+//! Where the real test model is (SmolLM2-135M-Instruct, GGUF Q4_1, from
+//! `scripts/fetch-model.sh`), for every test binary that uses it: the core's golden tests and
+//! the CLI's (which includes this file by path).
+
+use std::path::PathBuf;
+
+/// The model's file name in the cache.
+pub const REAL_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Whether the environment variable `name` is set to something other than empty or `0`.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The real model: `$ADAPTKIT_TEST_MODEL`, or `$ADAPTKIT_HOME/models/…` (default
+/// `~/.cache/adaptkit/models/…`). When it is missing the test is skipped with a note, unless
+/// `ADAPTKIT_REQUIRE_MODEL` is set (CI sets it), where a missing model fails the test.
+pub fn real_model() -> Option<PathBuf> {
+    let path = std::env::var_os("ADAPTKIT_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("ADAPTKIT_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/adaptkit")
+        });
+        home.join("models").join(REAL_MODEL_FILE)
+    });
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        !env_flag("ADAPTKIT_REQUIRE_MODEL"),
+        "ADAPTKIT_REQUIRE_MODEL is set but {} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    eprintln!("note: {} not found; real-model test skipped (run scripts/fetch-model.sh)", path.display());
+    None
+}
