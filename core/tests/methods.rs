@@ -12,7 +12,7 @@ use adaptkit::adapt::prefix::PrefixAdapter;
 use adaptkit::adapt::prompt::{PromptAdapter, PromptInit};
 use adaptkit::adapt::{self, AdapterSet, LoraAdapter, LoraConfig, Method, MethodKind};
 use adaptkit::burn::tensor::{Device, Tensor, TensorData};
-use adaptkit::model::{Llama, NoAdapters, Projection};
+use adaptkit::model::{Adapters, Llama, NoAdapters, Projection};
 use adaptkit::quant::GgmlType;
 use adaptkit::train::{checkpoint, loss_and_gradients, next_token_loss, TrainState};
 use adaptkit::Error;
@@ -435,5 +435,164 @@ fn every_method_runs_on_the_gpu_like_on_the_cpu() {
         assert!(diff < 1e-3, "{name}: GPU logits differ from the CPU's by {diff}");
         assert!((loss - cpu_loss).abs() < 1e-4 * cpu_loss, "{name}: loss {loss} vs CPU {cpu_loss}");
         assert_same_gradients(cpu_grads, grads);
+    }
+}
+
+/// A merged LoFiT adds its offsets to the output bias of `o_proj`, also when the base already
+/// has that bias and lists it before the weight (the merge makes the weight and the bias together).
+#[test]
+fn lofit_offsets_merge_into_a_bias_listed_before_its_weight() {
+    use adaptkit::format::gguf::{GgufFile, GgufWriter};
+    let dir = tempdir();
+    let plain = dir.join("plain.gguf");
+    Weights::random(46).write_gguf(&plain, GgmlType::Q8_0, None);
+    let gguf = GgufFile::open(&plain).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in gguf.metadata() {
+        w.add_metadata(key.clone(), value.clone()).unwrap();
+    }
+    let mut r = Rng(7);
+    for info in gguf.tensors() {
+        if info.name == "blk.1.attn_output.weight" {
+            let bias: Vec<u8> = r.vec(D, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.add_tensor("blk.1.attn_output.bias", GgmlType::F32, &[D as u64], bias).unwrap();
+        }
+        w.add_tensor(info.name.clone(), info.ty, &info.dims, gguf.tensor_data(info).to_vec()).unwrap();
+    }
+    let base = dir.join("biased.gguf");
+    w.write_file(&base).unwrap();
+    let model = load_gguf(&base);
+    let lofit = perturbed(Box::new(LofitAdapter::offsets(&[(0, 1), (1, 2)], &model, 9).unwrap()), 70, 0.5);
+    let unmerged = logits_with(&model, lofit.as_ref());
+    assert!(max_diff(&unmerged, &all_logits(&model, &TOKENS)) > 0.02, "the offsets must act");
+    let mut set = AdapterSet::new();
+    set.push(lofit, 1.0).unwrap();
+    let merged = merged_logits(&dir, &base, &set, MergedType::Fixed(GgmlType::F32), "merged.gguf");
+    let diff = max_diff(&merged, &unmerged);
+    assert!(diff < 1e-3, "merged with the bias first: logits differ by {diff}");
+    // The bias layer 0 lacked is added; layer 1's is summed into the one it had.
+    let out = GgufFile::open(dir.join("merged.gguf")).unwrap();
+    let biases: Vec<&str> =
+        out.tensors().iter().filter(|t| t.name.ends_with(".bias")).map(|t| t.name.as_str()).collect();
+    assert_eq!(biases, ["blk.1.attn_output.bias", "blk.0.attn_output.bias"]);
+}
+
+/// Sets parameter `name` of `method` to `values`.
+fn set_param(method: &mut dyn Method, name: &str, values: Vec<f32>) {
+    let (_, param) = method.parameters_mut().into_iter().find(|(n, _)| n == name).unwrap();
+    let dims = param.dims();
+    *param = Tensor::from_data(TensorData::new(values, dims), &Device::flex());
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// DePT (Shi & Lipani 2024): `E[i] += (α/√r)·(A B)[i]` for input positions `i < max_len`.
+/// With r = 2, α = 4 (γ = 2√2), `A = [[1, 0], [0.5, −1], [0, 2]]`, `B` rows `0.1·e₀` and
+/// `0.2·e₁`: position 0 gains `γ·0.1` at 0; position 1 `γ·0.05` at 0 and `−γ·0.2` at 1;
+/// position 2 `γ·0.4` at 1; position 3 (past max_len) nothing.
+#[test]
+fn dept_adds_the_scaled_low_rank_rows_of_each_position() {
+    let dir = tempdir();
+    let model = model_in(&dir, GgmlType::Q8_0);
+    let config = DeptConfig { tokens: 1, rank: 2, alpha: 4.0, max_len: 3, embedding_lr_ratio: 1.0 };
+    let mut dept = DeptAdapter::new(config, PromptInit::SampledVocabulary, &model, 0).unwrap();
+    set_param(&mut dept, "lora_embedding_A", vec![1.0, 0.0, 0.5, -1.0, 0.0, 2.0]);
+    let mut b = vec![0.0; 2 * D];
+    (b[0], b[D + 1]) = (0.1, 0.2);
+    set_param(&mut dept, "lora_embedding_B", b);
+    let gamma = 4.0 / 2f32.sqrt();
+    let got = host(dept.token_embeddings(0, Tensor::zeros([1, 4, D], &Device::flex())));
+    let mut want = vec![0.0; 4 * D];
+    want[0] = gamma * 0.1;
+    (want[D], want[D + 1]) = (gamma * 0.5 * 0.1, -gamma * 0.2);
+    want[2 * D + 1] = gamma * 2.0 * 0.2;
+    assert!(max_diff(&got, &want) < 1e-6, "{:?}", &got[..4]);
+    // Counted from the first real token: positions 1 and 2 alone get their own rows.
+    let later = host(dept.token_embeddings(1, Tensor::zeros([1, 2, D], &Device::flex())));
+    assert!(max_diff(&later, &want[D..3 * D]) < 1e-6);
+}
+
+/// PEQA (Kim et al. 2023) on GGUF blocks: a block's scale becomes `d·(1 + γ)`, so with a
+/// Q4_1 block `w = d·q + m` its weights become `d(1 + γ)·q + m = w + γ·(w − m)`, and nothing
+/// else moves. Read off the raw block: `d` and `m` (f16), then 32 nibbles.
+#[test]
+fn peqa_scales_one_block_by_one_plus_gamma() {
+    let dir = tempdir();
+    let model = model_in(&dir, GgmlType::Q4_1);
+    let mut peqa = PeqaAdapter::new(vec![Projection::V], &model).unwrap();
+    let weight = model.blocks()[1].linear(Projection::V).weight().clone();
+    let blocks = D / 32;
+    // γ = 0.25 on block 1 of row 2, 0 elsewhere.
+    let mut gamma = vec![0.0; weight.rows() * blocks];
+    gamma[2 * blocks + 1] = 0.25;
+    set_param(&mut peqa, "base_model.model.model.layers.1.self_attn.v_proj.peqa_scale", gamma);
+    let block = &weight.data()[(2 * blocks + 1) * 20..][..20];
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let (d, m) = (f16(&block[0..2]), f16(&block[2..4]));
+    let q: Vec<f32> =
+        (0..32).map(|i| f32::from(if i < 16 { block[4 + i] & 15 } else { block[4 + i - 16] >> 4 })).collect();
+    let mut dense = weight.dequantize();
+    let before = dense.clone();
+    assert!(peqa.merge_weight(1, Projection::V, &mut dense).unwrap());
+    // The scale is stored as an f16: γ is what makes `d(1 + γ)` that f16.
+    let stored = half::f16::from_f32(d * 1.25).to_f32();
+    for (i, &q) in q.iter().enumerate() {
+        let at = 2 * D + 32 + i;
+        let w = d * q + m;
+        assert!((before[at] - w).abs() < 1e-5, "the block read by hand is the weight");
+        assert!(
+            (dense[at] - (stored * q + m)).abs() < 1e-5,
+            "value {i}: {} vs {}",
+            dense[at],
+            stored * q + m
+        );
+        assert!((dense[at] - (w + 0.25 * (w - m))).abs() < 2e-3 * w.abs().max(1.0));
+    }
+    let moved = dense.iter().zip(&before).filter(|(a, b)| a != b).count();
+    assert!(moved <= 32, "only that block moves ({moved} values did)");
+    // Written into the GGUF's own block: the same bytes but the scale.
+    let tuned = peqa.merge_blocks(1, Projection::V).unwrap().unwrap();
+    let at = (2 * blocks + 1) * 20;
+    assert_eq!(f16(&tuned[at..at + 2]), stored);
+    assert_eq!(&tuned[at + 2..at + 20], &weight.data()[at + 2..at + 20]);
+}
+
+/// LoFiT (Yin et al. 2024): a head's output `z_h` becomes `(1 + A_h) ⊙ z_h` in the selection
+/// stage and `z_h + v_h` in the kept one; merged, `v_h` is the `o_proj` bias `W_o[:, h]·v_h`.
+/// With `A` on head 1 of layer 0 starting `[0.5, −0.25]` and an input of ones, head 1 reads
+/// `[1.5, 0.75, 1, …]`; every other head is unchanged.
+#[test]
+fn lofit_scales_then_offsets_each_head() {
+    let dir = tempdir();
+    let model = model_in(&dir, GgmlType::F32);
+    let mut selection = LofitAdapter::selection(&model, 0.0, 0).unwrap();
+    let names: Vec<String> = selection.parameters().into_iter().map(|(name, _)| name).collect();
+    for name in names {
+        set_param(&mut selection, &name, vec![0.0; HEAD_DIM]);
+    }
+    let mut a = vec![0.0; HEAD_DIM];
+    (a[0], a[1]) = (0.5, -0.25);
+    set_param(&mut selection, "lofit.0.1", a);
+    let z = host(selection.linear_input(0, Projection::O, Tensor::ones([1, 1, D], &Device::flex())));
+    let mut want = vec![1.0; D];
+    (want[HEAD_DIM], want[HEAD_DIM + 1]) = (1.5, 0.75);
+    assert_eq!(z, want);
+
+    let mut offsets = LofitAdapter::offsets(&[(0, 1)], &model, 0).unwrap();
+    let mut v = vec![0.0; HEAD_DIM];
+    (v[0], v[3]) = (2.0, -1.0);
+    set_param(&mut offsets, "lofit.0.1", v);
+    let z = host(offsets.linear_input(0, Projection::O, Tensor::ones([1, 1, D], &Device::flex())));
+    let mut want = vec![1.0; D];
+    (want[HEAD_DIM], want[HEAD_DIM + 3]) = (3.0, 0.0);
+    assert_eq!(z, want);
+    // Merged: row r of the bias is `2·W_o[r, 64] − W_o[r, 67]`.
+    let w_o = model.blocks()[0].linear(Projection::O).weight().dequantize();
+    let bias = offsets.merge_bias(0, Projection::O, &w_o).unwrap().unwrap();
+    for (r, b) in bias.iter().enumerate() {
+        let hand = 2.0 * w_o[r * D + HEAD_DIM] - w_o[r * D + HEAD_DIM + 3];
+        assert!((b - hand).abs() < 1e-6, "row {r}: {b} vs {hand}");
     }
 }

@@ -90,7 +90,10 @@ pub(crate) struct Rng(u64);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+        // xorshift's state must not be 0 (it would stay 0, and every draw be −1): the one seed
+        // that maps there starts elsewhere. Every other seed keeps the stream it always had.
+        let state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        Self(if state == 0 { 0x2545_F491_4F6C_DD1D } else { state })
     }
 
     /// Uniform in `[-1, 1)`.
@@ -107,5 +110,21 @@ impl Rng {
         let u1 = (self.uniform() * 0.5 + 0.5).max(f32::MIN_POSITIVE);
         let u2 = self.uniform() * 0.5 + 0.5;
         (-2.0 * u1.ln()).sqrt() * (core::f32::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn every_seed_gives_a_varied_stream() {
+        for seed in [0, 1, 0x9E37_79B9_7F4A_7C15, u64::MAX] {
+            let mut rng = Rng::new(seed);
+            let draws: Vec<f32> = (0..64).map(|_| rng.uniform()).collect();
+            assert!(draws.iter().all(|d| (-1.0..1.0).contains(d)), "seed {seed:#x}");
+            let mean = draws.iter().sum::<f32>() / 64.0;
+            assert!(mean.abs() < 0.5 && draws.iter().any(|&d| d != draws[0]), "seed {seed:#x}: {draws:?}");
+        }
     }
 }

@@ -162,6 +162,17 @@ mod tests {
         }
     }
 
+    /// Positions 2, 3 and 10 of 20, the second negative: gaps 2, 0, 6. With `k = 1` (13 bits;
+    /// `k = 0` takes 14, `k = 2` ties at 13 and the smaller wins) each gap is its quotient in
+    /// unary and a 0, one remainder bit, then the sign: `1 0 0 0 | 0 0 1 | 1 1 1 0 0 0`, MSB
+    /// first, padded with zeros: `1000_0011 1100_0000`.
+    #[test]
+    fn the_stream_is_the_rice_code_written_out() {
+        let t = Ternary { len: 20, positions: vec![2, 3, 10], negative: vec![false, true, false] };
+        assert_eq!(encode(&t), (vec![0b1000_0011, 0b1100_0000], 1));
+        assert_eq!(decode(&[0b1000_0011, 0b1100_0000], 20, 3, 1).unwrap(), t);
+    }
+
     #[test]
     fn refuses_streams_that_do_not_fit() {
         let t = Ternary { len: 100, positions: vec![10, 50, 99], negative: vec![true, false, true] };
