@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suites need beyond the Rust toolchain: the cross targets that the
-# portability checks compile for, and Mesa's software Vulkan driver (lavapipe) so that the GPU
-# path runs on any machine. Idempotent.
+# portability checks compile for (a browser, a phone's CPU, and a microcontroller without std),
+# and Mesa's software Vulkan driver (lavapipe) so that the GPU path runs on any machine.
+# Idempotent.
 set -euo pipefail
-targets="wasm32-unknown-unknown aarch64-unknown-linux-gnu"
+targets="wasm32-unknown-unknown aarch64-unknown-linux-gnu thumbv7em-none-eabihf"
 installed=$(rustup target list --installed)
 for t in $targets; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"

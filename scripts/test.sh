@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every test suite: unit, property and tiny-model tests; the real-model golden tests (the model
-# is fetched and verified first, and they fail rather than skip here); the CLI; and the
-# portability checks (wasm32, aarch64, no_std core).
+# Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
+# real-model golden tests (the model is fetched and verified first, and they fail rather than
+# skip here); the CLI; and the portability checks (the runtime and its journey test for
+# wasm32, aarch64, and the no_std core for a target without std).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -17,7 +18,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 # One profile (release) for tests and the demo, so every dependency is compiled once.
 cargo test --release --workspace
 
-echo "== portability: wasm32, aarch64, no_std core"
-cargo check --release -p adaptkit --target wasm32-unknown-unknown
+echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core on thumbv7em"
+cargo check --release -p adaptkit --target wasm32-unknown-unknown --lib --test runtime
 cargo check --release -p adaptkit --target aarch64-unknown-linux-gnu
-cargo check --release -p adaptkit --no-default-features
+cargo check --release -p adaptkit --no-default-features --target thumbv7em-none-eabihf

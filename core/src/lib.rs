@@ -6,14 +6,14 @@
 //! `Send + Sync` handle, and [`runtime`] is the API every face calls. See
 //! `docs/architecture.md`.
 //!
-//! Without the `std` feature only the formats and quantization build (`no_std + alloc`).
+//! Without the `std` feature the formats, quantization, the patch codec and the ComPEFT coding
+//! of adapter tensors build (`no_std + alloc`, for targets with no `std` at all).
 #![cfg_attr(not(feature = "std"), no_std)]
 extern crate alloc;
 
 pub mod bytes;
 pub mod control;
 pub mod format;
-#[cfg(feature = "std")]
 pub mod linalg;
 pub mod parallel;
 pub mod patch;

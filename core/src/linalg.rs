@@ -1,8 +1,14 @@
 //! Small dense linear algebra on the host in f64 (rank-sized matrices: PiSSA's and the patch
-//! codec's `r x r` problems), without a dependency.
+//! codec's `r x r` problems), `no_std` (square roots from `libm`, which rounds them correctly,
+//! like std's).
 
 use alloc::vec;
 use alloc::vec::Vec;
+
+/// `√x`, also where there is no `std`.
+pub fn sqrt(x: f64) -> f64 {
+    libm::sqrt(x)
+}
 
 /// Eigenvalues and eigenvectors (columns of the row-major result) of a symmetric `k x k`
 /// matrix, by cyclic Jacobi rotations.
@@ -12,9 +18,9 @@ pub fn symmetric_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
     for _ in 0..100 {
         let off: f64 = (0..k)
             .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * k + j].powi(2))
+            .map(|(i, j)| a[i * k + j] * a[i * k + j])
             .sum();
-        let scale: f64 = (0..k).map(|i| a[i * k + i].powi(2)).sum();
+        let scale: f64 = (0..k).map(|i| a[i * k + i] * a[i * k + i]).sum();
         if off <= 1e-30 * scale.max(1e-300) {
             break;
         }
@@ -25,9 +31,9 @@ pub fn symmetric_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
                     continue;
                 }
                 let theta = (a[q * k + q] - a[p * k + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = theta.signum() / (theta.abs() + sqrt(theta * theta + 1.0));
                 let t = if theta == 0.0 { 1.0 } else { t };
-                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+                let (c, s) = (1.0 / sqrt(t * t + 1.0), t / sqrt(t * t + 1.0));
                 for i in 0..k {
                     let (aip, aiq) = (a[i * k + p], a[i * k + q]);
                     a[i * k + p] = c * aip - s * aiq;

@@ -157,7 +157,7 @@ fn porting_measures_drift_and_keeps_the_adapter_on_the_same_base() {
     let (a, b) = (base(&dir, 40), base(&dir, 41));
     let (_, patch) = lora_patch(&dir, &a, 4, 4);
     let want = adapted_logits(a.llama(), &TOKENS, &attach(a.llama(), &patch));
-    // Onto the same base: nothing changes (methods.md §2 test 2).
+    // Onto the same base: nothing changes.
     let targets = targets(&patch, a.fingerprint.layers);
     assert_eq!(targets.len(), 7 * a.fingerprint.layers);
     let same = weight_drift(a.llama(), a.llama(), &targets).unwrap();

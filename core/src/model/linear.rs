@@ -1,7 +1,7 @@
 //! A frozen linear layer whose weight stays in its GGUF block format. The product runs in our
 //! own quantized kernels (`quant::QuantMatrix` on the CPU, `gpu::DeviceMatrix` on a GPU), not in
 //! burn, because burn dequantizes its quantized tensors on every call on CPU (55-110x slower than
-//! f32, see reference/feasibility.md) and its autodiff would keep each dequantized f32 weight
+//! f32, measured when the project started) and its autodiff would keep each dequantized f32 weight
 //! alive until backward.
 //!
 //! The product is a burn op (`#[backend_extension]`) with a hand-written backward: gradients

@@ -1,6 +1,6 @@
 //! The named places where adapters act on the model, and the one trait through which they do.
 //! The model owns this interface and never imports `adapt`; each adaptation method implements
-//! [`Adapters`] (see `shared/design.md`, "How each method plugs in").
+//! [`Adapters`] (see `docs/architecture.md`, "Adding a method").
 
 use burn::tensor::Tensor;
 

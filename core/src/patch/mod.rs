@@ -5,6 +5,7 @@
 //! on adapter tensors only; moving patches is `sync`'s business.
 
 pub mod codec;
+pub mod compeft;
 #[cfg(feature = "std")]
 pub mod compress;
 #[cfg(feature = "std")]
@@ -27,6 +28,7 @@ mod std_only {
     use half::f16;
     use serde_json::{json, Value};
 
+    pub use super::compeft::Values;
     pub use super::fingerprint::{Fingerprint, FingerprintCache};
     use crate::adapt::{self, Method, MethodKind, Saved};
     use crate::bytes::SharedBytes;
@@ -42,14 +44,6 @@ mod std_only {
     /// Patches larger than this are refused before they are read (a LoRA of every projection of
     /// a 1B model at rank 64 is ~100 MB in f32).
     pub const MAX_PATCH_BYTES: u64 = 1 << 30;
-
-    /// A tensor's decoded values.
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct Values {
-        pub name: String,
-        pub shape: Vec<usize>,
-        pub values: Vec<f32>,
-    }
 
     /// How dense tensors are stored.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! PortLLM (`shared/reference/methods.md` §2): a patch made on base `θ` attached to an updated
+//! PortLLM (Khan et al. 2024, "PortLLM: personalizing evolving large language models with
+//! training-free and portable model patches"): a patch made on base `θ` attached to an updated
 //! base `θ'` of the same architecture, without training: `θ' + λΔ`. Porting checks shapes and
 //! vocabulary, measures how far each targeted weight moved, and re-addresses the patch to the
 //! new base with its λ.

@@ -18,7 +18,9 @@ mod value;
 mod write;
 
 pub use value::MetadataValue;
-pub use write::{GgufStream, GgufWriter};
+#[cfg(feature = "std")]
+pub use write::GgufStream;
+pub use write::GgufWriter;
 
 use alloc::string::String;
 use alloc::vec::Vec;

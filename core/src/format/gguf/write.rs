@@ -186,12 +186,14 @@ fn put_padded<E>(
 /// A GGUF file written as it is produced: the metadata and every tensor's name, type and shape
 /// are declared first (they make the header), then each tensor's data is asked for in declared
 /// order, so a writer holds one tensor at a time (a merged model need not fit in memory twice).
+#[cfg(feature = "std")]
 #[derive(Clone, Debug)]
 pub struct GgufStream {
     metadata: GgufWriter,
     tensors: Vec<(String, GgmlType, Vec<u64>, u64)>,
 }
 
+#[cfg(feature = "std")]
 impl GgufStream {
     /// A stream with `metadata`'s keys and alignment (its tensors, if any, are not used).
     pub fn new(metadata: &GgufWriter) -> Self {
@@ -212,7 +214,6 @@ impl GgufStream {
 
     /// Writes the file into `w`, asking `data(i)` for the `i`-th declared tensor's bytes when
     /// its turn comes; bytes of another size than declared are an error.
-    #[cfg(feature = "std")]
     pub fn write<E: From<GgufError> + From<std::io::Error>>(
         &self,
         w: &mut dyn std::io::Write,
