@@ -199,7 +199,9 @@ impl Engine {
         self.run(|engine| {
             let mut cache = engine.model.new_cache(1);
             let hidden = engine.model.forward_adapted(tokens, 1, &mut cache, adapters)?;
-            engine.model.logits(hidden, tokens.len() - 1..tokens.len())
+            let logits = engine.model.logits(hidden, tokens.len() - 1..tokens.len());
+            crate::device::release_untracked_graphs(engine.model.device());
+            logits
         })
     }
 
@@ -235,6 +237,7 @@ impl Engine {
                     return Err(Error::Cancelled);
                 }
                 total_nll += engine.window_nll(ids, adapters)?;
+                crate::device::release_untracked_graphs(engine.model.device());
                 on_progress(w + 1, windows);
             }
             let counted = windows * (window - 1);

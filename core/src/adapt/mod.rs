@@ -109,10 +109,11 @@ pub trait Method: Adapters {
         1.0
     }
 
-    /// Weight-sized values (f32) the method's forward builds in block `layer` and keeps for
-    /// backward, beyond the model's own activations (PEQA's `γ ⊙ S`): for the memory planner.
-    fn dense_training_values(&self, layer: usize) -> usize {
-        let _ = layer;
+    /// Values (f32) the method's forward keeps for backward in block `layer` for a micro-batch
+    /// of `tokens` tokens, beyond the model's own activations and those any adapter path keeps
+    /// (PEQA's weight-sized `γ ⊙ S`, DoRA's rescaled outputs): for the memory planner.
+    fn training_values(&self, layer: usize, tokens: usize) -> usize {
+        let _ = (layer, tokens);
         0
     }
 

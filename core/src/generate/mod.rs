@@ -9,7 +9,7 @@ pub use sampler::{Sampler, SamplingParams};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::control::CancelToken;
-use crate::device::is_host;
+use crate::device::{is_host, release_untracked_graphs};
 use crate::error::Error;
 use crate::model::linear::host_f32;
 use crate::model::{soft_prompt_len, Adapters, Llama};
@@ -147,6 +147,7 @@ pub fn generate(
         }
         let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
         token = next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history)?;
+        release_untracked_graphs(model.device());
     };
     if stop != StopReason::StopString {
         let rest = decoder.finish(tokenizer)?;

@@ -289,7 +289,9 @@ impl Model {
             let model = engine.model();
             let mut cache = model.new_cache(1);
             let hidden = model.forward_adapted(tokens, 1, &mut cache, adapters.as_ref())?;
-            model.logits(hidden, 0..tokens.len())
+            let logits = model.logits(hidden, 0..tokens.len());
+            crate::device::release_untracked_graphs(model.device());
+            logits
         })
     }
 

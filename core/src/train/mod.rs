@@ -396,6 +396,7 @@ fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -
     for window in windows {
         let loss = masked_next_token_loss(model, adapters, &window.tokens, Some(&window.targets), 1)?;
         total += crate::model::linear::host_f32(loss)?[0];
+        crate::device::release_untracked_graphs(model.device());
     }
     Ok(Some(total / windows.len() as f32))
 }
