@@ -8,6 +8,7 @@ use adaptkit::runtime::memory::rss_mb;
 use adaptkit::runtime::plan::parse_size_mb;
 use adaptkit::runtime::train::{Dataset, TrainConfig, TrainEvent, TrainingData};
 use adaptkit::store::{FileStore, Store};
+use adaptkit::train::data::Packing;
 use adaptkit::train::{checkpoint, Evaluation, LrSchedule, FORGETTING_LIMIT};
 use clap::Args;
 use indicatif::ProgressBar;
@@ -26,9 +27,13 @@ pub struct TrainArgs {
     /// `{"prompt","completion"}` or `{"messages":[{"role","content"}]}` per line.
     #[arg(long)]
     data: PathBuf,
-    /// Held-out data in the same formats (default: 10% of --data's windows).
+    /// Held-out data in the same formats (default: --held-out of --data's windows).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Fraction of --data's windows held out for evaluation when --eval is not given; 0 trains
+    /// on all of them (a few notes to remember) [default: 0.1].
+    #[arg(long)]
+    held_out: Option<f32>,
     /// Unrelated general text (.txt or .jsonl) whose perplexity is watched for forgetting: a
     /// warning when it rises more than 5% over the base model's.
     #[arg(long)]
@@ -47,6 +52,10 @@ pub struct TrainArgs {
     /// Tokens per training window [default: 128].
     #[arg(long)]
     seq: Option<usize>,
+    /// How examples become windows: `stream` (one stream cut every --seq tokens) or `documents`
+    /// (whole documents, padded, so that nothing is learned without its context) [default: stream].
+    #[arg(long, value_parser = parse::<Packing>)]
+    pack: Option<Packing>,
     /// Micro-batches per optimizer step (gradient accumulation) [default: 1].
     #[arg(long)]
     accumulate: Option<usize>,
@@ -118,6 +127,7 @@ impl TrainArgs {
             steps: self.steps.unwrap_or(d.steps),
             batch: self.batch.unwrap_or(d.batch),
             seq: self.seq.unwrap_or(d.seq),
+            packing: self.pack.unwrap_or(d.packing),
             accumulate: self.accumulate.unwrap_or(d.accumulate),
             lr: self.lr,
             lr_schedule: self.lr_schedule.unwrap_or(d.lr_schedule),
@@ -130,7 +140,7 @@ impl TrainArgs {
             patience: self.patience,
             checkpoint_activations: self.checkpoint_activations,
             checkpoint_every: self.checkpoint_every.unwrap_or(d.checkpoint_every),
-            held_out_fraction: d.held_out_fraction,
+            held_out_fraction: self.held_out.unwrap_or(d.held_out_fraction),
             memory_budget_mb: self.memory_budget,
             resume: self.resume,
         }

@@ -211,7 +211,7 @@ pub fn guard<R>(compute: &ComputeDevice, work: impl FnOnce() -> Result<R, Error>
 #[cfg(not(target_arch = "wasm32"))]
 fn catch_runtime_panics<R>(work: impl FnOnce() -> R) -> Result<R, String> {
     let before = runtime_panics::count();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).or_else(|payload| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
         if runtime_panics::count() == before {
             std::panic::resume_unwind(payload);
         }
@@ -220,7 +220,7 @@ fn catch_runtime_panics<R>(work: impl FnOnce() -> R) -> Result<R, String> {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("the GPU runtime failed");
-        Err(message.to_string())
+        message.to_string()
     })
 }
 

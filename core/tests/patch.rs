@@ -357,21 +357,7 @@ fn narrow_heads_base(dir: &TempDir, seed: u64) -> Base {
     let (attention, kv) = (HEADS * HEAD, KV_HEADS * HEAD);
     let mut r = Rng(seed);
     let mut w = GgufWriter::new();
-    for (key, value) in [
-        ("llama.block_count", LAYERS),
-        ("llama.embedding_length", D),
-        ("llama.feed_forward_length", FFN),
-        ("llama.attention.head_count", HEADS),
-        ("llama.attention.head_count_kv", KV_HEADS),
-        ("llama.attention.key_length", HEAD),
-        ("llama.attention.value_length", HEAD),
-        ("llama.context_length", CONTEXT),
-    ] {
-        w.add_metadata(key, value as u32).unwrap();
-    }
-    w.add_metadata("general.architecture", "llama").unwrap();
-    w.add_metadata("llama.attention.layer_norm_rms_epsilon", EPS).unwrap();
-    add_tiny_tokenizer(&mut w);
+    add_tiny_metadata(&mut w, Some(HEAD));
     let mut add = |name: String, cols: usize, rows: usize, values: Vec<f32>| {
         let ty = if rows == 1 { GgmlType::F32 } else { GgmlType::Q8_0 };
         let dims: Vec<u64> = if rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };

@@ -129,6 +129,11 @@ fn the_whole_journey_runs_from_bytes_in_memory() {
     // Compressed into a signed patch, verified, attached: it generates.
     let keys = patches::keygen().unwrap();
     let (secret, public) = (parse_secret_key(&keys.secret).unwrap(), parse_public_key(&keys.public).unwrap());
+    assert_eq!(
+        (secret.to_bytes(), public),
+        (keys.signing_key.to_bytes(), keys.public_key),
+        "the files hold the keys"
+    );
     let source = patches::patch_of(&model, AdapterSource::Peft(files), DenseType::F16).unwrap();
     let options = CompressOptions { density: Density::Fraction(0.3), ..Default::default() };
     let compressed = patches::compress(&model, &source, &options, Some(&secret), &mut |_| {}).unwrap();
@@ -293,4 +298,15 @@ fn evaluating_and_generating_on_a_trainable_model_keep_no_memory() {
     let grown = rss_mb().unwrap() - before;
     eprintln!("resident memory grew by {grown:.1} MiB over 3 x (~370 windows + 250 tokens)");
     assert!(grown < 20.0, "resident memory grew by {grown:.1} MiB");
+}
+
+/// The README's library example is `core/examples/quickstart.rs`, which `cargo test` builds.
+#[test]
+fn the_readme_shows_the_quickstart_that_compiles() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../examples/quickstart.rs");
+    assert!(
+        readme.contains(&format!("```rust\n{example}```")),
+        "README.md's library example differs from core/examples/quickstart.rs"
+    );
 }

@@ -356,9 +356,9 @@ fn lora_dropout_follows_its_seed_and_survives_recomputation() {
     assert_same_gradients(&full, &checkpointed);
 }
 
-/// PiSSA: the split base (residual + principal adapter) starts as the original model, and after
-/// training, the saved adapter (converted to rank 2r) on the original base is the trained model
-/// (exactly with an f32 base; within the Q8_0 residual's rounding with a Q4_0 base).
+/// PiSSA: the adapter (principal components minus their frozen copy) starts as the original
+/// model, and after training, the saved adapter (converted to rank 2r) on the original base is
+/// the trained model (within 1e-5 of the largest logit with an f32 base, 2e-3 with Q4_0).
 #[test]
 fn pissa_starts_at_the_base_and_saves_for_the_original_base() {
     let dir = tempdir();
@@ -368,10 +368,10 @@ fn pissa_starts_at_the_base_and_saves_for_the_original_base() {
         let original = load_gguf(&path);
         let base = adapted_logits(&original, &TOKENS, &NoAdapters);
         let tolerance = relative * base.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let mut split = load_for_training(&path);
+        let trainable = load_for_training(&path);
         let config = LoraConfig::new(2, 4.0, Projection::ALL.to_vec());
-        let mut adapter = LoraAdapter::new_pissa(config, &mut split, 5).unwrap().trainable();
-        let started = adapted_logits(&split, &TOKENS, &adapter);
+        let mut adapter = LoraAdapter::new_pissa(config, &trainable, 5).unwrap().trainable();
+        let started = adapted_logits(&trainable, &TOKENS, &adapter);
         assert!(
             max_diff(&started, &base) < tolerance,
             "{ty}: PiSSA moved the start by {}",
@@ -380,11 +380,11 @@ fn pissa_starts_at_the_base_and_saves_for_the_original_base() {
 
         let mut optimizer = AdamW::new(0.0);
         for _ in 0..3 {
-            let (_, grads) = loss_and_gradients(&split, &mut adapter, &TOKENS, None, 1, false).unwrap();
+            let (_, grads) = loss_and_gradients(&trainable, &mut adapter, &TOKENS, None, 1, false).unwrap();
             optimizer.step(&mut adapter, &grads, 1e-2);
         }
-        let trained = adapted_logits(&split, &TOKENS, &adapter);
-        adapter.save(&dir.join("pissa"), &split).unwrap();
+        let trained = adapted_logits(&trainable, &TOKENS, &adapter);
+        adapter.save(&dir.join("pissa"), &trainable).unwrap();
         let loaded = LoraAdapter::load(&dir.join("pissa"), &original).unwrap();
         assert_eq!(loaded.config().rank, 4);
         let ported = adapted_logits(&original, &TOKENS, &loaded);

@@ -55,8 +55,13 @@ pub struct MethodSpec {
     /// A fresh trainable adapter (for a staged method, its first stage's).
     pub build: fn(&BuildContext) -> Result<Box<dyn Method>, Error>,
     /// A saved adapter of this method, made for `model` (shapes are checked).
-    pub load: fn(&PeftDir, &Llama) -> Result<Box<dyn Method>, Error>,
+    pub load: LoadFn,
 }
+
+/// Reads a saved adapter of one method for a model (shapes checked).
+pub type LoadFn = fn(&PeftDir, &Llama) -> Result<Box<dyn Method>, Error>;
+/// Builds the kept adapter of a staged method from its first stage's record.
+pub type NextStageFn = fn(&Value, &BuildContext) -> Result<Box<dyn Method>, Error>;
 
 /// How a ComPEFT patch codes a method's tensors.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,7 +96,7 @@ pub struct Stage {
     /// Its learning rate over the run's.
     pub lr_factor: f32,
     pub finish: fn(&dyn Method, &BuildContext) -> Result<Value, Error>,
-    pub next: fn(&Value, &BuildContext) -> Result<Box<dyn Method>, Error>,
+    pub next: NextStageFn,
 }
 
 /// A registered method. Compares by name.
@@ -502,27 +507,25 @@ mod tests {
         assert_eq!(names.len(), METHODS.len());
         for spec in METHODS {
             for o in spec.options {
-                let ok = match (o.option, o.default) {
+                let ok = matches!(
+                    (o.option, o.default),
                     (
                         MethodOption::Rank
-                        | MethodOption::VirtualTokens
-                        | MethodOption::Heads
-                        | MethodOption::SelectSteps,
+                            | MethodOption::VirtualTokens
+                            | MethodOption::Heads
+                            | MethodOption::SelectSteps,
                         OptionDefault::Count(_),
-                    ) => true,
-                    (
+                    ) | (
                         MethodOption::Alpha | MethodOption::Dropout | MethodOption::L1,
                         OptionDefault::Number(_),
-                    ) => true,
-                    (MethodOption::Rslora, OptionDefault::Flag(_)) => true,
-                    (MethodOption::Init, OptionDefault::Init(_)) => true,
-                    (MethodOption::Targets, OptionDefault::Targets(_)) => true,
-                    (
-                        MethodOption::PromptInit | MethodOption::MaxLen | MethodOption::EmbeddingLr,
-                        OptionDefault::Described(_),
-                    ) => true,
-                    _ => false,
-                };
+                    ) | (MethodOption::Rslora, OptionDefault::Flag(_))
+                        | (MethodOption::Init, OptionDefault::Init(_))
+                        | (MethodOption::Targets, OptionDefault::Targets(_))
+                        | (
+                            MethodOption::PromptInit | MethodOption::MaxLen | MethodOption::EmbeddingLr,
+                            OptionDefault::Described(_),
+                        )
+                );
                 assert!(ok, "{}: the default of {} has the wrong type", spec.name, o.option.name());
             }
             assert!(spec.default_lr > 0.0);

@@ -136,9 +136,12 @@ impl Fingerprint {
     }
 }
 
+/// What [`for_each_tensor`] calls: `(name, type, shape, bytes)`.
+type TensorVisitor<'a> = dyn FnMut(&str, &str, &[u64], &[u8]) + 'a;
+
 /// Calls `add(name, type, shape, bytes)` for every weight tensor of `files`: a GGUF's in name
 /// order; a Hugging Face model's shard by shard, each in name order.
-fn for_each_tensor(files: &ModelFiles, add: &mut dyn FnMut(&str, &str, &[u64], &[u8])) -> Result<(), Error> {
+fn for_each_tensor(files: &ModelFiles, add: &mut TensorVisitor) -> Result<(), Error> {
     match files {
         ModelFiles::Gguf(gguf) => {
             let mut tensors: Vec<_> = gguf.tensors().iter().collect();

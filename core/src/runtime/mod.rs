@@ -35,6 +35,12 @@ pub use model::{
 pub use plan::MemoryPlan;
 pub use train::{Dataset, TrainConfig, TrainEvent, Trained, TrainingData, TrainingReport};
 
+// What a caller of the runtime names, from the layers below, so that `runtime::*` is the API.
+pub use crate::adapt::{LoraInit, MethodKind, MethodOptions};
+pub use crate::control::CancelToken;
 pub use crate::engine::{ModelSource, Prompt};
+pub use crate::generate::{GenerateOptions, GenerationEvent, SamplingParams};
 pub use crate::patch::AttachOptions as LoadOptions;
 pub use crate::store::{FileStore, MemoryStore, Store};
+pub use crate::train::data::Packing;
+pub use crate::train::LrSchedule;

@@ -16,7 +16,8 @@ use crate::format::patch_file::{hex, require_signer, Encoding};
 use crate::patch::compress::{self, Budget, Scores, TensorReport, Trial};
 use crate::patch::keys::{self, SigningKey};
 use crate::patch::port::{self, Drift};
-use crate::patch::{merge, AttachOptions, DenseType, Patch};
+pub use crate::patch::DenseType;
+use crate::patch::{merge, AttachOptions, Patch};
 
 /// How much of each tensor's change a patch keeps.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -183,7 +184,9 @@ pub fn compress(
             };
             let budget = Budget { keep_gain: options.keep_gain, max_general_rise: options.max_general_rise };
             let choice = compress::auto(source, budget, &mut score)?;
-            choice.trials.iter().for_each(|t| on_trial(t));
+            for trial in &choice.trials {
+                on_trial(trial);
+            }
             auto = Some(AutoReport {
                 base_perplexity: choice.base.held_out,
                 dense_perplexity: choice.dense.held_out,
@@ -469,9 +472,12 @@ pub fn verify(bytes: &[u8], label: &str, trusted: &[[u8; 32]]) -> Result<VerifyR
     })
 }
 
-/// A signing key pair as key files' texts.
-#[derive(Clone, Debug)]
+/// A new signing key pair: the keys, and their key files' texts.
+#[derive(Clone)]
 pub struct KeyPair {
+    pub signing_key: SigningKey,
+    pub public_key: [u8; 32],
+    /// The secret key file's text (keep it private).
     pub secret: String,
     pub public: String,
     pub public_hex: String,
@@ -488,5 +494,7 @@ pub fn keygen() -> Result<KeyPair, Error> {
         secret: keys::secret_key_text(&key),
         public: keys::public_key_text(&public),
         public_hex: hex(&public),
+        signing_key: key,
+        public_key: public,
     })
 }

@@ -153,7 +153,7 @@ pub fn choose(
             });
         }
         // Smaller micro-batches that still divide the batch evenly.
-        match (1..batch).rev().find(|b| total % b == 0 && *b <= batch / 2) {
+        match (1..batch).rev().find(|&b| total.is_multiple_of(b) && b <= batch / 2) {
             Some(smaller) => {
                 time *= measured::SMALLER_BATCH_TIME;
                 batch = smaller;

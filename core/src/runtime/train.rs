@@ -18,7 +18,7 @@ use crate::adapt::{parameter_count, trainable, MethodKind, MethodOptions};
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::store::Store;
-use crate::train::data::{self, Format, Windows};
+use crate::train::data::{self, Format, Packing, Windows};
 use crate::train::{
     self, checkpoint, Checkpointing, Evaluation, LrSchedule, StepReport, TrainOptions, FORGETTING_LIMIT,
 };
@@ -35,6 +35,8 @@ pub struct TrainConfig {
     pub batch: usize,
     /// Tokens per window.
     pub seq: usize,
+    /// How examples become windows: one cut stream, or whole documents padded.
+    pub packing: Packing,
     /// Micro-batches per optimizer step.
     pub accumulate: usize,
     /// The peak learning rate (default: the method's).
@@ -71,6 +73,7 @@ impl Default for TrainConfig {
             steps: 60,
             batch: 4,
             seq: 128,
+            packing: Packing::Stream,
             accumulate: 1,
             lr: None,
             lr_schedule: LrSchedule::default(),
@@ -168,15 +171,15 @@ impl Dataset {
     }
 
     /// Its windows of `seq` tokens, `held_out` of them held out.
-    fn windows(&self, model: &Model, seq: usize, held_out: f32, seed: u64) -> Result<Windows, Error> {
-        data::windows(&self.text, self.format, model.engine().tokenizer(), seq, held_out, seed).map_err(|e| {
-            match e {
+    fn windows(&self, model: &Model, config: &TrainConfig, held_out: f32) -> Result<Windows, Error> {
+        let tokenizer = model.engine().tokenizer();
+        data::windows(&self.text, self.format, tokenizer, config.seq, config.packing, held_out, config.seed)
+            .map_err(|e| match e {
                 Error::InvalidArgument(message) => {
                     Error::InvalidArgument(format!("{}: {message}", self.name))
                 }
                 other => other,
-            }
-        })
+            })
     }
 }
 
@@ -264,12 +267,12 @@ impl Model {
         }
         config.check(engine.model().config().context_len)?;
         let held_out = if data.eval.is_some() { 0.0 } else { config.held_out_fraction };
-        let mut windows = data.train.windows(self, config.seq, held_out, config.seed)?;
+        let mut windows = data.train.windows(self, config, held_out)?;
         if let Some(eval) = &data.eval {
-            windows.held_out = eval.windows(self, config.seq, 0.0, config.seed)?.train;
+            windows.held_out = eval.windows(self, config, 0.0)?.train;
         }
         if let Some(general) = &data.general {
-            windows.general = general.windows(self, config.seq, 0.0, config.seed)?.train;
+            windows.general = general.windows(self, config, 0.0)?.train;
         }
         engine.run(|engine| {
             let lr = config.lr();

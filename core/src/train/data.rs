@@ -2,7 +2,7 @@
 //! token counts. JSONL: one object a line, `{"text"}` (every token counts), `{"prompt",
 //! "completion"}` or `{"messages": [{"role", "content"}]}` (rendered with the model's chat
 //! template), where only the completion / assistant tokens count in the loss. Examples are
-//! tokenized, packed into one stream (end-of-sequence between them), cut into windows,
+//! tokenized (end-of-sequence after each) and made into windows of a fixed length ([`Packing`]),
 //! shuffled with a seed and split into training and held-out windows.
 
 use crate::error::Error;
@@ -30,6 +30,32 @@ pub struct Windows {
     pub general: Vec<Window>,
 }
 
+/// How examples become windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packing {
+    /// One stream of every example, cut every `seq` tokens: no token is wasted, but an example
+    /// (or a fact in it) may be cut in two, each half learned without the other.
+    #[default]
+    Stream,
+    /// Whole examples, as many as fit, in each window (one longer than a window is split into
+    /// windows of its own), the rest padded with tokens the loss ignores: nothing is learned
+    /// without its context, for some padding (a few notes to remember).
+    Documents,
+}
+
+impl core::str::FromStr for Packing {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "stream" => Ok(Self::Stream),
+            "documents" => Ok(Self::Documents),
+            other => Err(Error::option("pack", other, "stream or documents")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
@@ -46,31 +72,40 @@ impl Format {
     }
 }
 
-/// Windows of `seq` tokens from `data`; `held_out_fraction` of them (when above 0, at least one
-/// as long as there are two or more) are held out. Windows in which no token counts are dropped.
+/// Windows of `seq` tokens from `data`, made as `packing` says; `held_out_fraction` of them
+/// (when above 0, at least one as long as there are two or more) are held out. Windows in which
+/// no token counts are dropped.
 pub fn windows(
     data: &str,
     format: Format,
     tokenizer: &Tokenizer,
     seq: usize,
+    packing: Packing,
     held_out_fraction: f32,
     seed: u64,
 ) -> Result<Windows, Error> {
     if seq < 2 {
         return Err(Error::InvalidArgument(format!("sequence length {seq} must be at least 2")));
     }
-    let stream = pack(data, format, tokenizer)?;
-    let mut windows: Vec<Window> = stream
-        .tokens
-        .chunks_exact(seq)
-        .zip(stream.targets.chunks_exact(seq))
-        .filter(|(_, targets)| targets[1..].iter().any(|&t| t))
-        .map(|(tokens, targets)| Window { tokens: tokens.to_vec(), targets: targets.to_vec() })
-        .collect();
+    let examples = examples(data, format, tokenizer)?;
+    let tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
+    let windows = match packing {
+        Packing::Stream => {
+            let stream = concat(examples);
+            stream
+                .tokens
+                .chunks_exact(seq)
+                .zip(stream.targets.chunks_exact(seq))
+                .map(|(tokens, targets)| Window { tokens: tokens.to_vec(), targets: targets.to_vec() })
+                .collect()
+        }
+        Packing::Documents => whole(examples, seq, tokenizer.pad().or(tokenizer.eos()).unwrap_or(0)),
+    };
+    let mut windows: Vec<Window> =
+        windows.into_iter().filter(|w| w.targets[1..].iter().any(|&t| t)).collect();
     if windows.is_empty() {
         return Err(Error::InvalidArgument(format!(
-            "the data has {} tokens, fewer than one window of {seq} with tokens to learn",
-            stream.tokens.len()
+            "the data has {tokens} tokens, fewer than one window of {seq} with tokens to learn"
         )));
     }
     shuffle(&mut windows, seed);
@@ -83,14 +118,57 @@ pub fn windows(
     Ok(Windows { train: windows, held_out, general: Vec::new() })
 }
 
+/// Whole examples in windows of `seq` tokens, in order, as many as fit; an example longer than a
+/// window is split into windows of its own (its last piece may share one). Each window is padded
+/// to `seq` with `pad`, which the loss ignores.
+fn whole(examples: Vec<Window>, seq: usize, pad: u32) -> Vec<Window> {
+    let mut windows = Vec::new();
+    let mut current = Window::default();
+    let mut flush = |current: &mut Window| {
+        if current.tokens.is_empty() {
+            return;
+        }
+        let fill = seq - current.tokens.len();
+        current.push(&vec![pad; fill], false);
+        windows.push(core::mem::take(current));
+    };
+    for example in examples {
+        for (tokens, targets) in example.tokens.chunks(seq).zip(example.targets.chunks(seq)) {
+            if current.tokens.len() + tokens.len() > seq {
+                flush(&mut current);
+            }
+            current.tokens.extend_from_slice(tokens);
+            current.targets.extend_from_slice(targets);
+        }
+    }
+    flush(&mut current);
+    windows
+}
+
+fn concat(examples: Vec<Window>) -> Window {
+    let mut stream = Window::default();
+    for example in examples {
+        stream.tokens.extend(example.tokens);
+        stream.targets.extend(example.targets);
+    }
+    stream
+}
+
 /// Every example of `data` tokenized and packed into one stream, end-of-sequence after each.
 pub fn pack(data: &str, format: Format, tokenizer: &Tokenizer) -> Result<Window, Error> {
-    let mut stream = Window::default();
+    Ok(concat(examples(data, format, tokenizer)?))
+}
+
+/// Every example of `data` tokenized, end-of-sequence after each.
+pub fn examples(data: &str, format: Format, tokenizer: &Tokenizer) -> Result<Vec<Window>, Error> {
+    let mut examples = Vec::new();
     match format {
         Format::Text => {
             for document in data.split("\n\n").map(str::trim).filter(|d| !d.is_empty()) {
+                let mut stream = Window::default();
                 stream.push(&tokenizer.encode(document, true)?, true);
                 stream.push(tokenizer.eos().as_slice(), true);
+                examples.push(stream);
             }
         }
         Format::JsonLines => {
@@ -98,6 +176,7 @@ pub fn pack(data: &str, format: Format, tokenizer: &Tokenizer) -> Result<Window,
                 let bad =
                     |message: String| Error::InvalidArgument(format!("data line {}: {message}", index + 1));
                 let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+                let mut stream = Window::default();
                 example(&value, tokenizer, &mut stream).map_err(|e| match e {
                     Error::InvalidArgument(message) => bad(message),
                     other => other,
@@ -106,10 +185,11 @@ pub fn pack(data: &str, format: Format, tokenizer: &Tokenizer) -> Result<Window,
                 if value.get("messages").is_none() {
                     stream.push(tokenizer.eos().as_slice(), true);
                 }
+                examples.push(stream);
             }
         }
     }
-    Ok(stream)
+    Ok(examples)
 }
 
 /// Appends one JSONL example to `out`.
@@ -172,7 +252,29 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::shuffle;
+    use super::{shuffle, whole, Window};
+
+    fn example(len: usize, first: u32) -> Window {
+        Window { tokens: (first..first + len as u32).collect(), targets: vec![true; len] }
+    }
+
+    #[test]
+    fn documents_stay_whole_in_padded_windows() {
+        let windows = whole(vec![example(3, 10), example(4, 20), example(2, 30), example(7, 40)], 6, 0);
+        let tokens: Vec<Vec<u32>> = windows.iter().map(|w| w.tokens.clone()).collect();
+        assert_eq!(
+            tokens,
+            [
+                vec![10, 11, 12, 0, 0, 0],
+                vec![20, 21, 22, 23, 30, 31],
+                vec![40, 41, 42, 43, 44, 45],
+                vec![46, 0, 0, 0, 0, 0],
+            ]
+        );
+        // Padding never counts in the loss.
+        assert_eq!(windows[0].targets, [true, true, true, false, false, false]);
+        assert!(windows.iter().all(|w| w.tokens.len() == 6 && w.targets.len() == 6));
+    }
 
     #[test]
     fn shuffle_is_a_seeded_permutation() {

@@ -127,20 +127,7 @@ impl Weights {
     /// GGUF with every matrix (embedding included) in `ty`; `skip` leaves one tensor out.
     pub fn write_gguf(&self, path: &Path, ty: GgmlType, skip: Option<&str>) {
         let mut w = GgufWriter::new();
-        for (key, value) in [
-            ("llama.block_count", LAYERS),
-            ("llama.embedding_length", D),
-            ("llama.feed_forward_length", FFN),
-            ("llama.attention.head_count", HEADS),
-            ("llama.attention.head_count_kv", KV_HEADS),
-            ("llama.context_length", CONTEXT),
-        ] {
-            w.add_metadata(key, value as u32).unwrap();
-        }
-        w.add_metadata("general.architecture", "llama").unwrap();
-        w.add_metadata("llama.rope.freq_base", THETA).unwrap();
-        w.add_metadata("llama.attention.layer_norm_rms_epsilon", EPS).unwrap();
-        add_tiny_tokenizer(&mut w);
+        add_tiny_metadata(&mut w, None);
         let mut add = |name: String, ty: GgmlType, dims: &[u64], values: &[f32]| {
             if skip != Some(name.as_str()) {
                 w.add_tensor(name, ty, dims, quant::quantize(ty, values).unwrap()).unwrap();
@@ -308,6 +295,29 @@ pub fn pairs_to_rotate_half(w: &[f32], heads: usize, row_len: usize) -> Vec<f32>
         }
     }
     out
+}
+
+/// The tiny model's metadata and tokenizer; `head_dim`, when given, is written as the attention
+/// key and value width (otherwise it is `D / HEADS`).
+pub fn add_tiny_metadata(w: &mut GgufWriter, head_dim: Option<usize>) {
+    let widths = head_dim.map(|h| [("llama.attention.key_length", h), ("llama.attention.value_length", h)]);
+    for (key, value) in [
+        ("llama.block_count", LAYERS),
+        ("llama.embedding_length", D),
+        ("llama.feed_forward_length", FFN),
+        ("llama.attention.head_count", HEADS),
+        ("llama.attention.head_count_kv", KV_HEADS),
+        ("llama.context_length", CONTEXT),
+    ]
+    .into_iter()
+    .chain(widths.into_iter().flatten())
+    {
+        w.add_metadata(key, value as u32).unwrap();
+    }
+    w.add_metadata("general.architecture", "llama").unwrap();
+    w.add_metadata("llama.rope.freq_base", THETA).unwrap();
+    w.add_metadata("llama.attention.layer_norm_rms_epsilon", EPS).unwrap();
+    add_tiny_tokenizer(w);
 }
 
 /// A byte-level BPE of exactly [`VOCAB`] tokens for the tiny models: three special tokens, the
