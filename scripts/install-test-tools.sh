@@ -10,11 +10,26 @@ for t in $targets; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
 
-# lavapipe: the Vulkan ICD `lvp_icd` and the Vulkan loader. Without them wgpu has no Vulkan
-# adapter and the GPU tests fail (they are required in CI, see scripts/test.sh).
-if ! dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1; then
+# Debian packages: lavapipe (the Vulkan ICD `lvp_icd` and the loader; without them wgpu has no
+# Vulkan adapter and the GPU tests fail, and they are required in CI, see scripts/test.sh); for
+# the Kotlin suite (scripts/jvm-test.sh) a JRE, JNA 5.13 and kotlinx-coroutines 1.0.1 + atomicfu
+# (Maven Central is not reachable), npm for kotlinc; clang checks the Swift bindings' C header.
+packages="mesa-vulkan-drivers libvulkan1 openjdk-17-jre-headless libjna-java libkotlinx-coroutines-java
+  libkotlinx-atomicfu-java clang"
+missing=""
+command -v npm >/dev/null || missing=" npm"
+for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# kotlinc, from npm's kotlin-compiler (cached; scripts/jvm-test.sh finds it here).
+kotlin_dir="$HOME/.cache/adaptkit/tools/kotlin"
+if [ ! -x "$kotlin_dir/node_modules/kotlin-compiler/bin/kotlinc" ]; then
+  mkdir -p "$kotlin_dir"
+  npm install --prefix "$kotlin_dir" --silent --no-audit --no-fund kotlin-compiler@2.4.20 >/dev/null
 fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
 # real-model golden tests (the model is fetched and verified first, and they fail rather than
-# skip here); the CLI; and the portability checks (the runtime and its journey test for
-# wasm32, aarch64, and the no_std core for a target without std).
+# skip here); the CLI; the Kotlin face on the JVM and the Swift bindings' checks; and the
+# portability checks (the runtime and its journey test for wasm32, aarch64, and the no_std core
+# for a target without std).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -17,6 +18,11 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 # One profile (release) for tests and the demo, so every dependency is compiled once.
 cargo test --release --workspace
+
+echo "== Kotlin on the JVM: the bindings, dev.adaptkit, the README quick-start (real model)"
+scripts/jvm-test.sh "$ADAPTKIT_TEST_MODEL"
+echo "== Swift: committed bindings fresh, C header, exported symbols"
+scripts/swift-check.sh
 
 echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core on thumbv7em"
 cargo check --release -p adaptkit --target wasm32-unknown-unknown --lib --test runtime

@@ -68,11 +68,7 @@ pub struct Targets(Vec<Projection>);
 
 fn parse_targets(list: &str) -> Result<Targets, String> {
     list.split(',')
-        .map(|t| {
-            Projection::parse(t.trim()).ok_or_else(|| {
-                format!("unknown projection '{t}' (one of: {})", Projection::list(&Projection::ALL))
-            })
-        })
+        .map(|t| t.trim().parse::<Projection>().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()
         .map(Targets)
 }

@@ -310,3 +310,31 @@ fn the_readme_shows_the_quickstart_that_compiles() {
         "README.md's library example differs from core/examples/quickstart.rs"
     );
 }
+
+/// An app asks before it trains whether the run fits its memory: the plan is the one training
+/// then follows, and a budget nothing fits is refused by name.
+#[test]
+fn the_plan_is_known_before_training() {
+    let model = tiny_model(true);
+    let config = TrainConfig {
+        steps: 1,
+        batch: 2,
+        seq: 16,
+        eval_every: 0,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let planned = model.plan(&config).unwrap();
+    let mut reported = None;
+    let trained = model.train(&notes(), &config, &MemoryStore::new(), &CancelToken::new(), &mut |event| {
+        if let TrainEvent::Plan(plan) = event {
+            reported = Some(plan.clone());
+        }
+    });
+    trained.unwrap();
+    assert_eq!(reported, Some(planned));
+    let tight = TrainConfig { memory_budget_mb: Some(1.0), ..config };
+    assert!(
+        matches!(model.plan(&tight), Err(Error::InvalidOption { field, .. }) if field == "memory_budget")
+    );
+}

@@ -92,15 +92,22 @@ impl serde::Serialize for Projection {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Projection {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        Self::parse(&name).ok_or_else(|| {
-            serde::de::Error::custom(format!(
+impl core::str::FromStr for Projection {
+    type Err = crate::error::Error;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::parse(name).ok_or_else(|| {
+            crate::error::Error::InvalidArgument(format!(
                 "unknown projection '{name}' (one of: {})",
                 Self::list(&Self::ALL)
             ))
         })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Projection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

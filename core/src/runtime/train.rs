@@ -14,9 +14,11 @@ use super::memory::peak_rss_mb;
 use super::model::Model;
 use super::plan::{self, MemoryPlan, Request};
 use crate::adapt::registry::BuildContext;
-use crate::adapt::{parameter_count, trainable, MethodKind, MethodOptions};
+use crate::adapt::{parameter_count, trainable, Method, MethodKind, MethodOptions};
 use crate::control::CancelToken;
+use crate::engine::Engine;
 use crate::error::Error;
+use crate::model::Llama;
 use crate::store::Store;
 use crate::train::data::{self, Format, Packing, Windows};
 use crate::train::{
@@ -245,7 +247,45 @@ pub struct TrainingReport {
     pub stage: Option<Value>,
 }
 
+fn build_context<'a>(engine: &'a Engine, config: &'a TrainConfig) -> BuildContext<'a> {
+    BuildContext {
+        method: config.method,
+        model: engine.model(),
+        tokenizer: engine.tokenizer(),
+        options: &config.options,
+        seq: config.seq,
+        lr: config.lr(),
+        seed: config.seed,
+    }
+}
+
+/// The plan a run of `config` follows: within its memory budget, or the prediction when it has none.
+fn plan_of(model: &Llama, adapter: &dyn Method, config: &TrainConfig) -> Result<MemoryPlan, Error> {
+    let request = Request {
+        batch: config.batch,
+        accumulate: config.accumulate,
+        seq: config.seq,
+        checkpoint_activations: config.checkpoint_activations,
+    };
+    match config.memory_budget_mb {
+        Some(budget) => plan::choose(model, adapter, request, budget),
+        None => Ok(plan::unbudgeted(model, adapter, request)),
+    }
+}
+
 impl Model {
+    /// The memory plan a run of `config` would follow, without training: an app asks before
+    /// it starts whether a budget fits ([`Error::InvalidOption`] on `memory_budget` when none
+    /// does, naming the smallest budget that would). The model need not be trainable.
+    pub fn plan(&self, config: &TrainConfig) -> Result<MemoryPlan, Error> {
+        let engine = self.engine();
+        config.check(engine.model().config().context_len)?;
+        engine.run(|engine| {
+            let adapter = (config.method.spec().build)(&build_context(engine, config))?;
+            plan_of(engine.model(), adapter.as_ref(), config)
+        })
+    }
+
     /// Trains an adapter of `config.method` on `data`, reporting through `on_event`. The
     /// model must be open with `trainable`. Checkpoints (and a first stage's record) go to
     /// `store`: every `config.checkpoint_every` steps and when `cancel` stops the run
@@ -276,27 +316,10 @@ impl Model {
         }
         engine.run(|engine| {
             let lr = config.lr();
-            let ctx = BuildContext {
-                method: config.method,
-                model: engine.model(),
-                tokenizer: engine.tokenizer(),
-                options: &config.options,
-                seq: config.seq,
-                lr,
-                seed: config.seed,
-            };
+            let ctx = build_context(engine, config);
             let spec = config.method.spec();
             let mut adapter = trainable((spec.build)(&ctx)?);
-            let request = Request {
-                batch: config.batch,
-                accumulate: config.accumulate,
-                seq: config.seq,
-                checkpoint_activations: config.checkpoint_activations,
-            };
-            let plan = match config.memory_budget_mb {
-                Some(budget) => plan::choose(engine.model(), adapter.as_ref(), request, budget)?,
-                None => plan::unbudgeted(engine.model(), adapter.as_ref(), request),
-            };
+            let plan = plan_of(engine.model(), adapter.as_ref(), config)?;
             on_event(TrainEvent::Plan(&plan));
             let options = TrainOptions {
                 steps: config.steps,
