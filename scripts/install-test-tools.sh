@@ -4,7 +4,7 @@
 # and Mesa's software Vulkan driver (lavapipe) so that the GPU path runs on any machine.
 # Idempotent.
 set -euo pipefail
-targets="wasm32-unknown-unknown aarch64-unknown-linux-gnu thumbv7em-none-eabihf"
+targets="wasm32-unknown-unknown aarch64-unknown-linux-gnu thumbv7em-none-eabihf aarch64-apple-ios aarch64-linux-android"
 installed=$(rustup target list --installed)
 for t in $targets; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"

@@ -24,7 +24,10 @@ scripts/jvm-test.sh "$ADAPTKIT_TEST_MODEL"
 echo "== Swift: committed bindings fresh, C header, exported symbols"
 scripts/swift-check.sh
 
-echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core on thumbv7em"
+echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core on thumbv7em, the bindings on iOS and Android"
 cargo check --release -p adaptkit --target wasm32-unknown-unknown --lib --test runtime
 cargo check --release -p adaptkit --target aarch64-unknown-linux-gnu
 cargo check --release -p adaptkit --no-default-features --target thumbv7em-none-eabihf
+# The bindings for phones: an iPhone and an Android arm64 device (linking needs their SDKs).
+cargo check --release -p adaptkit-ffi --target aarch64-apple-ios
+cargo check --release -p adaptkit-ffi --target aarch64-linux-android
