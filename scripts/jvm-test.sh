@@ -25,6 +25,7 @@ deps=/usr/share/java/jna.jar:/usr/share/java/kotlinx-coroutines-core.jar:/usr/sh
 echo "== kotlinc: bindings, dev.adaptkit, the JVM suite, the README quick-start" >&2
 "$kotlinc" -nowarn -cp "$deps" -d "$work/adaptkit.jar" \
   "$work"/gen/kotlin/dev/adaptkit/ffi/*.kt android/adaptkit/src/main/kotlin/dev/adaptkit/*.kt \
+  android/sample/src/main/kotlin/dev/adaptkit/sample/Personalization.kt \
   android/jvm-test/*.kt "$work/Quickstart.kt" 2>&1 | grep -v "^warning: " >&2 || true
 [ -f "$work/adaptkit.jar" ] || { echo "jvm: kotlinc failed" >&2; exit 1; }
 

@@ -1,12 +1,15 @@
-// The Kotlin face on the JVM, against the real model: streaming, training with progress, a
-// cancel through coroutine cancellation, resume, adapters saved and reloaded, a signed patch, and
-// the error paths. Run by scripts/jvm-test.sh: JvmTestKt MODEL.gguf WORKDIR NOTES.txt
+// The Kotlin face on the JVM, against the real model: streaming; the sample app's training
+// (android/sample's Personalization) killed with its process, resumed, paused by coroutine
+// cancellation and resumed again to the result of an uninterrupted run; adapters saved and
+// reloaded, a signed patch, and the error paths. Run by scripts/jvm-test.sh: JvmTestKt MODEL.gguf WORKDIR NOTES.txt
 package dev.adaptkit.test
 
 import dev.adaptkit.LanguageModel
 import dev.adaptkit.Training
 import dev.adaptkit.greedy
 import dev.adaptkit.user
+import dev.adaptkit.sample.Personalization
+import dev.adaptkit.sample.notesConfig
 import dev.adaptkit.ffi.AdaptException
 import dev.adaptkit.ffi.AdapterSource
 import dev.adaptkit.ffi.CancelToken
@@ -62,21 +65,18 @@ private inline fun <reified E : Throwable> expect(what: String, body: () -> Unit
     throw AssertionError("$what: expected ${E::class.simpleName}, nothing was thrown")
 }
 
-private fun config(steps: Int, resume: Boolean = false) = TrainConfig(
+private fun config(steps: Int) = TrainConfig(
     rank = 4u, steps = steps.toUInt(), batch = 1u, seq = 32u, lr = 2e-4f, evalEvery = 0u,
-    checkpointEvery = 0u, heldOutFraction = 0f, resume = resume,
+    checkpointEvery = 0u, heldOutFraction = 0f,
 )
 
-private suspend fun finish(model: LanguageModel, data: TrainingData, config: TrainConfig, storage: Storage): Pair<List<UInt>, TrainResult> {
-    val steps = mutableListOf<UInt>()
+/** The sample app's training, small: 6 steps, a checkpoint every 2. */
+fun killTestConfig() = notesConfig(steps = 6).copy(rank = 4u, batch = 1u, seq = 32u, checkpointEvery = 2u)
+
+private suspend fun finish(model: LanguageModel, data: TrainingData, config: TrainConfig, storage: Storage): TrainResult {
     var result: TrainResult? = null
-    model.train(data, config, storage).collect {
-        when (it) {
-            is Training.Progress -> (it.event as? TrainEvent.Step)?.let { s -> steps.add(s.step) }
-            is Training.Finished -> result = it.result
-        }
-    }
-    return steps to result!!
+    model.train(data, config, storage).collect { if (it is Training.Finished) result = it.result }
+    return result!!
 }
 
 fun main(args: Array<String>) {
@@ -96,35 +96,79 @@ fun main(args: Array<String>) {
         check(reply.isNotBlank()) { "empty chat reply" }
     }
 
-    val run = Storage.directory(File(work, "run").path)
-    test("cancelling the collecting coroutine stops training and saves a checkpoint; resume finishes it") {
-        val seen = mutableListOf<UInt>()
-        val second = CompletableDeferred<Unit>()
+    test("a run killed with the app resumes from its checkpoint, pauses, resumes, and ends as an uninterrupted run") {
+        val files = File(work, "app")
+        val losses = sortedMapOf<UInt, Float>()
+        // The app, killed (SIGKILL) once its first checkpoint is on disk.
+        val java = ProcessHandle.current().info().command().get()
+        val app = ProcessBuilder(
+            java, "-Djna.library.path=${System.getProperty("jna.library.path")}", "-cp", System.getProperty("java.class.path"),
+            "dev.adaptkit.test.KilledRunKt", modelPath, files.path, notesPath,
+        ).redirectErrorStream(true).start()
+        for (line in app.inputStream.bufferedReader().lineSequence()) {
+            val words = line.split(" ")
+            if (words[0] == "step") losses[words[1].toUInt()] = words[2].toFloat()
+            if (words[0] == "checkpoint") break
+        }
+        app.destroyForcibly().waitFor()
+        val relaunched = Personalization(model, files)
+        check(relaunched.unfinished() == listOf("notes") && relaunched.adapters().isEmpty()) { "after the kill: ${relaunched.unfinished()}" }
+        val checkpoint = File(files, "runs/notes/checkpoint.safetensors")
+        val killedAt = checkpoint.readBytes()
+
+        // Relaunched, it resumes; one step later the app goes to the background and pauses it.
+        val resumedSteps = mutableListOf<UInt>()
+        val stepped = CompletableDeferred<Unit>()
         val job = launch(Dispatchers.Default) {
-            model.train(data, config(6), run).collect {
+            relaunched.resume("notes", killTestConfig()).collect {
                 val event = (it as? Training.Progress)?.event
                 if (event is TrainEvent.Step) {
-                    seen.add(event.step)
-                    if (event.step == 2u) second.complete(Unit)
+                    resumedSteps.add(event.step)
+                    losses[event.step] = event.loss
+                    stepped.complete(Unit)
                 }
             }
         }
-        second.await()
+        stepped.await()
         job.cancelAndJoin()
-        val checkpoint = File(work, "run/checkpoint.safetensors")
+        // The run stops at its next step and saves a newer checkpoint.
         var waited = 0
-        while (!checkpoint.exists()) {
-            check(waited < 600) { "no checkpoint 60 s after the cancel" }
+        while (checkpoint.readBytes().contentEquals(killedAt)) {
+            check(waited < 600) { "no new checkpoint 60 s after the pause" }
             delay(100); waited++
         }
-        val (steps, result) = finish(model, data, config(6, resume = true), run)
-        check(steps.first() > 2u && steps.last() == 6u) { "resumed steps $steps after $seen" }
-        check(result.report.steps == 6u) { "report ${result.report.steps}" }
+        check(resumedSteps.first() > 1u) { "the relaunched run started over: $resumedSteps" }
+
+        // Back in the foreground: it finishes, saves the adapter and drops the checkpoint.
+        relaunched.resume("notes", killTestConfig()).collect {
+            val event = (it as? Training.Progress)?.event
+            if (event is TrainEvent.Step) losses[event.step] = event.loss
+        }
+        check(relaunched.adapters() == listOf("notes") && relaunched.unfinished().isEmpty()) { "after finishing: ${relaunched.adapters()}" }
+
+        val straight = Personalization(model, File(work, "straight"))
+        val straightLosses = sortedMapOf<UInt, Float>()
+        straight.start("notes", notes, killTestConfig()).collect {
+            val event = (it as? Training.Progress)?.event
+            if (event is TrainEvent.Step) straightLosses[event.step] = event.loss
+        }
+        // A step run after the pause and before the stop is never seen; every step seen matches.
+        val matches = losses.keys.all { straightLosses[it]?.let { s -> Math.abs(losses[it]!! - s) < 1e-4 } == true }
+        check(straightLosses.size == 6 && losses.firstKey() == 1u && losses.lastKey() == 6u && matches) {
+            "interrupted $losses vs straight $straightLosses"
+        }
+        relaunched.use("notes")
+        val interruptedText = model.complete(Prompt.Text("Saturday is bread day."), greedy(8)).tokens
+        straight.use("notes")
+        val straightText = model.complete(Prompt.Text("Saturday is bread day."), greedy(8)).tokens
+        straight.use(null)
+        check(interruptedText == straightText) { "generations differ: $interruptedText vs $straightText" }
+        expect<IllegalArgumentException>("a name that leaves the files directory") { runBlocking { relaunched.use("../notes") } }
     }
 
     val adapterDir = Storage.directory(File(work, "adapter").path)
     test("an adapter is saved, reloaded, compressed to a signed patch, and attached") {
-        val (_, trained) = finish(model, data, config(3), Storage.memory())
+        val trained = finish(model, data, config(3), Storage.memory())
         trained.adapter.save(adapterDir)
         val reloaded = model.load(AdapterSource.Storage(adapterDir))
         check(reloaded.info().method == "lora") { "method ${reloaded.info().method}" }
