@@ -1,5 +1,5 @@
 // The Android build: the `adaptkit` library module (generated bindings + dev.adaptkit + the
-// native libraries). Needs the Android SDK, the NDK and cargo-ndk (see README, "Android").
+// native libraries) and the `sample` app. Needs the Android SDK, the NDK and cargo-ndk (see README, "Android").
 pluginManagement {
     repositories { google(); mavenCentral(); gradlePluginPortal() }
 }
@@ -7,4 +7,4 @@ dependencyResolutionManagement {
     repositories { google(); mavenCentral() }
 }
 rootProject.name = "adaptkit-android"
-include(":adaptkit")
+include(":adaptkit", ":sample")

@@ -164,6 +164,9 @@ fun main(args: Array<String>) {
         straight.use(null)
         check(interruptedText == straightText) { "generations differ: $interruptedText vs $straightText" }
         expect<IllegalArgumentException>("a name that leaves the files directory") { runBlocking { relaunched.use("../notes") } }
+        check(relaunched.patch("notes").ratioVsF16 > 10.0) { "the adapter's patch" }
+        relaunched.delete("notes")
+        check(relaunched.adapters().isEmpty()) { "deleted, still listed" }
     }
 
     val adapterDir = Storage.directory(File(work, "adapter").path)

@@ -35,8 +35,8 @@ public final class LanguageModel: @unchecked Sendable {
     public let raw: Model
 
     /// Opens a GGUF file (memory-mapped: the OS pages the frozen weights as memory allows).
-    public init(path: String, threads: UInt32 = 0, device: Device = .cpu, trainable: Bool = true) async throws {
-        raw = try await Model.open(path: path, options: OpenOptions(threads: threads, device: device, trainable: trainable, cache: nil))
+    public init(path: String, threads: UInt32 = 0, device: Device = .cpu, trainable: Bool = true, cache: Storage? = nil) async throws {
+        raw = try await Model.open(path: path, options: OpenOptions(threads: threads, device: device, trainable: trainable, cache: cache))
     }
 
     public func info() throws -> ModelInfo { try raw.info() }
@@ -103,6 +103,16 @@ public final class LanguageModel: @unchecked Sendable {
     public func attach(_ adapter: Adapter, scale: Float = 1) throws -> UInt64 { try raw.attach(adapter: adapter, scale: scale) }
 
     public func detach(_ id: UInt64) throws { try raw.detach(id: id) }
+
+    public func detachAll() throws { try raw.detachAll() }
+
+    /// The memory plan `config` would train with; throws `AdaptError.MemoryBudget` when none fits.
+    public func plan(_ config: TrainConfig) async throws -> MemoryPlan { try await raw.plan(config: config) }
+
+    /// Compresses an adapter into a ComPEFT patch (`.akp` bytes), signed when a key is given.
+    public func compress(_ source: AdapterSource, options: CompressOptions = CompressOptions()) async throws -> CompressedPatch {
+        try await AdaptkitFFI.compress(model: raw, source: source, options: options)
+    }
 
     /// Frees the model's memory now; later calls throw `AdaptError.Closed`.
     public func close() { raw.release() }

@@ -9,6 +9,7 @@ package dev.adaptkit.sample
 import dev.adaptkit.LanguageModel
 import dev.adaptkit.Training
 import dev.adaptkit.ffi.AdapterSource
+import dev.adaptkit.ffi.CompressedPatch
 import dev.adaptkit.ffi.Storage
 import dev.adaptkit.ffi.TrainConfig
 import dev.adaptkit.ffi.TrainingData
@@ -68,9 +69,21 @@ class Personalization(private val model: LanguageModel, filesDir: File) {
         if (name != null) model.attach(model.load(AdapterSource.Storage(Storage.directory(dir(adapters, name).path))))
     }
 
+    /** Compresses adapter [name] into a patch (`.akp` bytes, what a sync server takes). */
+    suspend fun patch(name: String): CompressedPatch =
+        model.compress(AdapterSource.Storage(Storage.directory(dir(adapters, name).path)))
+
+    /**
+     * Forgets the unfinished run [name]. A checkpoint the stopping run still writes lands in a
+     * run without notes, which is not unfinished, and the next [start] of that name clears it.
+     */
+    fun discard(name: String) {
+        dir(runs, name).deleteRecursively()
+    }
+
     fun delete(name: String) {
         dir(adapters, name).deleteRecursively()
-        dir(runs, name).deleteRecursively()
+        discard(name)
     }
 
     private fun runStorage(name: String) = Storage.directory(dir(runs, name).path)
