@@ -73,12 +73,14 @@ pub struct Engine {
     compute: ComputeDevice,
 }
 
-/// What to generate from: raw text, or a conversation rendered with the model's chat template.
+/// What to generate from: raw text, a conversation rendered with the model's chat template, or
+/// token ids as they are (a prompt tokenized elsewhere, as llama.cpp's server accepts).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Prompt {
     Text(String),
     Chat(Vec<Message>),
+    Tokens(Vec<u32>),
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -172,6 +174,13 @@ impl Engine {
             Prompt::Chat(messages) => {
                 let rendered = self.tokenizer.chat_template()?.render(messages, true)?;
                 Ok(self.tokenizer.encode(&rendered, false)?)
+            }
+            Prompt::Tokens(ids) => {
+                let vocab = self.model.config().vocab_size;
+                match ids.iter().find(|&&id| id as usize >= vocab) {
+                    Some(id) => Err(Error::option("prompt.tokens", id, format!("token ids are below the vocabulary size {vocab}"))),
+                    None => Ok(ids.clone()),
+                }
             }
         }
     }

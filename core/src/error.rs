@@ -59,7 +59,77 @@ pub enum Error {
     Cancelled,
 }
 
+/// What kind of failure an [`Error`] is: what an app branches on (each face spells these as its
+/// own exception or error kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A file or directory could not be read or written.
+    Io,
+    /// The model file is missing something, corrupt, or of an architecture adaptkit does not run.
+    Model,
+    /// An adapter that cannot be read or does not fit this model.
+    Adapter,
+    /// A patch that is corrupt, unsigned where keys are trusted, or made for another base.
+    Patch,
+    /// An argument or option out of range; the message names the field and the value.
+    InvalidArgument,
+    /// No memory plan fits the budget; the message names the smallest budget that would.
+    MemoryBudget,
+    /// The prompt (with any soft prompt) does not fit the model's context.
+    ContextFull,
+    /// Training diverged (a loss or gradient that is not finite).
+    Training,
+    /// The GPU failed or is missing.
+    Device,
+    /// The call was cancelled; a training run saved its checkpoint first.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The kind's name, as the faces spell it (`InvalidArgument`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Io => "Io",
+            Self::Model => "Model",
+            Self::Adapter => "Adapter",
+            Self::Patch => "Patch",
+            Self::InvalidArgument => "InvalidArgument",
+            Self::MemoryBudget => "MemoryBudget",
+            Self::ContextFull => "ContextFull",
+            Self::Training => "Training",
+            Self::Device => "Device",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+}
+
 impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            #[cfg(feature = "std")]
+            Self::Io { .. } | Self::Write(_) => ErrorKind::Io,
+            #[cfg(feature = "std")]
+            Self::Tokenizer(_) => ErrorKind::Model,
+            Self::Gguf(_)
+            | Self::Safetensors(_)
+            | Self::Quant(_)
+            | Self::UnsupportedArchitecture(_)
+            | Self::MissingTensor(_)
+            | Self::TensorShape { .. }
+            | Self::Config(_) => ErrorKind::Model,
+            Self::Peft(_) | Self::Adapter { .. } => ErrorKind::Adapter,
+            Self::Patch { .. } | Self::PatchBase { .. } => ErrorKind::Patch,
+            Self::InvalidOption { field, .. } if field == "memory_budget" => ErrorKind::MemoryBudget,
+            Self::InvalidArgument(_) | Self::InvalidOption { .. } | Self::OptionNotTaken { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            Self::ContextOverflow { .. } => ErrorKind::ContextFull,
+            Self::NonFiniteLoss { .. } => ErrorKind::Training,
+            Self::Backend(_) | Self::Device(_) => ErrorKind::Device,
+            Self::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+
     /// An [`Error::InvalidOption`].
     pub fn option(field: &str, value: impl core::fmt::Display, message: impl Into<String>) -> Self {
         use alloc::string::ToString;

@@ -47,4 +47,4 @@ pub use burn;
 #[cfg(feature = "std")]
 pub use engine::{Engine, EngineOptions, ModelSource, Prompt};
 #[cfg(feature = "std")]
-pub use error::Error;
+pub use error::{Error, ErrorKind};

@@ -338,3 +338,16 @@ fn the_plan_is_known_before_training() {
         matches!(model.plan(&tight), Err(Error::InvalidOption { field, .. }) if field == "memory_budget")
     );
 }
+
+/// A prompt of token ids generates what its text does; an id outside the vocabulary is an
+/// error naming it.
+#[test]
+fn a_prompt_of_token_ids_is_its_text() {
+    let model = tiny_model(false);
+    let text = "saturday is bread day";
+    let ids = model.tokenize(text, true).unwrap();
+    assert_eq!(generate(&model, &greedy(Prompt::Tokens(ids), 8)), generate(&model, &greedy(Prompt::Text(text.into()), 8)));
+    let bad = Prompt::Tokens(vec![1, VOCAB as u32]);
+    let err = model.generate(&greedy(bad, 4), &CancelToken::new(), &mut |_| {}).unwrap_err();
+    assert!(matches!(&err, Error::InvalidOption { field, .. } if field == "prompt.tokens"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! The one error type of the bindings: a kind an app can branch on (Kotlin's
 //! `AdaptException.Model`, Swift's `AdaptError.Model`), carrying the core's message.
 
-use adaptkit::Error;
+use adaptkit::{Error, ErrorKind};
 
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
@@ -47,26 +47,17 @@ pub enum AdaptError {
 impl From<Error> for AdaptError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
-        match error {
-            Error::Io { .. } | Error::Write(_) => Self::Io(message),
-            Error::Gguf(_)
-            | Error::Safetensors(_)
-            | Error::Quant(_)
-            | Error::Tokenizer(_)
-            | Error::UnsupportedArchitecture(_)
-            | Error::MissingTensor(_)
-            | Error::TensorShape { .. }
-            | Error::Config(_) => Self::Model(message),
-            Error::Peft(_) | Error::Adapter { .. } => Self::Adapter(message),
-            Error::Patch { .. } | Error::PatchBase { .. } => Self::Patch(message),
-            Error::InvalidOption { ref field, .. } if field == "memory_budget" => Self::MemoryBudget(message),
-            Error::InvalidArgument(_) | Error::InvalidOption { .. } | Error::OptionNotTaken { .. } => {
-                Self::InvalidArgument(message)
-            }
-            Error::ContextOverflow { .. } => Self::ContextFull(message),
-            Error::NonFiniteLoss { .. } => Self::Training(message),
-            Error::Backend(_) | Error::Device(_) => Self::Device(message),
-            Error::Cancelled => Self::Cancelled,
+        match error.kind() {
+            ErrorKind::Io => Self::Io(message),
+            ErrorKind::Model => Self::Model(message),
+            ErrorKind::Adapter => Self::Adapter(message),
+            ErrorKind::Patch => Self::Patch(message),
+            ErrorKind::InvalidArgument => Self::InvalidArgument(message),
+            ErrorKind::MemoryBudget => Self::MemoryBudget(message),
+            ErrorKind::ContextFull => Self::ContextFull(message),
+            ErrorKind::Training => Self::Training(message),
+            ErrorKind::Device => Self::Device(message),
+            ErrorKind::Cancelled => Self::Cancelled,
         }
     }
 }

@@ -117,6 +117,8 @@ pub enum Prompt {
     Text { text: String },
     /// A conversation, through the model's chat template.
     Chat { messages: Vec<ChatMessage> },
+    /// Token ids as they are (a prompt tokenized elsewhere).
+    Tokens { ids: Vec<u32> },
 }
 
 impl Prompt {
@@ -126,6 +128,7 @@ impl Prompt {
             Self::Chat { messages } => {
                 runtime::Prompt::Chat(messages.iter().map(|m| Message::new(&m.role, &m.content)).collect())
             }
+            Self::Tokens { ids } => runtime::Prompt::Tokens(ids.clone()),
         }
     }
 }

@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use adaptkit::runtime::{self, Dataset, MethodOptions};
-use adaptkit::train::data::Format;
+use adaptkit::runtime::{self, MethodOptions};
 
 use crate::adapter::Adapter;
 use crate::error::{count, to_u32, AdaptError};
@@ -170,12 +169,13 @@ pub struct TrainingData {
 
 impl TrainingData {
     fn runtime(&self) -> runtime::TrainingData {
-        let format = if self.jsonl { Format::JsonLines } else { Format::Text };
-        runtime::TrainingData {
-            train: Dataset::new(self.name.clone(), self.text.clone(), format),
-            eval: self.eval_text.as_ref().map(|t| Dataset::new("eval", t.clone(), Format::Text)),
-            general: self.general_text.as_ref().map(|t| Dataset::new("general", t.clone(), Format::Text)),
-        }
+        runtime::TrainingData::of_texts(
+            &self.name,
+            self.text.clone(),
+            self.jsonl,
+            self.eval_text.clone(),
+            self.general_text.clone(),
+        )
     }
 }
 

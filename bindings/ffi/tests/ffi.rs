@@ -357,6 +357,12 @@ fn bad_input_is_a_typed_error_and_the_model_keeps_working() {
         block_on(model.generate(text("hi"), options, None, None)),
         Err(AdaptError::InvalidArgument(_))
     ));
+    // A prompt of token ids outside the vocabulary names the field.
+    let ids = Prompt::Tokens { ids: vec![1, u32::MAX] };
+    assert!(matches!(
+        block_on(model.generate(ids, greedy(4), None, None)),
+        Err(AdaptError::InvalidArgument(ref m)) if m.contains("prompt.tokens")
+    ));
     let bad_adapter =
         PeftFiles { config_json: b"{}".to_vec(), safetensors: vec![1, 2, 3], training_json: None };
     assert!(matches!(

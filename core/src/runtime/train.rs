@@ -194,6 +194,19 @@ pub struct TrainingData {
     pub general: Option<Dataset>,
 }
 
+impl TrainingData {
+    /// Texts as a run's data, as an app holds them: the training text (`jsonl`: JSON lines, else
+    /// plain text named `name`), and optional held-out and general texts.
+    pub fn of_texts(name: &str, text: String, jsonl: bool, eval: Option<String>, general: Option<String>) -> Self {
+        let format = if jsonl { Format::JsonLines } else { Format::Text };
+        Self {
+            train: Dataset::new(name, text, format),
+            eval: eval.map(|t| Dataset::new("eval", t, Format::Text)),
+            general: general.map(|t| Dataset::new("general", t, Format::Text)),
+        }
+    }
+}
+
 /// What a training run reports as it goes.
 pub enum TrainEvent<'a> {
     /// The memory plan, before anything trains.

@@ -4629,6 +4629,11 @@ public enum Prompt: Equatable, Hashable {
      */
     case chat(messages: [ChatMessage]
     )
+    /**
+     * Token ids as they are (a prompt tokenized elsewhere).
+     */
+    case tokens(ids: [UInt32]
+    )
 
 
 
@@ -4656,6 +4661,9 @@ public struct FfiConverterTypePrompt: FfiConverterRustBuffer {
         case 2: return .chat(messages: try FfiConverterSequenceTypeChatMessage.read(from: &buf)
         )
         
+        case 3: return .tokens(ids: try FfiConverterSequenceUInt32.read(from: &buf)
+        )
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -4672,6 +4680,11 @@ public struct FfiConverterTypePrompt: FfiConverterRustBuffer {
         case let .chat(messages):
             writeInt(&buf, Int32(2))
             FfiConverterSequenceTypeChatMessage.write(messages, into: &buf)
+            
+        
+        case let .tokens(ids):
+            writeInt(&buf, Int32(3))
+            FfiConverterSequenceUInt32.write(ids, into: &buf)
             
         }
     }
