@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
 # real-model golden tests (the model is fetched and verified first, and they fail rather than
-# skip here); the CLI; the Kotlin face on the JVM and the Swift bindings' checks; and the
+# skip here); the CLI; the Kotlin face on the JVM and the Swift bindings' checks; the browser
+# package and demo in headless Chromium; and the
 # portability checks (the runtime and its journey test for wasm32, aarch64, and the no_std core
 # for a target without std).
 set -euo pipefail
@@ -23,6 +24,9 @@ echo "== Kotlin on the JVM: the bindings, dev.adaptkit, the README quick-start (
 scripts/jvm-test.sh "$ADAPTKIT_TEST_MODEL"
 echo "== Swift: committed bindings fresh, C header, exported symbols"
 scripts/swift-check.sh
+
+echo "== browser: the wasm package in headless Chromium, its types, the demo page (real model)"
+scripts/browser-test.sh "$ADAPTKIT_TEST_MODEL"
 
 echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core on thumbv7em, the bindings on iOS and Android"
 cargo check --release -p adaptkit --target wasm32-unknown-unknown --lib --test runtime

@@ -1,0 +1,130 @@
+// The browser suite, in the page: the real model through the worker, against the golden greedy
+// tokens, streaming, a few training steps with progress, a cancel, the adapter exported as PEFT
+// files and reloaded to the same output, and the error paths. Reports to window.adaptkitTest
+// (test/run.mjs reads it).
+import { AdaptError, LanguageModel } from "../src/adaptkit.js";
+
+const results = [];
+const line = (text) => { document.getElementById("log").textContent += text + "\n"; };
+
+async function test(name, body) {
+  const started = performance.now();
+  try {
+    const note = await body();
+    results.push({ name, ok: true, seconds: (performance.now() - started) / 1000, note });
+    line(`ok   ${name}${note ? ` (${note})` : ""}`);
+  } catch (e) {
+    results.push({ name, ok: false, error: `${e?.name}: ${e?.message}` });
+    line(`FAIL ${name}: ${e?.name}: ${e?.message}`);
+  }
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function rejects(kind, promise) {
+  try {
+    await promise;
+  } catch (e) {
+    check(e instanceof AdaptError && e.kind === kind, `expected ${kind}, got ${e?.name}: ${e?.message}`);
+    return e;
+  }
+  throw new Error(`expected ${kind}, nothing was thrown`);
+}
+
+const greedy = (maxTokens) => ({ maxTokens, temperature: 0 });
+const collect = async (iterable) => { let text = ""; for await (const piece of iterable) text += piece; return text; };
+
+async function main() {
+  const golden = await (await fetch("/golden/greedy.json")).json();
+  const notes = await (await fetch("/data/sample/notes.txt")).text();
+  let model;
+  let loaded = 0;
+  await test("the model loads from a URL with byte progress", async () => {
+    model = await LanguageModel.open("/model.gguf", { onProgress: ({ received }) => { loaded = received; } });
+    check(model.info.architecture === "llama" && model.info.layers === 30, JSON.stringify(model.info));
+    check(loaded > 50e6, `progress reported ${loaded} bytes`);
+    return `${(loaded / 1e6).toFixed(1)} MB, device ${model.info.device}`;
+  });
+  if (!model) return;
+
+  await test("greedy tokens are the golden ones (until a near-tie)", async () => {
+    const cases = Object.values(golden).find(Array.isArray);
+    let same = 0;
+    let total = 0;
+    for (const c of cases.slice(0, 3)) {
+      const report = await model.complete({ tokens: c.prompt_ids }, { ...greedy(golden.max_new_tokens), stopAtEos: false });
+      let n = 0;
+      while (n < c.tokens.length && report.tokens[n] === c.tokens[n]) n++;
+      if (n < c.tokens.length) check(c.steps[n].gap < golden.near_tie_threshold, `${c.name}: diverged at step ${n}`);
+      same += n;
+      total += c.tokens.length;
+    }
+    check(same * 10 >= total * 9, `only ${same} of ${total} tokens compared`);
+    return `${same}/${total} tokens identical`;
+  });
+
+  await test("streamed pieces are the completion's text", async () => {
+    const streamed = await collect(model.generate("The capital of France is", greedy(12)));
+    const report = await model.complete({ text: "The capital of France is" }, greedy(12));
+    check(streamed === report.text && report.tokens.length === 12, `'${streamed}' vs '${report.text}'`);
+    return `${report.decodeTokS.toFixed(1)} tok/s decode`;
+  });
+
+  const config = { rank: 4, steps: 8, batch: 1, seq: 64, evalEvery: 0, heldOutFraction: 0, checkpointEvery: 0, lr: 1e-3 };
+  let trained;
+  await test("training streams its steps and the loss falls", async () => {
+    const run = model.train({ text: notes, name: "notes.txt" }, config);
+    const losses = [];
+    for await (const event of run) if (event.type === "step") losses.push(event.loss);
+    trained = await run.result;
+    check(losses.length === 8 && trained.report.steps === 8, `steps ${losses.length}`);
+    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    check(mean(losses.slice(-3)) < mean(losses.slice(0, 3)), `losses ${losses.map((l) => l.toFixed(3))}`);
+    window.adaptkitLosses = losses;
+    return `loss ${losses[0].toFixed(3)} -> ${losses.at(-1).toFixed(3)}, ${trained.report.tokensPerS.toFixed(0)} tok/s`;
+  });
+
+  await test("an exported adapter reloads to the same output", async () => {
+    const files = await trained.adapter.peftFiles();
+    check(new TextDecoder().decode(files.config).includes('"peft_type"'), "no PEFT config");
+    const prompt = { text: "Saturday is bread day." };
+    const id = await model.attach(trained.adapter);
+    const direct = (await model.complete(prompt, greedy(8))).tokens;
+    await model.detach(id);
+    const reloaded = await model.loadPeft(files);
+    await model.attach(reloaded);
+    const again = (await model.complete(prompt, greedy(8))).tokens;
+    const perplexity = (await model.perplexity(notes, 64)).perplexity;
+    await model.detachAll();
+    check(JSON.stringify(direct) === JSON.stringify(again), `${direct} vs ${again}`);
+    // run.mjs saves the files; the CLI must score them as the page did.
+    window.adaptkitPeft = { config: Array.from(files.config), safetensors: Array.from(files.safetensors), perplexity };
+    const patch = await model.compress(reloaded, { density: "0.3" });
+    check(patch.report.ratioVsF16 > 10, `patch ratio ${patch.report.ratioVsF16}`);
+    return `patch ${(patch.bytes.length / 1024).toFixed(0)} KiB`;
+  });
+
+  await test("an aborted training run is cancelled and the model keeps working", async () => {
+    const controller = new AbortController();
+    const run = model.train({ text: notes }, { ...config, steps: 50 }, { signal: controller.signal });
+    let steps = 0;
+    const error = await rejects("Cancelled", (async () => {
+      for await (const event of run) if (event.type === "step" && ++steps === 1) controller.abort();
+    })());
+    check(steps <= 3, `ran ${steps} steps after the abort`);
+    check((await model.complete({ text: "Hi" }, greedy(4))).tokens.length === 4, "the model stopped working");
+    return error.message;
+  });
+
+  await test("bad input is a typed error", async () => {
+    const truncated = new Uint8Array(await (await fetch("/model.gguf")).arrayBuffer()).slice(0, 4096);
+    await rejects("Model", LanguageModel.open(truncated));
+    await rejects("Adapter", model.loadPeft({ config: new TextEncoder().encode("{}"), safetensors: new Uint8Array([1, 2, 3]) }));
+    await rejects("InvalidArgument", model.complete({ text: "Hi" }, { maxTokens: 4, temperature: -1 }));
+    await rejects("InvalidArgument", model.plan({ rank: 0 }));
+  });
+}
+
+main().finally(() => { window.adaptkitTest = results; });
