@@ -156,6 +156,8 @@ export class LanguageModel {
   generate(prompt: string, options?: GenerateOptions, call?: CallOptions): Streaming<string, GenerationReport>;
   chat(messages: ChatMessage[], options?: GenerateOptions, call?: CallOptions): Streaming<string, GenerationReport>;
   complete(prompt: Prompt, options?: GenerateOptions, call?: CallOptions): Promise<GenerationReport>;
+  /** The logits of every position of `tokens`: `tokens.length x vocabSize` floats, row-major. */
+  logits(tokens: number[]): Promise<Float32Array>;
   perplexity(text: string, seq?: number): Promise<PerplexityReport>;
   plan(config: TrainConfig): Promise<MemoryPlan>;
   storage(): Promise<Storage>;

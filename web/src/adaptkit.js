@@ -226,6 +226,11 @@ export class LanguageModel {
     );
   }
 
+  /** The logits of every position of `tokens` (token ids): `tokens.length x vocabSize` floats, row-major. */
+  logits(tokens) {
+    return this.connection.call("logits", [tokens]);
+  }
+
   async perplexity(text, seq = 128) {
     return fromRuntime(await this.connection.call("perplexity", [text, seq]));
   }

@@ -50,6 +50,7 @@ const ops = {
   info: () => JSON.parse(opened().info()),
   fingerprint: () => opened().fingerprint(),
   generate: (id, request) => JSON.parse(opened().generate(JSON.stringify(request), events(id))),
+  logits: (_id, tokens) => opened().logits(Uint32Array.from(tokens)),
   perplexity: (_id, text, seq) => JSON.parse(opened().perplexity(text, seq)),
   plan: (_id, config) => JSON.parse(opened().plan(JSON.stringify(config))),
   train(id, data, config, storage) {

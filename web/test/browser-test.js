@@ -49,6 +49,23 @@ async function main() {
   });
   if (!model) return;
 
+  await test("last-token logits are the reference's (as natively: max |diff| < 1e-3)", async () => {
+    const index = await (await fetch("/golden/logits.json")).json();
+    const reference = new Float32Array(await (await fetch("/golden/logits.f32")).arrayBuffer());
+    const vocab = index.vocab_size;
+    let worst = 0;
+    for (const prompt of index.prompts) {
+      const all = await model.logits(prompt.ids);
+      const got = all.subarray(all.length - vocab);
+      const want = reference.subarray(prompt.row * vocab, (prompt.row + 1) * vocab);
+      let diff = 0;
+      for (let i = 0; i < vocab; i++) diff = Math.max(diff, Math.abs(got[i] - want[i]));
+      check(diff < 1e-3, `${prompt.name}: max |logit diff| ${diff}`);
+      worst = Math.max(worst, diff);
+    }
+    return `${index.prompts.length} prompts, worst ${worst.toExponential(2)}`;
+  });
+
   await test("greedy tokens are the golden ones (until a near-tie)", async () => {
     const cases = Object.values(golden).find(Array.isArray);
     let same = 0;

@@ -9,7 +9,13 @@ import { serve } from "../serve.mjs";
 
 const [modelPath, artifacts] = process.argv.slice(2);
 const root = resolve(new URL("../..", import.meta.url).pathname);
-const server = await serve(root, { "/model.gguf": modelPath, "/golden/greedy.json": join(root, "tests/reference/golden/greedy.json") });
+const golden = (name) => join(root, "tests/reference/golden", name);
+const server = await serve(root, {
+  "/model.gguf": modelPath,
+  "/golden/greedy.json": golden("greedy.json"),
+  "/golden/logits.json": golden("logits.json"),
+  "/golden/logits.f32": golden("logits.f32"),
+});
 const url = `http://127.0.0.1:${server.address().port}/web/test/index.html`;
 mkdirSync(artifacts, { recursive: true });
 
@@ -84,7 +90,7 @@ try {
   }
   results.push(...(await demoChecks(`http://127.0.0.1:${server.address().port}/web/demo/dist/index.html`)));
   for (const r of results) console.log(`test ${r.name} ... ${r.ok ? `ok (${r.seconds.toFixed(1)} s${r.note ? `, ${r.note}` : ""})` : `FAILED: ${r.error}`}`);
-  failed = results.filter((r) => !r.ok).length + (results.length < 8 ? 1 : 0);
+  failed = results.filter((r) => !r.ok).length + (results.length < 9 ? 1 : 0);
   console.log(failed ? `browser: ${failed} failed` : `browser: all ${results.length} tests passed`);
 } finally {
   await browser.close();

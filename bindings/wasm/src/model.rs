@@ -68,6 +68,12 @@ impl Model {
         Ok(json(&report))
     }
 
+    /// The logits of every position of `tokens` (`len x vocab`, row-major) with the attached
+    /// adapters.
+    pub fn logits(&self, tokens: Vec<u32>) -> Result<Vec<f32>, JsValue> {
+        self.open_model()?.logits(&tokens).map_err(to_js)
+    }
+
     /// Frees the model's memory now; every later call is a `ClosedError`.
     pub fn release(&mut self) {
         self.inner = None;
