@@ -14,7 +14,7 @@ threads="${THREADS:-2}"
 # Mesa (lavapipe) wants a writable runtime directory, which containers often lack.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
-cargo build --release -p adaptkit-cli >&2
+cargo build --release --workspace --bins >&2
 model="${1:-$(scripts/fetch-model.sh)}"
 ours=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" --json | tail -1)
 # Training again with activation checkpointing (inference repeated briefly; its figures unused).

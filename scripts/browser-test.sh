@@ -20,7 +20,7 @@ rm -rf "$artifacts"
 node web/test/run.mjs "$model" "$artifacts"
 
 echo "== the CLI scores the page's adapter as the page did" >&2
-cargo build --release -p adaptkit-cli >&2
+cargo build --release --workspace --bins >&2
 cli=$("$CARGO_TARGET_DIR/release/adaptkit" eval --model "$model" --data data/sample/notes.txt --seq 64 \
   --adapter "$artifacts/adapter" --threads 2 --json | tail -1)
 node -e '

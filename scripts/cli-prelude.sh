@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
-cargo build --release -p adaptkit-cli >&2
+cargo build --release --workspace --bins >&2
 adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
 model=$("$adaptkit" fetch)

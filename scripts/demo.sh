@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
 
-cargo build --release -p adaptkit-cli
+# The whole workspace's binaries, not `-p adaptkit-cli`: resolver 2 unifies proc-macro
+# dependencies per build, and the CLI alone gives indexmap (under burn's cubecl) other host
+# features than the tests do, which would compile burn a second time (12 minutes).
+cargo build --release --workspace --bins
 adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
 
 model=$("$adaptkit" fetch)

@@ -138,6 +138,19 @@ export interface CallOptions { signal?: AbortSignal }
 
 export function fetchModel(url: string, options?: { onProgress?: (p: { received: number; total: number }) => void; cache?: string | false; signal?: AbortSignal }): Promise<Uint8Array>;
 
+export interface BenchReport {
+  prefillTokS: number;
+  decodeTokS: number;
+  trainTokS: number | null;
+  threads: number;
+  promptTokens: number;
+  genTokens: number;
+  [key: string]: unknown;
+}
+
+/** The runtime's benchmark (what `adaptkit bench` runs natively), in a worker of its own. */
+export function bench(source: string | Uint8Array, options?: { promptTokens?: number; genTokens?: number; repeats?: number; trainSteps?: number; onProgress?: (line: string) => void; workerUrl?: URL }): Promise<BenchReport>;
+
 export class Storage {
   entries(): Promise<[string, Uint8Array][]>;
   write(key: string, bytes: Uint8Array): Promise<void>;

@@ -150,6 +150,22 @@ function concat(parts) {
   return out;
 }
 
+/**
+ * The runtime's benchmark of a GGUF model in a worker of its own (the code `adaptkit bench` runs
+ * natively): prefill, decode and LoRA training tokens/s. `onProgress` sees a line per run.
+ */
+export async function bench(source, { promptTokens, genTokens, repeats, trainSteps, onProgress, workerUrl } = {}) {
+  const bytes = source instanceof Uint8Array ? source.slice() : await fetchModel(String(source));
+  const connection = new Connection(workerUrl);
+  try {
+    const options = toRuntime({ promptTokens, genTokens, repeats, trainSteps });
+    const report = await connection.call("bench", [bytes.buffer, options], { transfer: [bytes.buffer], onEvent: (e) => onProgress?.(e.line) });
+    return fromRuntime(report);
+  } finally {
+    connection.worker.terminate();
+  }
+}
+
 /** Checkpoints and saved adapters, in the worker's memory (copy them out with `entries`). */
 export class Storage {
   constructor(connection, handle) {

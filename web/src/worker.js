@@ -85,6 +85,7 @@ const ops = {
   inspect: (_id, bytes, label) => JSON.parse(wasm.inspect(bytes, label)),
   verify: (_id, bytes, label, trustedKeys) => JSON.parse(wasm.verify(bytes, label, trustedKeys)),
   keygen: () => JSON.parse(wasm.keygen()),
+  bench: (id, bytes, options) => JSON.parse(wasm.bench(new Uint8Array(bytes), JSON.stringify(options), (line) => self.postMessage({ id, event: { type: "progress", line } }))),
   free(_id, handle) {
     handles.get(handle)?.free();
     handles.delete(handle);
