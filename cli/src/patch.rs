@@ -109,8 +109,8 @@ fn compress(args: CompressArgs) -> Result<(), CliError> {
         return Err(CliError::msg("--density auto needs held-out text: --eval FILE"));
     }
     let model = args.model.open(false)?;
-    let source = patches::patch_of(&model, AdapterSource::Path(args.adapter.clone()), args.dtype)?;
-    let compressed = patches::compress(&model, &source, &options, key.as_ref(), &mut |t| {
+    let source = AdapterSource::Path(args.adapter.clone());
+    let compressed = patches::compress_source(&model, source, &options, key.as_ref(), &mut |t| {
         eprintln!(
             "density {:.2}, alpha x{:.2}: held-out perplexity {:.3} (keeps {:.1}% of the gain){}, {} bytes{}",
             t.density,

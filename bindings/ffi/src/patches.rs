@@ -89,8 +89,8 @@ pub async fn compress(
             ..Default::default()
         };
         let key = options.secret_key.as_deref().map(secret_key).transpose()?;
-        let patch = patches::patch_of(&model, source.runtime(), runtime_options.dense_type)?;
-        let compressed = patches::compress(&model, &patch, &runtime_options, key.as_ref(), &mut |_| {})?;
+        let compressed =
+            patches::compress_source(&model, source.runtime(), &runtime_options, key.as_ref(), &mut |_| {})?;
         Ok(CompressedPatch {
             base: compressed.report.base.clone(),
             ratio_vs_f16: compressed.report.ratio_vs_f16,

@@ -48,8 +48,8 @@ impl Model {
         };
         let key = request.secret_key.as_deref().map(parse_secret_key).transpose().map_err(|e| invalid("secret_key", &e))?;
         let files = adapter.adapter.peft_files().map_err(to_js)?;
-        let patch = patches::patch_of(model, AdapterSource::Peft(files), options.dense_type).map_err(to_js)?;
-        let compressed = patches::compress(model, &patch, &options, key.as_ref(), &mut |_| {}).map_err(to_js)?;
+        let compressed = patches::compress_source(model, AdapterSource::Peft(files), &options, key.as_ref(), &mut |_| {})
+            .map_err(to_js)?;
         Ok(CompressedPatch { report: json(&compressed.report), bytes: compressed.bytes })
     }
 }

@@ -144,6 +144,20 @@ pub fn patch_of(model: &Model, source: AdapterSource, dense: DenseType) -> Resul
     Ok(patch)
 }
 
+/// Any adapter `source` compressed for `model`: its patch ([`patch_of`], tensors kept dense in
+/// the options' type), coded as `options` say and signed with `key` when given. What every face
+/// calls to make a patch file.
+pub fn compress_source(
+    model: &Model,
+    source: AdapterSource,
+    options: &CompressOptions,
+    key: Option<&SigningKey>,
+    on_trial: &mut dyn FnMut(&Trial),
+) -> Result<Compressed, Error> {
+    let patch = patch_of(model, source, options.dense_type)?;
+    compress(model, &patch, options, key, on_trial)
+}
+
 /// `source` coded as `options` say, signed with `key` when given. `on_trial` sees each density
 /// `auto` tries.
 pub fn compress(
