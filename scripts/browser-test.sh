@@ -17,6 +17,10 @@ echo "== vite: the demo" >&2
 (cd web/demo && node_modules/.bin/vite build --logLevel warn)
 echo "== Chromium: the browser suite and the demo" >&2
 rm -rf "$artifacts"
+# A tiny random model and the native runtime's logits for it (the test binary is built by the
+# workspace's `cargo test --release`, so this compiles nothing new).
+ADAPTKIT_BROWSER_FIXTURE="$artifacts/fixture" cargo test --release --workspace --test tiny_model -- \
+  --ignored --exact write_the_browser_fixture --quiet >&2
 node web/test/run.mjs "$model" "$artifacts"
 
 echo "== the CLI scores the page's adapter as the page did" >&2

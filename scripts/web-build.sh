@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}
 bindgen=${WASM_BINDGEN:-$HOME/.cache/adaptkit/tools/wasm-bindgen/bin/wasm-bindgen}
 cargo build --release -p adaptkit-wasm --target wasm32-unknown-unknown --lib >&2
-"$bindgen" --target web --out-dir web/pkg "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/adaptkit_wasm.wasm"
+"$bindgen" --target web --remove-name-section --remove-producers-section --out-dir web/pkg "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/adaptkit_wasm.wasm"
 wasm=web/pkg/adaptkit_wasm_bg.wasm
 echo "web: $wasm $(stat -c %s "$wasm") bytes, $(gzip -9 -c "$wasm" | wc -c) gzipped" >&2
 echo "$wasm"

@@ -83,12 +83,30 @@ impl ComputeDevice {
         Self { device: Device::flex(), name: "cpu".into(), gpu: false, fallback: None, failures: None }
     }
 
-    /// The device for `choice`.
+    /// The device for `choice`. In the browser a GPU can only be opened asynchronously: use
+    /// [`select_async`](Self::select_async) there (this returns the CPU for `auto`, saying why).
     pub fn select(choice: DeviceChoice) -> Result<Self, Error> {
+        Self::choose(choice, open_gpu)
+    }
+
+    /// [`select`](Self::select), opening the GPU without blocking: the only way in the browser,
+    /// where WebGPU hands out its adapter and device through promises.
+    pub async fn select_async(choice: DeviceChoice) -> Result<Self, Error> {
+        if choice == DeviceChoice::Cpu {
+            return Ok(Self::cpu());
+        }
+        let opened = open_gpu_async().await;
+        Self::choose(choice, || opened)
+    }
+
+    fn choose(
+        choice: DeviceChoice,
+        open: impl FnOnce() -> Result<(ComputeDevice, bool), Error>,
+    ) -> Result<Self, Error> {
         match choice {
             DeviceChoice::Cpu => Ok(Self::cpu()),
-            DeviceChoice::Gpu => open_gpu().map(|(gpu, _)| gpu),
-            DeviceChoice::Auto => Ok(match open_gpu() {
+            DeviceChoice::Gpu => open().map(|(gpu, _)| gpu),
+            DeviceChoice::Auto => Ok(match open() {
                 Ok((gpu, true)) => gpu,
                 Ok((gpu, false)) => Self {
                     fallback: Some(format!(
@@ -101,6 +119,57 @@ impl ComputeDevice {
             }),
         }
     }
+}
+
+/// Natively a GPU opens synchronously; the async form only has to exist.
+#[cfg(not(target_arch = "wasm32"))]
+async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
+    open_gpu()
+}
+
+/// The browser's WebGPU adapter (`navigator.gpu`), opened through promises, and whether it is
+/// a hardware GPU (not a fallback adapter such as Chromium's SwiftShader, which reports itself
+/// as a CPU).
+#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
+async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
+    use burn::tensor::wgpu::{wgpu, WgpuInitError};
+
+    // A worker holds one WebGPU runtime; a second model in it shares it (and its failure record).
+    static OPENED: Mutex<Option<(ComputeDevice, bool)>> = Mutex::new(None);
+    if let Some(opened) = OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone() {
+        return Ok(opened);
+    }
+    let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(|e| match e {
+        WgpuInitError::Registration { .. } => {
+            Error::Device("WebGPU was opened by something else in this page".into())
+        }
+        other => Error::Device(format!("no WebGPU adapter ({other})")),
+    })?;
+    let info = setup.adapter.get_info();
+    let hardware = info.device_type != wgpu::DeviceType::Cpu;
+    // Browsers may keep the adapter's description to themselves.
+    let adapter = match (info.name.is_empty(), hardware) {
+        (false, _) => info.name.clone(),
+        (true, true) => "unnamed adapter".into(),
+        (true, false) => "fallback (software) adapter".into(),
+    };
+    let failures = Arc::new(GpuFailures::default());
+    let record = failures.clone();
+    setup.device.on_uncaptured_error(Arc::new(move |e| record.record(e.to_string())));
+    let gpu = ComputeDevice {
+        device,
+        name: format!("WebGPU: {adapter}"),
+        gpu: true,
+        fallback: None,
+        failures: Some(failures),
+    };
+    *OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((gpu.clone(), hardware));
+    Ok((gpu, hardware))
+}
+
+#[cfg(all(not(feature = "gpu"), target_arch = "wasm32"))]
+async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
+    open_gpu()
 }
 
 /// The first graphics API of this platform with an adapter, and whether that adapter is a
@@ -155,7 +224,14 @@ fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     Err(Error::Device(format!("no GPU adapter found ({})", tried.join("; "))))
 }
 
-#[cfg(not(all(feature = "gpu", not(target_arch = "wasm32"))))]
+#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
+fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
+    Err(Error::Device(
+        "in the browser WebGPU opens asynchronously: open the model with the async call".into(),
+    ))
+}
+
+#[cfg(not(feature = "gpu"))]
 fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     Err(Error::Device("this build has no GPU support (the `gpu` feature is off)".into()))
 }
@@ -192,17 +268,51 @@ pub fn guard<R>(compute: &ComputeDevice, work: impl FnOnce() -> Result<R, Error>
     if !compute.gpu {
         return work();
     }
-    let device_error = |message: &str| Error::Device(format!("{} failed: {message}", compute.name));
     let outer = GUARDED.with(|g| g.replace(true));
     let result = catch_runtime_panics(work);
     GUARDED.with(|g| g.set(outer));
-    let result = result.map_err(|message| device_error(&message)).and_then(|r| r);
-    if let Some(message) = compute.failures.as_ref().and_then(|f| f.take()) {
-        return Err(device_error(&message));
+    let result = result.map_err(|message| compute.failure(&message)).and_then(|r| r);
+    compute.settle(result)
+}
+
+/// [`guard`] for async work (in the browser, where GPU read-backs are awaited): a failure the
+/// GPU runtime recorded while it ran wins over its result. (No panic can be caught there: wasm
+/// aborts on panics.)
+pub async fn guard_async<R>(
+    compute: &ComputeDevice,
+    work: impl core::future::Future<Output = Result<R, Error>>,
+) -> Result<R, Error> {
+    let result = work.await;
+    if !compute.gpu {
+        return result;
     }
-    result.map_err(|e| match e {
-        Error::Backend(message) => device_error(&message),
-        other => other,
+    compute.settle(result)
+}
+
+impl ComputeDevice {
+    fn failure(&self, message: &str) -> Error {
+        Error::Device(format!("{} failed: {message}", self.name))
+    }
+
+    /// The result of GPU work: a failure recorded meanwhile wins, a failed read names the device.
+    fn settle<R>(&self, result: Result<R, Error>) -> Result<R, Error> {
+        if let Some(message) = self.failures.as_ref().and_then(|f| f.take()) {
+            return Err(self.failure(&message));
+        }
+        result.map_err(|e| match e {
+            Error::Backend(message) => self.failure(&message),
+            other => other,
+        })
+    }
+}
+
+/// Drives `work` to its end without an executor: natively by blocking on it; in the browser
+/// only when it never has to wait, which holds for everything on the CPU (its reads are
+/// immediate) and never for a GPU read-back, which must be awaited there. The runtime's
+/// blocking calls are their `_async` forms driven by this.
+pub fn wait<R>(work: impl core::future::Future<Output = Result<R, Error>>) -> Result<R, Error> {
+    burn::tensor::try_read_sync(work).unwrap_or_else(|| {
+        Err(Error::Device("a GPU read-back cannot block in the browser: use the call's async form".into()))
     })
 }
 

@@ -2,18 +2,20 @@
 //! global state; every long call takes a `CancelToken` and reports progress. The runtime API
 //! ([`crate::runtime`]) builds on it; tests and tools use it directly.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
 use crate::bytes::SharedBytes;
 use crate::control::CancelToken;
-use crate::device::{guard, ComputeDevice, DeviceChoice};
+use crate::device::{guard, guard_async, wait, ComputeDevice, DeviceChoice};
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
 use crate::format::safetensors::SafetensorsFile;
 use crate::format::{map_file_stamped, FileStamp};
 use crate::generate::{self, GenerateOptions, Generation, GenerationEvent};
+use crate::model::linear::read_f32;
 use crate::model::{Adapters, Llama, LlamaConfig};
 use crate::parallel::Threads;
 use crate::tokenizer::{Message, Tokenizer};
@@ -100,12 +102,22 @@ impl Engine {
 
     /// Loads a model from a path or from bytes. The options are checked before anything is read.
     pub fn open(source: ModelSource, options: &EngineOptions) -> Result<Self, Error> {
-        if options.threads > MAX_THREADS {
-            return Err(Error::option("threads", options.threads, format!("is more than {MAX_THREADS}")));
-        }
-        let threads =
-            Threads::new(options.threads).map_err(|e| Error::Backend(format!("worker pool: {e}")))?;
-        let compute = ComputeDevice::select(options.device)?;
+        let threads = worker_pool(options)?;
+        Self::open_on(source, options, threads, ComputeDevice::select(options.device)?)
+    }
+
+    /// [`open`](Self::open), opening a GPU without blocking: the way to WebGPU in the browser.
+    pub async fn open_async(source: ModelSource, options: &EngineOptions) -> Result<Self, Error> {
+        let threads = worker_pool(options)?;
+        Self::open_on(source, options, threads, ComputeDevice::select_async(options.device).await?)
+    }
+
+    fn open_on(
+        source: ModelSource,
+        options: &EngineOptions,
+        threads: Threads,
+        compute: ComputeDevice,
+    ) -> Result<Self, Error> {
         let device =
             if options.trainable { compute.device.clone().autodiff() } else { compute.device.clone() };
         let (model, tokenizer, files, origin) = match source {
@@ -166,6 +178,11 @@ impl Engine {
         self.threads.install(|| guard(&self.compute, || work(self)))
     }
 
+    /// [`run`](Self::run) for async work, awaited where it is (the browser's one thread).
+    pub async fn run_async<R>(&self, work: impl Future<Output = Result<R, Error>>) -> Result<R, Error> {
+        guard_async(&self.compute, work).await
+    }
+
     /// Token ids of a prompt, with the chat template applied for conversations.
     pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, Error> {
         match prompt {
@@ -178,7 +195,11 @@ impl Engine {
             Prompt::Tokens(ids) => {
                 let vocab = self.model.config().vocab_size;
                 match ids.iter().find(|&&id| id as usize >= vocab) {
-                    Some(id) => Err(Error::option("prompt.tokens", id, format!("token ids are below the vocabulary size {vocab}"))),
+                    Some(id) => Err(Error::option(
+                        "prompt.tokens",
+                        id,
+                        format!("token ids are below the vocabulary size {vocab}"),
+                    )),
                     None => Ok(ids.clone()),
                 }
             }
@@ -196,7 +217,15 @@ impl Engine {
         on_event: &mut (dyn FnMut(GenerationEvent) + Send),
     ) -> Result<Generation, Error> {
         self.run(|engine| {
-            generate::generate(&engine.model, &engine.tokenizer, prompt, options, adapters, cancel, on_event)
+            wait(generate::generate(
+                &engine.model,
+                &engine.tokenizer,
+                prompt,
+                options,
+                adapters,
+                cancel,
+                on_event,
+            ))
         })
     }
 
@@ -225,6 +254,29 @@ impl Engine {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Perplexity, Error> {
+        self.run(|engine| wait(engine.score(text, window, adapters, cancel, on_progress)))
+    }
+
+    /// [`perplexity`](Self::perplexity), awaiting the read-backs (the browser's GPU path).
+    pub async fn perplexity_async(
+        &self,
+        text: &str,
+        window: usize,
+        adapters: &dyn Adapters,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Perplexity, Error> {
+        self.run_async(self.score(text, window, adapters, cancel, on_progress)).await
+    }
+
+    async fn score(
+        &self,
+        text: &str,
+        window: usize,
+        adapters: &dyn Adapters,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Perplexity, Error> {
         if window < 2 || window > self.model.config().context_len {
             return Err(Error::InvalidArgument(format!(
                 "window of {window} tokens must be in 2..={}",
@@ -239,23 +291,21 @@ impl Engine {
                 tokens.len()
             )));
         }
-        self.run(|engine| {
-            let mut total_nll = 0.0f64;
-            for (w, ids) in tokens.chunks_exact(window).enumerate() {
-                if cancel.is_cancelled() {
-                    return Err(Error::Cancelled);
-                }
-                total_nll += engine.window_nll(ids, adapters)?;
-                crate::device::release_untracked_graphs(engine.model.device());
-                on_progress(w + 1, windows);
+        let mut total_nll = 0.0f64;
+        for (w, ids) in tokens.chunks_exact(window).enumerate() {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
             }
-            let counted = windows * (window - 1);
-            Ok(Perplexity { perplexity: (total_nll / counted as f64).exp(), tokens: counted, windows })
-        })
+            total_nll += self.window_nll(ids, adapters).await?;
+            crate::device::release_untracked_graphs(self.model.device());
+            on_progress(w + 1, windows);
+        }
+        let counted = windows * (window - 1);
+        Ok(Perplexity { perplexity: (total_nll / counted as f64).exp(), tokens: counted, windows })
     }
 
     /// Sum of next-token negative log-likelihoods over one window.
-    fn window_nll(&self, ids: &[u32], adapters: &dyn Adapters) -> Result<f64, Error> {
+    async fn window_nll(&self, ids: &[u32], adapters: &dyn Adapters) -> Result<f64, Error> {
         // Logits of a whole window would take len x vocab floats; score them in slices.
         const SLICE: usize = 64;
         let vocab = self.model.config().vocab_size;
@@ -265,13 +315,21 @@ impl Engine {
         let predicted = ids.len() - 1;
         for start in (0..predicted).step_by(SLICE) {
             let end = (start + SLICE).min(predicted);
-            let logits = self.model.logits(hidden.clone(), start..end)?;
+            let logits = read_f32(self.model.device_logits(hidden.clone(), start..end)?).await?;
             for (row, &target) in logits.chunks_exact(vocab).zip(&ids[start + 1..end + 1]) {
                 nll += log_sum_exp(row) - row[target as usize] as f64;
             }
         }
         Ok(nll)
     }
+}
+
+/// The worker pool `options` ask for, checked before anything is loaded.
+fn worker_pool(options: &EngineOptions) -> Result<Threads, Error> {
+    if options.threads > MAX_THREADS {
+        return Err(Error::option("threads", options.threads, format!("is more than {MAX_THREADS}")));
+    }
+    Threads::new(options.threads).map_err(|e| Error::Backend(format!("worker pool: {e}")))
 }
 
 fn log_sum_exp(row: &[f32]) -> f64 {

@@ -29,7 +29,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod generate;
-#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+#[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(feature = "std")]
 pub mod model;

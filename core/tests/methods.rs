@@ -359,7 +359,7 @@ fn bad_adapters_and_prompts_are_clear_errors() {
 
     // A checkpoint of one method does not resume another.
     let lora = LoraAdapter::new(lora_config(), &model, 0).unwrap();
-    let bytes = checkpoint::to_bytes(&lora, &TrainState::new(3, 0.0)).unwrap();
+    let bytes = adaptkit::device::wait(checkpoint::to_bytes(&lora, &TrainState::new(3, 0.0))).unwrap();
     let mut ia3 = Ia3Adapter::new(Ia3Config::default(), &model).unwrap();
     let err = checkpoint::load(bytes, "ckpt", &mut ia3).err().unwrap().to_string();
     assert!(err.contains("the checkpoint is of a lora run; this run trains ia3"), "{err}");

@@ -491,6 +491,7 @@ fn a_masked_loss_splits_the_full_loss_by_position() {
 #[test]
 fn a_resumed_run_repeats_the_uninterrupted_losses() {
     use adaptkit::control::CancelToken;
+    use adaptkit::device::wait;
     use adaptkit::train::data::{Window, Windows};
     use adaptkit::train::{checkpoint, fit, Checkpointing, TrainOptions};
 
@@ -523,9 +524,15 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
         || -> Box<dyn Method> { Box::new(LoraAdapter::new(config.clone(), &model, 7).unwrap().trainable()) };
 
     let mut straight = Vec::new();
-    fit(&model, &mut fresh(), &windows, &options, Checkpointing::default(), &CancelToken::new(), &mut |s| {
-        straight.push(s.loss)
-    })
+    wait(fit(
+        &model,
+        &mut fresh(),
+        &windows,
+        &options,
+        Checkpointing::default(),
+        &CancelToken::new(),
+        &mut |s| straight.push(s.loss),
+    ))
     .unwrap();
 
     // Interrupted after step 2, right after its checkpoint was written (as if killed there).
@@ -533,12 +540,12 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     let cancel = CancelToken::new();
     let mut first = Vec::new();
     let save = Checkpointing { resume: None, save: Some((&store, checkpoint::KEY, 2)) };
-    let interrupted = fit(&model, &mut fresh(), &windows, &options, save, &cancel, &mut |s| {
+    let interrupted = wait(fit(&model, &mut fresh(), &windows, &options, save, &cancel, &mut |s| {
         first.push(s.loss);
         if s.step == 2 {
             cancel.cancel();
         }
-    });
+    }));
     assert!(matches!(interrupted, Err(adaptkit::Error::Cancelled)));
 
     let mut resumed = fresh();
@@ -547,8 +554,10 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     assert_eq!(state.step, 2);
     let mut rest = Vec::new();
     let from = Checkpointing { resume: Some(state), save: None };
-    fit(&model, &mut resumed, &windows, &options, from, &CancelToken::new(), &mut |s| rest.push(s.loss))
-        .unwrap();
+    wait(fit(&model, &mut resumed, &windows, &options, from, &CancelToken::new(), &mut |s| {
+        rest.push(s.loss)
+    }))
+    .unwrap();
     let joined = [first, rest].concat();
     eprintln!("straight {straight:?}\nresumed  {joined:?}");
     assert_eq!(joined.len(), straight.len());
@@ -631,4 +640,23 @@ fn out_of_gpu_memory_is_an_error_and_the_device_recovers() {
     }
     let small = guard(&gpu, || host_f32(Tensor::<1>::ones([4], &gpu.device).add_scalar(1.0)));
     assert_eq!(small.unwrap(), vec![2.0; 4]);
+}
+
+/// The browser suite's fixture (`scripts/browser-test.sh` runs this with the variable set): the
+/// tiny model as a Q4_1 GGUF file and the native runtime's logits of every position of
+/// `TOKENS`, which the page's CPU path must give within 1e-4.
+#[test]
+#[ignore = "writes a fixture for the browser suite: ADAPTKIT_BROWSER_FIXTURE=DIR"]
+fn write_the_browser_fixture() {
+    use adaptkit::runtime::{Model, OpenOptions};
+    let dir = std::path::PathBuf::from(
+        std::env::var("ADAPTKIT_BROWSER_FIXTURE").expect("ADAPTKIT_BROWSER_FIXTURE=DIR"),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.gguf");
+    Weights::random(11).write_gguf(&path, GgmlType::Q4_1, None);
+    let model = Model::open_path(&path, &OpenOptions { threads: 1, ..Default::default() }).unwrap();
+    let logits = model.logits(&TOKENS).unwrap();
+    let fixture = serde_json::json!({ "tokens": TOKENS, "vocab_size": VOCAB, "logits": logits });
+    std::fs::write(dir.join("tiny-logits.json"), fixture.to_string()).unwrap();
 }

@@ -4,7 +4,10 @@
 import { LanguageModel } from "../src/adaptkit.js";
 
 const $ = (id) => document.getElementById(id);
-const MODEL_URL = new URLSearchParams(location.search).get("model") ?? "/model.gguf";
+const params = new URLSearchParams(location.search);
+const MODEL_URL = params.get("model") ?? "/model.gguf";
+// `?device=gpu` runs on any WebGPU adapter (a software one too), `?device=cpu` on the CPU.
+const DEVICE = params.get("device") ?? "auto";
 let model;
 let adapter = null;
 let attached = null;
@@ -41,6 +44,7 @@ async function load() {
   const mb = (n) => (n / 1048576).toFixed(1);
   try {
     model = await LanguageModel.open(MODEL_URL, {
+      device: DEVICE,
       onProgress: ({ received, total }) => {
         $("load-bar").value = total ? received / total : 0;
         $("load-text").textContent = total ? `${mb(received)} / ${mb(total)} MiB` : `${mb(received)} MiB`;
@@ -52,9 +56,11 @@ async function load() {
   }
   $("load-bar").value = 1;
   const info = model.info;
-  const threads = crossOriginIsolated ? "" : " (this page is not cross-origin isolated: Cancel stops training after the current call)";
-  $("device").textContent = `${info.name ?? "model"}: ${(info.parameters / 1e6).toFixed(0)}M parameters on the CPU `
-    + `(WebAssembly SIMD, one thread)${info.deviceFallback ? `; ${info.deviceFallback}` : ""}${threads}`;
+  const gpu = info.device.startsWith("WebGPU");
+  const where = gpu ? `on ${info.device}` : "on the CPU (WebAssembly SIMD, one thread)";
+  const why = info.deviceFallback ? `; not on WebGPU: ${info.deviceFallback}` : "";
+  const threads = gpu || crossOriginIsolated ? "" : " (this page is not cross-origin isolated: Cancel stops training after the current call)";
+  $("device").textContent = `${info.name ?? "model"}: ${(info.parameters / 1e6).toFixed(0)}M parameters ${where}${why}${threads}`;
   enable(["chat-input", "chat-send", "train-start", "compare-input", "compare-run"]);
 }
 

@@ -24,9 +24,9 @@ export interface ModelInfo {
   ffnDim: number;
   vocabSize: number;
   contextLen: number;
-  /** `cpu`, or the GPU adapter's name. */
+  /** `cpu`, or `WebGPU: ` and the adapter's name. */
   device: string;
-  /** Why the CPU was chosen, when a GPU was asked for. */
+  /** Why the CPU was chosen when `device: "auto"` was asked for (no adapter, or a software one). */
   deviceFallback: string | null;
   threads: number;
   trainable: boolean;
@@ -165,7 +165,7 @@ export class Adapter {
 
 export class LanguageModel {
   readonly info: ModelInfo;
-  static open(source: string | URL | Uint8Array, options?: { trainable?: boolean; onProgress?: (p: { received: number; total: number }) => void; signal?: AbortSignal; workerUrl?: URL }): Promise<LanguageModel>;
+  static open(source: string | URL | Uint8Array, options?: { trainable?: boolean; device?: "auto" | "gpu" | "cpu"; onProgress?: (p: { received: number; total: number }) => void; signal?: AbortSignal; workerUrl?: URL }): Promise<LanguageModel>;
   generate(prompt: string, options?: GenerateOptions, call?: CallOptions): Streaming<string, GenerationReport>;
   chat(messages: ChatMessage[], options?: GenerateOptions, call?: CallOptions): Streaming<string, GenerationReport>;
   complete(prompt: Prompt, options?: GenerateOptions, call?: CallOptions): Promise<GenerationReport>;

@@ -5,9 +5,11 @@
 // an AdaptError whose `kind` is the runtime's (Io, Model, Adapter, Patch, InvalidArgument,
 // MemoryBudget, ContextFull, Training, Device, Cancelled, Closed, Internal).
 //
-// Cancelling a call that is running needs a cross-origin isolated page (COOP/COEP headers: the
-// page and the worker share a SharedArrayBuffer flag). Elsewhere an AbortSignal cancels a call
-// that has not started, and a running call ends on its own.
+// The model runs on WebGPU when the browser gives a hardware adapter (`device: "auto"`, the
+// default), else on the CPU (WebAssembly SIMD), and `info.device` / `info.deviceFallback` say
+// which and why. A running call on WebGPU can always be cancelled; on the CPU that needs a
+// cross-origin isolated page (COOP/COEP headers: the page and the worker share a
+// SharedArrayBuffer flag), and elsewhere an AbortSignal cancels a call that has not started.
 
 export class AdaptError extends Error {
   constructor(kind, message) {
@@ -77,7 +79,10 @@ class Connection {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new AdaptError("Cancelled", "cancelled"));
       this.calls.set(id, { resolve, reject, onEvent });
-      signal?.addEventListener("abort", () => this.cancelFlag && Atomics.store(this.cancelFlag, 0, id), { once: true });
+      signal?.addEventListener("abort", () => {
+        if (this.cancelFlag) Atomics.store(this.cancelFlag, 0, id);
+        this.worker.postMessage({ op: "cancel", args: [id] });
+      }, { once: true });
       this.worker.postMessage({ id, op, args }, transfer);
     });
   }
@@ -210,13 +215,14 @@ export class LanguageModel {
 
   /**
    * Opens a GGUF model: `source` is its bytes, or a URL fetched (and cached) with `onProgress`.
-   * `trainable: false` saves memory when only generating.
+   * `trainable: false` saves memory when only generating. `device`: "auto" (a hardware WebGPU
+   * adapter, else the CPU), "gpu" (WebGPU, any adapter, or a DeviceError) or "cpu".
    */
-  static async open(source, { trainable = true, onProgress, signal, workerUrl } = {}) {
+  static async open(source, { trainable = true, device = "auto", onProgress, signal, workerUrl } = {}) {
     const bytes = source instanceof Uint8Array ? source : await fetchModel(String(source), { onProgress, signal });
     const connection = new Connection(workerUrl);
     const copy = bytes.slice(); // transferred to the worker, so the caller's bytes stay usable
-    const info = await connection.call("open", [copy.buffer, trainable], { transfer: [copy.buffer] });
+    const info = await connection.call("open", [copy.buffer, trainable, device], { transfer: [copy.buffer] });
     return new LanguageModel(connection, info);
   }
 

@@ -1,8 +1,10 @@
 // The Web Worker every heavy call runs in (the page never blocks): it holds the model, the
 // adapters and the storages, and answers src/adaptkit.js's messages
 //   {id, op, args}  ->  {id, event} ... then {id, result} or {id, error: {kind, message}}.
-// A call's events cancel it when the page has set the shared cancel flag to its id (a
-// SharedArrayBuffer: the worker is busy inside the call and reads no messages until it ends).
+// Calls run one at a time, in order. A call's events cancel it when the page has asked: by a
+// `cancel` message, which the worker reads whenever a call awaits (on WebGPU, at every
+// read-back), or through the shared cancel flag (a SharedArrayBuffer: on the CPU the worker is
+// busy inside the call and reads no messages until it ends).
 import init, * as wasm from "../pkg/adaptkit_wasm.js";
 
 const ready = init();
@@ -10,6 +12,7 @@ const KINDS = new Set(["Io", "Model", "Adapter", "Patch", "InvalidArgument", "Me
   "Training", "Device", "Cancelled", "Closed", "Internal"]);
 let model = null;
 let cancelFlag = null;
+const cancelled = new Set(); // ids of calls the page cancelled by message
 const handles = new Map(); // id -> Adapter or Storage
 let nextHandle = 1;
 
@@ -33,7 +36,7 @@ function opened() {
 function events(id) {
   return (json) => {
     self.postMessage({ id, event: JSON.parse(json) });
-    return cancelFlag !== null && Atomics.load(cancelFlag, 0) === id;
+    return cancelled.has(id) || (cancelFlag !== null && Atomics.load(cancelFlag, 0) === id);
   };
 }
 
@@ -41,20 +44,20 @@ const ops = {
   setup(_id, flag) {
     cancelFlag = flag ? new Int32Array(flag) : null;
   },
-  open(_id, bytes, trainable) {
+  async open(_id, bytes, trainable, device) {
     model?.free();
     model = null;
-    model = wasm.Model.open(new Uint8Array(bytes), trainable);
+    model = await wasm.Model.open(new Uint8Array(bytes), trainable, device);
     return JSON.parse(model.info());
   },
   info: () => JSON.parse(opened().info()),
   fingerprint: () => opened().fingerprint(),
-  generate: (id, request) => JSON.parse(opened().generate(JSON.stringify(request), events(id))),
+  generate: async (id, request) => JSON.parse(await opened().generate(JSON.stringify(request), events(id))),
   logits: (_id, tokens) => opened().logits(Uint32Array.from(tokens)),
-  perplexity: (_id, text, seq) => JSON.parse(opened().perplexity(text, seq)),
+  perplexity: async (_id, text, seq) => JSON.parse(await opened().perplexity(text, seq)),
   plan: (_id, config) => JSON.parse(opened().plan(JSON.stringify(config))),
-  train(id, data, config, storage) {
-    const trained = opened().train(JSON.stringify(data), JSON.stringify(config), held(storage, "storage"), events(id));
+  async train(id, data, config, storage) {
+    const trained = await opened().train(JSON.stringify(data), JSON.stringify(config), held(storage, "storage"), events(id));
     const result = { adapter: keep(trained.takeAdapter()), report: JSON.parse(trained.report) };
     trained.free();
     return result;
@@ -67,17 +70,17 @@ const ops = {
   loadPatch: (_id, bytes, label, trustedKeys, allowPort) => keep(opened().loadPatch(bytes, label, trustedKeys, allowPort)),
   loadStored: (_id, storage) => keep(opened().loadStored(held(storage, "storage"))),
   adapterInfo: (_id, adapter) => JSON.parse(held(adapter, "adapter").info()),
-  peftFiles(_id, adapter) {
-    const a = held(adapter, "adapter");
-    return { config: a.configJson(), safetensors: a.safetensors(), training: a.trainingJson() ?? null };
+  async peftFiles(_id, adapter) {
+    const files = await held(adapter, "adapter").peftFiles();
+    return { ...files, training: files.training ?? null };
   },
   save: (_id, adapter, storage) => held(adapter, "adapter").save(held(storage, "storage")),
   attach: (_id, adapter, scale) => opened().attach(held(adapter, "adapter"), scale),
   detach: (_id, attached) => opened().detach(attached),
   detachAll: () => opened().detachAll(),
   setScale: (_id, attached, scale) => opened().setScale(attached, scale),
-  compress(_id, adapter, options) {
-    const patch = opened().compress(held(adapter, "adapter"), JSON.stringify(options));
+  async compress(_id, adapter, options) {
+    const patch = await opened().compress(held(adapter, "adapter"), JSON.stringify(options));
     const result = { bytes: patch.bytes, report: JSON.parse(patch.report) };
     patch.free();
     return result;
@@ -96,15 +99,24 @@ const ops = {
   },
 };
 
-self.onmessage = async ({ data: { id, op, args } }) => {
+async function run(id, op, args) {
   try {
     await ready;
-    const result = ops[op](id, ...args);
+    const result = await ops[op](id, ...args);
     self.postMessage({ id, result });
   } catch (error) {
     // wasm errors are named after their kind (`ModelError`); anything else is a bug here.
     const kind = String(error?.name ?? "").replace(/Error$/, "");
     const known = KINDS.has(kind) ? kind : "Internal";
     self.postMessage({ id, error: { kind: known, message: String(error?.message ?? error) } });
+  } finally {
+    cancelled.delete(id);
   }
+}
+
+let queue = Promise.resolve();
+self.onmessage = ({ data: { id, op, args } }) => {
+  // A cancel is for a call that is running or queued: it must not wait behind it.
+  if (op === "cancel") return void cancelled.add(args[0]);
+  queue = queue.then(() => run(id, op, args));
 };

@@ -1,11 +1,15 @@
 // The browser suite, in the page: the real model through the worker, against the golden greedy
 // tokens, streaming, a few training steps with progress, a cancel, the adapter exported as PEFT
-// files and reloaded to the same output, and the error paths. Reports to window.adaptkitTest
+// files and reloaded to the same output, the error paths, and the WebGPU path (Chromium's
+// software adapter, SwiftShader, in CI) against the CPU path. Reports to window.adaptkitTest
 // (test/run.mjs reads it).
 import { AdaptError, LanguageModel } from "../src/adaptkit.js";
 
 const results = [];
-const line = (text) => { document.getElementById("log").textContent += text + "\n"; };
+const line = (text) => {
+  document.getElementById("log").textContent += text + "\n";
+  console.log(text); // test/run.mjs shows the page's console as the suite runs
+};
 
 async function test(name, body) {
   const started = performance.now();
@@ -45,7 +49,10 @@ async function main() {
     model = await LanguageModel.open("/model.gguf", { onProgress: ({ received }) => { loaded = received; } });
     check(model.info.architecture === "llama" && model.info.layers === 30, JSON.stringify(model.info));
     check(loaded > 50e6, `progress reported ${loaded} bytes`);
-    return `${(loaded / 1e6).toFixed(1)} MB, device ${model.info.device}`;
+    // `auto` takes WebGPU only on a hardware adapter, and says why not.
+    const why = model.info.deviceFallback ?? "";
+    check(model.info.device === "cpu" && /software GPU|no WebGPU adapter/.test(why), `${model.info.device}: ${why}`);
+    return `${(loaded / 1e6).toFixed(1)} MB, device ${model.info.device} (${why})`;
   });
   if (!model) return;
 
@@ -141,6 +148,71 @@ async function main() {
     await rejects("Adapter", model.loadPeft({ config: new TextEncoder().encode("{}"), safetensors: new Uint8Array([1, 2, 3]) }));
     await rejects("InvalidArgument", model.complete({ text: "Hi" }, { maxTokens: 4, temperature: -1 }));
     await rejects("InvalidArgument", model.plan({ rank: 0 }));
+  });
+
+  const tinyBytes = new Uint8Array(await (await fetch("/tiny.gguf")).arrayBuffer());
+  const tinyNative = await (await fetch("/tiny-logits.json")).json();
+  const maxDiff = (a, b) => a.reduce((worst, v, i) => Math.max(worst, Math.abs(v - b[i])), 0);
+  await test("the CPU path gives the native runtime's logits on a tiny model (max |diff| < 1e-4)", async () => {
+    const tiny = await LanguageModel.open(tinyBytes, { device: "cpu" });
+    try {
+      const diff = maxDiff(await tiny.logits(tinyNative.tokens), tinyNative.logits);
+      check(diff < 1e-4, `max |logit diff| page vs native ${diff}`);
+      return `${tinyNative.logits.length} logits, worst ${diff.toExponential(2)}`;
+    } finally {
+      await tiny.close();
+    }
+  });
+
+  const started = performance.now();
+  const stage = (what) => line(`     webgpu: ${what} at ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  await test("on WebGPU the real model gives the CPU path's logits and greedy tokens", async () => {
+    const gpu = await LanguageModel.open("/model.gguf", { device: "gpu", trainable: false });
+    try {
+      check(gpu.info.device.startsWith("WebGPU"), `device ${gpu.info.device}`);
+      stage("opened");
+      const index = await (await fetch("/golden/logits.json")).json();
+      const ids = index.prompts[0].ids;
+      const diff = maxDiff(await gpu.logits(ids), await model.logits(ids));
+      check(diff < 1e-3, `max |logit diff| GPU vs CPU ${diff}`);
+      stage("logits");
+      const text = { text: "Saturday is bread day." };
+      const tokens = async (m) => (await m.complete(text, greedy(4))).tokens.join(",");
+      check(await tokens(gpu) === await tokens(model), "GPU and CPU greedy tokens differ");
+      stage("generated");
+      return `${gpu.info.device}; logits within ${diff.toExponential(1)}`;
+    } finally {
+      await gpu.close();
+    }
+  });
+
+  await test("on WebGPU training gives the CPU's losses and the adapter exports to the CPU", async () => {
+    const [gpu, cpu] = [await LanguageModel.open(tinyBytes, { device: "gpu" }), await LanguageModel.open(tinyBytes, { device: "cpu" })];
+    try {
+      // Two steps on each device from the same seed: the same losses (the second after an update).
+      const short = { ...config, steps: 2, seq: 16 };
+      const losses = async (m) => {
+        const run = m.train({ text: notes }, short);
+        const seen = [];
+        for await (const event of run) if (event.type === "step") seen.push(event.loss);
+        return { seen, trained: await run.result };
+      };
+      const [g, c] = [await losses(gpu), await losses(cpu)];
+      stage("trained");
+      const close = g.seen.length === 2 && g.seen.every((l, i) => Math.abs(l - c.seen[i]) < 1e-3 * Math.abs(c.seen[i]));
+      check(close, `losses GPU ${g.seen} vs CPU ${c.seen}`);
+      // The adapter trained on the GPU, exported and loaded on the CPU, acts as it does on the GPU.
+      const files = await g.trained.adapter.peftFiles();
+      await gpu.attach(g.trained.adapter);
+      await cpu.attach(await cpu.loadPeft(files));
+      const ids = tinyNative.tokens;
+      const diff = maxDiff(await gpu.logits(ids), await cpu.logits(ids));
+      check(diff < 1e-3, `with the adapter: max |logit diff| GPU vs CPU ${diff}`);
+      stage("exported");
+      return `losses ${g.seen.map((l) => l.toFixed(5)).join(", ")} (CPU ${c.seen.map((l) => l.toFixed(5)).join(", ")}); adapter logits within ${diff.toExponential(1)}`;
+    } finally {
+      await Promise.all([gpu.close(), cpu.close()]);
+    }
   });
 }
 

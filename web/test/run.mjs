@@ -15,6 +15,8 @@ const server = await serve(root, {
   "/golden/greedy.json": golden("greedy.json"),
   "/golden/logits.json": golden("logits.json"),
   "/golden/logits.f32": golden("logits.f32"),
+  "/tiny.gguf": join(artifacts, "fixture/tiny.gguf"),
+  "/tiny-logits.json": join(artifacts, "fixture/tiny-logits.json"),
 });
 const url = `http://127.0.0.1:${server.address().port}/web/test/index.html`;
 mkdirSync(artifacts, { recursive: true });
@@ -90,7 +92,7 @@ try {
   }
   results.push(...(await demoChecks(`http://127.0.0.1:${server.address().port}/web/demo/dist/index.html`)));
   for (const r of results) console.log(`test ${r.name} ... ${r.ok ? `ok (${r.seconds.toFixed(1)} s${r.note ? `, ${r.note}` : ""})` : `FAILED: ${r.error}`}`);
-  failed = results.filter((r) => !r.ok).length + (results.length < 9 ? 1 : 0);
+  failed = results.filter((r) => !r.ok).length + (results.length < 12 ? 1 : 0);
   console.log(failed ? `browser: ${failed} failed` : `browser: all ${results.length} tests passed`);
 } finally {
   await browser.close();

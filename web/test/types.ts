@@ -3,7 +3,7 @@
 import { AdaptError, LanguageModel, type TrainingEvent } from "../src/adaptkit.js";
 
 export async function personalize(url: string, notes: string): Promise<string> {
-  const model = await LanguageModel.open(url, { onProgress: ({ received, total }) => console.log(received / total) });
+  const model = await LanguageModel.open(url, { device: "auto", onProgress: ({ received, total }) => console.log(received / total) });
   const layers: number = model.info.layers;
   let before = "";
   for await (const piece of model.generate("Saturday is bread day.", { maxTokens: 20, temperature: 0 })) before += piece;

@@ -22,27 +22,36 @@ impl Adapter {
         json(&self.adapter.info())
     }
 
-    /// `adapter_config.json`.
-    #[wasm_bindgen(js_name = configJson)]
-    pub fn config_json(&self) -> Result<Vec<u8>, JsValue> {
-        Ok(self.adapter.peft_files().map_err(to_js)?.config_json)
-    }
-
-    /// `adapter_model.safetensors`.
-    pub fn safetensors(&self) -> Result<Vec<u8>, JsValue> {
-        Ok(self.adapter.peft_files().map_err(to_js)?.safetensors)
-    }
-
-    /// `training.json` (what it was trained on), when known.
-    #[wasm_bindgen(js_name = trainingJson)]
-    pub fn training_json(&self) -> Result<Option<Vec<u8>>, JsValue> {
-        Ok(self.adapter.peft_files().map_err(to_js)?.training_json)
+    /// Its PEFT files: `{config, safetensors, training}` (`adapter_config.json`,
+    /// `adapter_model.safetensors`, and `training.json` or `undefined`).
+    #[wasm_bindgen(js_name = peftFiles)]
+    pub async fn peft_files(&self) -> Result<js_sys::Object, JsValue> {
+        let files = self.files().await?;
+        let object = js_sys::Object::new();
+        let bytes = |b: &[u8]| JsValue::from(js_sys::Uint8Array::from(b));
+        js_sys::Reflect::set(&object, &"config".into(), &bytes(&files.config_json))?;
+        js_sys::Reflect::set(&object, &"safetensors".into(), &bytes(&files.safetensors))?;
+        let training = files.training_json.as_deref().map_or(JsValue::UNDEFINED, bytes);
+        js_sys::Reflect::set(&object, &"training".into(), &training)?;
+        Ok(object)
     }
 
     /// Saves it into `storage` as PEFT files (the config last: a storage with a config holds a
     /// whole adapter).
-    pub fn save(&self, storage: &Storage) -> Result<(), JsValue> {
-        self.adapter.save(storage.store.as_ref()).map_err(to_js)
+    pub async fn save(&self, storage: &Storage) -> Result<(), JsValue> {
+        self.exportable().await?.save(storage.store.as_ref()).map_err(to_js)
+    }
+}
+
+impl Adapter {
+    /// The adapter to export from: on WebGPU a copy on the host, since exporting reads every
+    /// value and the browser cannot block on a GPU read-back; on the CPU one as it is.
+    pub(crate) async fn exportable(&self) -> Result<runtime::Adapter, JsValue> {
+        self.adapter.on_host().await.map_err(to_js)
+    }
+
+    pub(crate) async fn files(&self) -> Result<PeftFiles, JsValue> {
+        self.exportable().await?.peft_files().map_err(to_js)
     }
 }
 

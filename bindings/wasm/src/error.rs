@@ -1,6 +1,7 @@
 //! Errors for JavaScript: an `Error` named after the core's [`ErrorKind`], with its message.
 
 use adaptkit::{Error, ErrorKind};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 
 /// A JS `Error` whose `name` is `KindError` (`InvalidArgumentError`, `ClosedError`, …).
@@ -40,4 +41,17 @@ pub(crate) fn callback_failed(thrown: JsValue) -> JsValue {
 /// `value` as JSON text (reports are plain data: serialization cannot fail).
 pub(crate) fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str);
+}
+
+/// A panic is a bug, and wasm aborts on it (the worker's call fails with `unreachable`): its
+/// message and place go to the console first, where a bug report can quote them.
+#[wasm_bindgen(start)]
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| console_error(&format!("adaptkit panicked: {info}"))));
 }

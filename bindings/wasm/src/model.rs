@@ -1,6 +1,8 @@
-//! The model in the page: open from a GGUF file's bytes, info, generate and chat with streamed
-//! tokens, perplexity, fingerprint, release.
+//! The model in the page: open from a GGUF file's bytes on the CPU or WebGPU, info, generate
+//! and chat with streamed tokens, perplexity, fingerprint, release. Every call that reads the
+//! device back is async: on WebGPU each read-back is awaited (the browser cannot block on one).
 
+use adaptkit::device::DeviceChoice;
 use adaptkit::runtime::{self, GenerateRequest, ModelSource, OpenOptions};
 use adaptkit::generate::GenerationEvent;
 use serde_json::json;
@@ -23,10 +25,13 @@ impl Model {
 
 #[wasm_bindgen]
 impl Model {
-    /// Opens a GGUF file's bytes on the CPU; `trainable`: ready to train adapters.
-    pub fn open(gguf: Vec<u8>, trainable: bool) -> Result<Model, JsValue> {
-        let options = OpenOptions { threads: 1, trainable, ..Default::default() };
-        let model = runtime::Model::open(ModelSource::Gguf(gguf), &options).map_err(to_js)?;
+    /// Opens a GGUF file's bytes on `device`: `cpu`, `gpu` (WebGPU, an error without an
+    /// adapter) or `auto` (a hardware WebGPU adapter, else the CPU, the reason in `info`'s
+    /// `device_fallback`); `trainable`: ready to train adapters.
+    pub async fn open(gguf: Vec<u8>, trainable: bool, device: String) -> Result<Model, JsValue> {
+        let device: DeviceChoice = device.parse().map_err(to_js)?;
+        let options = OpenOptions { threads: 1, trainable, device, ..Default::default() };
+        let model = runtime::Model::open_async(ModelSource::Gguf(gguf), &options).await.map_err(to_js)?;
         Ok(Model { inner: Some(model) })
     }
 
@@ -44,34 +49,36 @@ impl Model {
     /// "options": {max_tokens, temperature, …}}`) with the attached adapters. `on_event` gets
     /// `{"type": "prefilled" | "token" | "tail" | "warning", …}`; returns the
     /// `GenerationReport` as JSON.
-    pub fn generate(&self, request: &str, on_event: Option<js_sys::Function>) -> Result<String, JsValue> {
+    pub async fn generate(&self, request: String, on_event: Option<js_sys::Function>) -> Result<String, JsValue> {
         let model = self.open_model()?;
-        let request: GenerateRequest = serde_json::from_str(request).map_err(|e| bad_json("generate request", e))?;
+        let request: GenerateRequest = serde_json::from_str(&request).map_err(|e| bad_json("generate request", e))?;
         let mut listener = Listener::new(on_event);
         let cancel = listener.cancel.clone();
-        let result = model.generate(&request, &cancel, &mut |event| {
+        let result = model.generate_async(&request, &cancel, &mut |event| {
             listener.send(match event {
                 GenerationEvent::Prefilled { prompt_tokens } => json!({ "type": "prefilled", "prompt_tokens": prompt_tokens }),
                 GenerationEvent::Token { id, text } => json!({ "type": "token", "id": id, "text": text }),
                 GenerationEvent::Tail { text } => json!({ "type": "tail", "text": text }),
                 GenerationEvent::Warning { text } => json!({ "type": "warning", "message": text }),
             })
-        });
+        })
+        .await;
         Ok(json(&listener.finish(result)?))
     }
 
     /// Perplexity of `text` with the attached adapters in windows of `seq` tokens, as JSON
     /// (`PerplexityReport`).
-    pub fn perplexity(&self, text: &str, seq: usize) -> Result<String, JsValue> {
+    pub async fn perplexity(&self, text: String, seq: usize) -> Result<String, JsValue> {
         let model = self.open_model()?;
-        let report = model.perplexity(text, seq, &Default::default(), &mut |_, _| {}).map_err(to_js)?;
+        let report = model.perplexity_async(&text, seq, &Default::default(), &mut |_, _| {}).await.map_err(to_js)?;
         Ok(json(&report))
     }
 
     /// The logits of every position of `tokens` (`len x vocab`, row-major) with the attached
     /// adapters.
-    pub fn logits(&self, tokens: Vec<u32>) -> Result<Vec<f32>, JsValue> {
-        self.open_model()?.logits(&tokens).map_err(to_js)
+    pub async fn logits(&self, tokens: Vec<u32>) -> Result<js_sys::Float32Array, JsValue> {
+        let logits = self.open_model()?.logits_async(&tokens).await.map_err(to_js)?;
+        Ok(js_sys::Float32Array::from(logits.as_slice()))
     }
 
     /// Frees the model's memory now; every later call is a `ClosedError`.

@@ -35,9 +35,9 @@ pub struct CompressedPatch {
 #[wasm_bindgen]
 impl Model {
     /// `adapter` as a ComPEFT patch for this model, as `options` (JSON) say.
-    pub fn compress(&self, adapter: &Adapter, options: &str) -> Result<CompressedPatch, JsValue> {
+    pub async fn compress(&self, adapter: &Adapter, options: String) -> Result<CompressedPatch, JsValue> {
         let model = self.open_model()?;
-        let request: CompressRequest = serde_json::from_str(options).map_err(|e| bad_json("compress options", e))?;
+        let request: CompressRequest = serde_json::from_str(&options).map_err(|e| bad_json("compress options", e))?;
         let defaults = CompressOptions::default();
         let options = CompressOptions {
             density: request.density.as_deref().map(str::parse).transpose().map_err(to_js)?.unwrap_or(defaults.density),
@@ -47,7 +47,7 @@ impl Model {
             ..defaults
         };
         let key = request.secret_key.as_deref().map(parse_secret_key).transpose().map_err(|e| invalid("secret_key", &e))?;
-        let files = adapter.adapter.peft_files().map_err(to_js)?;
+        let files = adapter.files().await?;
         let compressed = patches::compress_source(model, AdapterSource::Peft(files), &options, key.as_ref(), &mut |_| {})
             .map_err(to_js)?;
         Ok(CompressedPatch { report: json(&compressed.report), bytes: compressed.bytes })

@@ -62,14 +62,14 @@ impl Model {
     /// as `config` (JSON: the runtime's `TrainConfig`, every field optional). `on_event` gets
     /// `{"type": "plan" | "stage" | "step" | "checkpoint" | "warning", …}` and cancels by
     /// returning `true`; checkpoints go to `storage`, and `"resume": true` continues from them.
-    pub fn train(&self, data: &str, config: &str, storage: &Storage, on_event: Option<js_sys::Function>) -> Result<Trained, JsValue> {
+    pub async fn train(&self, data: String, config: String, storage: &Storage, on_event: Option<js_sys::Function>) -> Result<Trained, JsValue> {
         let model = self.open_model()?;
-        let data: Data = serde_json::from_str(data).map_err(|e| bad_json("training data", e))?;
+        let data: Data = serde_json::from_str(&data).map_err(|e| bad_json("training data", e))?;
         let data = TrainingData::of_texts(&data.name, data.text, data.jsonl, data.eval_text, data.general_text);
-        let config = config_of(config)?;
+        let config = config_of(&config)?;
         let mut listener = Listener::new(on_event);
         let cancel = listener.cancel.clone();
-        let result = model.train(&data, &config, storage.store.as_ref(), &cancel, &mut |event| {
+        let result = model.train_async(&data, &config, storage.store.as_ref(), &cancel, &mut |event| {
             let event = match event {
                 TrainEvent::Plan(plan) => json!({ "type": "plan", "plan": plan }),
                 TrainEvent::Stage { name, steps } => json!({ "type": "stage", "name": name, "steps": steps }),
@@ -83,7 +83,8 @@ impl Model {
                 TrainEvent::StageRecord { .. } => return,
             };
             listener.send(event);
-        });
+        })
+        .await;
         let trained: runtime::Trained = listener.finish(result)?;
         Ok(Trained { report: json(&trained.report), adapter: Some(Adapter { adapter: trained.adapter }) })
     }

@@ -159,6 +159,12 @@ impl Method for DoraAdapter {
         Box::new(self.clone())
     }
 
+    fn fixed_tensors_mut(&mut self) -> Vec<&mut Tensor<2>> {
+        let mut fixed = self.lora.fixed_tensors_mut();
+        fixed.extend(self.weights.values_mut().map(|(_, squares)| squares));
+        fixed
+    }
+
     fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         let (mut config, mut tensors) = self.lora.lora_peft(c)?;
         config["use_dora"] = Value::Bool(true);

@@ -461,6 +461,14 @@ impl Method for LoraAdapter {
         Box::new(self.clone())
     }
 
+    fn fixed_tensors_mut(&mut self) -> Vec<&mut Tensor<2>> {
+        self.initial
+            .iter_mut()
+            .flat_map(|pairs| pairs.values_mut())
+            .flat_map(|p| [&mut p.a, &mut p.b])
+            .collect()
+    }
+
     fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
         self.lora_peft(config)
     }

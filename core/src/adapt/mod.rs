@@ -22,11 +22,12 @@ pub use tensors::Saved;
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
 
 use crate::error::Error;
 use crate::format::peft::PeftDir;
+use crate::model::linear::read_f32;
 use crate::model::{Adapters, Llama, LlamaConfig, Projection};
 
 /// What every adaptation method offers beyond acting on the forward pass: its parameters for
@@ -40,6 +41,12 @@ pub trait Method: Adapters {
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor<2>)>;
 
     fn boxed_clone(&self) -> Box<dyn Method>;
+
+    /// Tensors besides the parameters that saving or merging reads (PiSSA's starting point,
+    /// DoRA's row norms), so that [`to_host`] copies them too.
+    fn fixed_tensors_mut(&mut self) -> Vec<&mut Tensor<2>> {
+        Vec::new()
+    }
 
     /// The adapter as a PEFT-style `adapter_config.json` and tensors, for `config`'s model.
     fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error>;
@@ -139,6 +146,27 @@ pub fn detached(method: &dyn Method) -> Box<dyn Method> {
         *param = tensors::untracked(param);
     }
     copy
+}
+
+/// A copy of `method` with every tensor it reads ([`Method::parameters`],
+/// [`Method::fixed_tensors_mut`]) on the host, each read back without blocking. Saving,
+/// merging and a stage's bookkeeping read an adapter's values synchronously; on a copy on the
+/// host those reads never wait on a device (in the browser a GPU's read-back must be awaited).
+pub async fn to_host(method: &dyn Method) -> Result<Box<dyn Method>, Error> {
+    async fn move_to_host(t: &mut Tensor<2>) -> Result<(), Error> {
+        let dims = t.dims();
+        let values = read_f32(t.clone()).await?;
+        *t = Tensor::from_data(TensorData::new(values, dims), &Device::flex());
+        Ok(())
+    }
+    let mut copy = detached(method);
+    for (_, param) in copy.parameters_mut() {
+        move_to_host(param).await?;
+    }
+    for t in copy.fixed_tensors_mut() {
+        move_to_host(t).await?;
+    }
+    Ok(copy)
 }
 
 /// Refuses a dense weight of `projection` whose length is not `expected` (the adapter was made

@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::control::CancelToken;
 use crate::device::{is_host, release_untracked_graphs};
 use crate::error::Error;
-use crate::model::linear::host_f32;
+use crate::model::linear::{read_f32, read_i64};
 use crate::model::{soft_prompt_len, Adapters, Llama};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -92,7 +92,9 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
-pub fn generate(
+/// Generates from `prompt`. Async because every token is read back from the device: awaited in
+/// the browser, blocked on natively ([`crate::device::wait`]).
+pub async fn generate(
     model: &Llama,
     tokenizer: &Tokenizer,
     prompt: &[u32],
@@ -117,7 +119,7 @@ pub fn generate(
     // Sampled before the event, so that on a GPU (whose ops return before they finish) the
     // prefill's time includes its work.
     let mut token =
-        next_token(model, hidden, prompt.len() - 1, tokenizer.vocab_size(), &mut sampler, &history)?;
+        next_token(model, hidden, prompt.len() - 1, tokenizer.vocab_size(), &mut sampler, &history).await?;
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
 
     let mut decoder = StreamDecoder::new(true);
@@ -146,7 +148,7 @@ pub fn generate(
             break StopReason::ContextFull;
         }
         let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
-        token = next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history)?;
+        token = next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history).await?;
         release_untracked_graphs(model.device());
     };
     if stop != StopReason::StopString {
@@ -230,7 +232,7 @@ fn partial_stop_start(text: &str, stop: &str) -> usize {
 /// rows beyond the tokenizer's `text_vocab` have no text and are never picked. On a GPU only the
 /// logits the sampler needs are read back (the top few and the penalized tokens' ones, not the
 /// whole vocabulary); on the host, where reading is free, it takes them all.
-fn next_token(
+async fn next_token(
     model: &Llama,
     hidden: Tensor<3>,
     at: usize,
@@ -240,18 +242,17 @@ fn next_token(
 ) -> Result<u32, Error> {
     let vocab = model.config().vocab_size;
     let text_vocab = text_vocab.min(vocab);
-    let logits = model.device_logits(hidden, at..at + 1)?.reshape([vocab]).narrow(0, 0, text_vocab);
+    // Off the autodiff graph: autodiff has no top-k of its own, and its fallback sorts on the
+    // host after a blocking read (which the browser cannot do).
+    let logits = model.device_logits(hidden, at..at + 1)?.inner().reshape([vocab]).narrow(0, 0, text_vocab);
     let needed = sampler.candidates_needed(history).filter(|&k| k < text_vocab && !is_host(model.device()));
     let Some(k) = needed else {
-        return Ok(sampler.sample(&host_f32(logits)?, history));
+        return Ok(sampler.sample(&read_f32(logits).await?, history));
     };
     let (values, indices) = logits.clone().topk_with_indices(k, 0);
-    let read_ids = |ids: Tensor<1, Int>| {
-        ids.try_into_vec_as::<i64>()
-            .map_err(|e| Error::Backend(format!("reading token ids back failed: {e:?}")))
-    };
+    let ids = read_i64(indices).await?;
     let mut candidates: Vec<(u32, f32)> =
-        read_ids(indices)?.into_iter().map(|i| i as u32).zip(host_f32(values)?).collect();
+        ids.into_iter().map(|i| i as u32).zip(read_f32(values).await?).collect();
     let penalized: Vec<u32> = sampler
         .penalized(history)
         .into_iter()
@@ -260,7 +261,7 @@ fn next_token(
     if !penalized.is_empty() {
         let ids: Vec<i64> = penalized.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [penalized.len()]), model.device());
-        candidates.extend(penalized.into_iter().zip(host_f32(logits.select(0, ids))?));
+        candidates.extend(penalized.into_iter().zip(read_f32(logits.select(0, ids)).await?));
     }
     Ok(sampler.sample_from(&mut candidates, history))
 }

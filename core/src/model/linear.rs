@@ -90,7 +90,7 @@ impl QuantLinear {
 #[derive(Clone)]
 pub struct FrozenWeight {
     host: QuantMatrix,
-    #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+    #[cfg(feature = "gpu")]
     device: std::sync::Arc<std::sync::OnceLock<crate::gpu::DeviceMatrix>>,
 }
 
@@ -98,13 +98,13 @@ impl FrozenWeight {
     fn new(host: QuantMatrix) -> Self {
         Self {
             host,
-            #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+            #[cfg(feature = "gpu")]
             device: Default::default(),
         }
     }
 
     /// The device form on the device of `x`, uploaded on first use.
-    #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+    #[cfg(feature = "gpu")]
     fn on_device_of(&self, x: &burn_cubecl::tensor::CubeTensor) -> &crate::gpu::DeviceMatrix {
         let matrix =
             self.device.get_or_init(|| crate::gpu::DeviceMatrix::upload(&self.host, &x.client, &x.device));
@@ -128,7 +128,7 @@ pub trait QuantKernels: Backend {
     fn quant_input_grad(dy: FloatTensor<Self>, weight: &FrozenWeight) -> FloatTensor<Self>;
 }
 
-#[backend_extension(Flex, Cube: cfg(all(feature = "gpu", not(target_arch = "wasm32"))), Autodiff)]
+#[backend_extension(Flex, Cube: cfg(feature = "gpu"), Autodiff)]
 pub trait QuantLinearOps: Backend {
     fn quant_linear(x: FloatTensor<Self>, weight: FrozenWeight) -> FloatTensor<Self>;
 }
@@ -151,7 +151,7 @@ impl QuantLinearOps for Flex {
     }
 }
 
-#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+#[cfg(feature = "gpu")]
 mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeBackend;
@@ -225,8 +225,23 @@ fn on_host(
 }
 
 /// The values of a float tensor on the host, converted to f32 whatever the device's float type.
+/// Blocks natively; in the browser it works for host tensors only (see [`read_f32`]).
 pub fn host_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, Error> {
-    x.try_into_vec_as::<f32>().map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+    crate::device::wait(read_f32(x))
+}
+
+/// [`host_f32`] without blocking: a GPU's read-back, awaited (the only kind the browser has).
+pub async fn read_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>, Error> {
+    let failed = |e: String| Error::Backend(format!("reading a tensor back failed: {e}"));
+    let data = x.into_data_async().await.map_err(|e| failed(format!("{e:?}")))?;
+    data.try_into_vec_as::<f32>().map_err(|e| failed(format!("{e:?}")))
+}
+
+/// The values of an integer tensor on the host, awaited like [`read_f32`].
+pub async fn read_i64<const D: usize>(x: Tensor<D, burn::tensor::Int>) -> Result<Vec<i64>, Error> {
+    let failed = |e: String| Error::Backend(format!("reading token ids back failed: {e}"));
+    let data = x.into_data_async().await.map_err(|e| failed(format!("{e:?}")))?;
+    data.try_into_vec_as::<i64>().map_err(|e| failed(format!("{e:?}")))
 }
 
 #[cfg(test)]

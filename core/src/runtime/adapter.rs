@@ -151,6 +151,15 @@ impl Adapter {
         self.info.method
     }
 
+    /// This adapter with its tensors copied to the host, each read back without blocking.
+    /// In the browser an adapter trained or loaded on the GPU is exported from this copy (its
+    /// PEFT files, its patch), since a GPU's read-back must be awaited there; natively the
+    /// exports read any device directly. The copy attaches to no model on a GPU.
+    pub async fn on_host(&self) -> Result<Self, Error> {
+        let method = adapt::to_host(self.method.as_ref()).await?;
+        Ok(Self { method: Arc::from(method), device: Device::flex(), ..self.clone() })
+    }
+
     pub(crate) fn shared(&self) -> Arc<dyn Method> {
         self.method.clone()
     }

@@ -195,7 +195,7 @@ fn train_speed(
     model.engine().run(|engine| {
         let config = LoraConfig::new(8, 16.0, Projection::ALL.to_vec());
         let mut adapter: Box<dyn Method> = Box::new(LoraAdapter::new(config, engine.model(), 0)?.trainable());
-        train::fit(
+        crate::device::wait(train::fit(
             engine.model(),
             &mut adapter,
             &windows,
@@ -210,7 +210,7 @@ fn train_speed(
                 }
                 on_progress(&format!("train step {}/{}: loss {:.3}", step.step, step.steps, step.loss));
             },
-        )
+        ))
     })?;
     Ok((rate, gpu_reserved_mb(&model)))
 }

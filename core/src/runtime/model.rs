@@ -13,11 +13,12 @@ use super::adapter::{Adapter, AdapterSource, PeftFiles};
 use crate::adapt::merge::{export_merged, MergeReport, MergedType};
 use crate::adapt::{self, AdapterSet};
 use crate::control::CancelToken;
-use crate::device::DeviceChoice;
+use crate::device::{wait, DeviceChoice};
 use crate::engine::{Engine, EngineOptions, ModelFiles, ModelSource, Prompt};
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::generate::{GenerateOptions, GenerationEvent, StopReason};
+use crate::generate::{self, GenerateOptions, GenerationEvent, StopReason};
+use crate::model::linear::read_f32;
 use crate::patch::{AttachOptions, Fingerprint, FingerprintCache, Patch};
 use crate::store::{FileStore, Store};
 
@@ -32,6 +33,12 @@ pub struct OpenOptions {
     pub trainable: bool,
     /// Where fingerprints are cached across runs (`None`: computed once per opened model).
     pub cache: Option<Arc<dyn Store>>,
+}
+
+impl OpenOptions {
+    fn engine(&self) -> EngineOptions {
+        EngineOptions { threads: self.threads, trainable: self.trainable, device: self.device }
+    }
 }
 
 /// One adapter attached to a model, by the id [`Model::attach`] gave it.
@@ -125,14 +132,22 @@ pub struct PerplexityReport {
 
 impl Model {
     pub fn open(source: ModelSource, options: &OpenOptions) -> Result<Self, Error> {
-        let engine_options =
-            EngineOptions { threads: options.threads, trainable: options.trainable, device: options.device };
-        Ok(Self {
-            engine: Engine::open(source, &engine_options)?,
+        Ok(Self::on(Engine::open(source, &options.engine())?, options))
+    }
+
+    /// [`open`](Self::open), opening a GPU without blocking: the only way to WebGPU in the
+    /// browser, whose adapter and device come through promises.
+    pub async fn open_async(source: ModelSource, options: &OpenOptions) -> Result<Self, Error> {
+        Ok(Self::on(Engine::open_async(source, &options.engine()).await?, options))
+    }
+
+    fn on(engine: Engine, options: &OpenOptions) -> Self {
+        Self {
+            engine,
             cache: options.cache.clone(),
             fingerprint: OnceLock::new(),
             attached: RwLock::default(),
-        })
+        }
     }
 
     /// [`open`](Self::open) of a GGUF file or a Hugging Face model directory.
@@ -229,18 +244,48 @@ impl Model {
         cancel: &CancelToken,
         on_event: &mut (dyn FnMut(GenerationEvent) + Send),
     ) -> Result<GenerationReport, Error> {
+        let ids = self.request_ids(request, on_event)?;
+        self.generate_ids(&ids, &request.options, cancel, on_event)
+    }
+
+    /// [`generate`](Self::generate), awaiting each token's read-back (the browser's GPU path).
+    pub async fn generate_async(
+        &self,
+        request: &GenerateRequest,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(GenerationEvent) + Send),
+    ) -> Result<GenerationReport, Error> {
+        let ids = self.request_ids(request, on_event)?;
+        self.engine.run_async(self.timed_generation(&ids, &request.options, cancel, on_event)).await
+    }
+
+    /// [`generate`](Self::generate) from token ids.
+    pub fn generate_ids(
+        &self,
+        ids: &[u32],
+        options: &GenerateOptions,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(GenerationEvent) + Send),
+    ) -> Result<GenerationReport, Error> {
+        self.engine.run(|_| wait(self.timed_generation(ids, options, cancel, on_event)))
+    }
+
+    /// The prompt's token ids, after checking the request's options.
+    fn request_ids(
+        &self,
+        request: &GenerateRequest,
+        on_event: &mut (dyn FnMut(GenerationEvent) + Send),
+    ) -> Result<Vec<u32>, Error> {
         request.options.check()?;
         if matches!(request.prompt, Prompt::Chat(_))
             && self.engine.tokenizer().chat_template_source().is_none()
         {
             on_event(GenerationEvent::Warning { text: "the model has no chat template; using ChatML" });
         }
-        let ids = self.engine.encode_prompt(&request.prompt)?;
-        self.generate_ids(&ids, &request.options, cancel, on_event)
+        self.engine.encode_prompt(&request.prompt)
     }
 
-    /// [`generate`](Self::generate) from token ids.
-    pub fn generate_ids(
+    async fn timed_generation(
         &self,
         ids: &[u32],
         options: &GenerateOptions,
@@ -253,19 +298,22 @@ impl Model {
         let mut first_token = None;
         let mut last_token = start;
         let mut count = 0usize;
-        let generation = self.engine.generate(ids, options, adapters.as_ref(), cancel, &mut |event| {
-            match &event {
-                GenerationEvent::Prefilled { .. } => prefilled = Some(Instant::now()),
-                GenerationEvent::Token { .. } => {
-                    let now = Instant::now();
-                    first_token.get_or_insert(now);
-                    last_token = now;
-                    count += 1;
+        let (model, tokenizer) = (self.engine.model(), self.engine.tokenizer());
+        let generation =
+            generate::generate(model, tokenizer, ids, options, adapters.as_ref(), cancel, &mut |event| {
+                match &event {
+                    GenerationEvent::Prefilled { .. } => prefilled = Some(Instant::now()),
+                    GenerationEvent::Token { .. } => {
+                        let now = Instant::now();
+                        first_token.get_or_insert(now);
+                        last_token = now;
+                        count += 1;
+                    }
+                    _ => {}
                 }
-                _ => {}
-            }
-            on_event(event);
-        })?;
+                on_event(event);
+            })
+            .await?;
         let prefill = prefilled.map_or(0.0, |t| (t - start).as_secs_f64());
         let decode = first_token.map_or(0.0, |t| (last_token - t).as_secs_f64());
         let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -284,15 +332,22 @@ impl Model {
     /// The logits of every position of `tokens` (`len x vocab`, row-major) with the attached
     /// adapters.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, Error> {
+        self.engine.run(|_| wait(self.all_logits(tokens)))
+    }
+
+    /// [`logits`](Self::logits), awaiting the read-back (the browser's GPU path).
+    pub async fn logits_async(&self, tokens: &[u32]) -> Result<Vec<f32>, Error> {
+        self.engine.run_async(self.all_logits(tokens)).await
+    }
+
+    async fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, Error> {
         let adapters = self.adapter_set();
-        self.engine.run(|engine| {
-            let model = engine.model();
-            let mut cache = model.new_cache(1);
-            let hidden = model.forward_adapted(tokens, 1, &mut cache, adapters.as_ref())?;
-            let logits = model.logits(hidden, 0..tokens.len());
-            crate::device::release_untracked_graphs(model.device());
-            logits
-        })
+        let model = self.engine.model();
+        let mut cache = model.new_cache(1);
+        let hidden = model.forward_adapted(tokens, 1, &mut cache, adapters.as_ref())?;
+        let logits = read_f32(model.device_logits(hidden, 0..tokens.len())?).await;
+        crate::device::release_untracked_graphs(model.device());
+        logits
     }
 
     /// Perplexity of `text` with the attached adapters, in windows of `seq` tokens (see
@@ -305,6 +360,19 @@ impl Model {
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
         self.perplexity_with(text, seq, &self.adapter_set(), cancel, on_progress)
+    }
+
+    /// [`perplexity`](Self::perplexity), awaiting the read-backs (the browser's GPU path).
+    pub async fn perplexity_async(
+        &self,
+        text: &str,
+        seq: usize,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<PerplexityReport, Error> {
+        let p =
+            self.engine.perplexity_async(text, seq, self.adapter_set().as_ref(), cancel, on_progress).await?;
+        Ok(PerplexityReport { perplexity: p.perplexity, tokens: p.tokens, windows: p.windows, seq })
     }
 
     pub(crate) fn perplexity_with(

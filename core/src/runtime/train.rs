@@ -14,8 +14,9 @@ use super::memory::peak_rss_mb;
 use super::model::Model;
 use super::plan::{self, MemoryPlan, Request};
 use crate::adapt::registry::BuildContext;
-use crate::adapt::{parameter_count, trainable, Method, MethodKind, MethodOptions};
+use crate::adapt::{parameter_count, to_host, trainable, Method, MethodKind, MethodOptions};
 use crate::control::CancelToken;
+use crate::device::wait;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::Llama;
@@ -197,7 +198,13 @@ pub struct TrainingData {
 impl TrainingData {
     /// Texts as a run's data, as an app holds them: the training text (`jsonl`: JSON lines, else
     /// plain text named `name`), and optional held-out and general texts.
-    pub fn of_texts(name: &str, text: String, jsonl: bool, eval: Option<String>, general: Option<String>) -> Self {
+    pub fn of_texts(
+        name: &str,
+        text: String,
+        jsonl: bool,
+        eval: Option<String>,
+        general: Option<String>,
+    ) -> Self {
         let format = if jsonl { Format::JsonLines } else { Format::Text };
         Self {
             train: Dataset::new(name, text, format),
@@ -312,6 +319,25 @@ impl Model {
         cancel: &CancelToken,
         on_event: &mut (dyn FnMut(TrainEvent) + Send),
     ) -> Result<Trained, Error> {
+        let windows = self.training_windows(data, config)?;
+        self.engine().run(|_| wait(self.fit(&windows, data, config, store, cancel, on_event)))
+    }
+
+    /// [`train`](Self::train), awaiting each step's read-backs (the browser's GPU path).
+    pub async fn train_async(
+        &self,
+        data: &TrainingData,
+        config: &TrainConfig,
+        store: &dyn Store,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(TrainEvent) + Send),
+    ) -> Result<Trained, Error> {
+        let windows = self.training_windows(data, config)?;
+        self.engine().run_async(self.fit(&windows, data, config, store, cancel, on_event)).await
+    }
+
+    /// The run's windows, after checking that the model can train and `config` is sound.
+    fn training_windows(&self, data: &TrainingData, config: &TrainConfig) -> Result<Windows, Error> {
         let engine = self.engine();
         if !engine.model().device().is_autodiff() {
             return Err(Error::InvalidArgument(
@@ -327,80 +353,103 @@ impl Model {
         if let Some(general) = &data.general {
             windows.general = general.windows(self, config, 0.0)?.train;
         }
-        engine.run(|engine| {
-            let lr = config.lr();
-            let ctx = build_context(engine, config);
-            let spec = config.method.spec();
-            let mut adapter = trainable((spec.build)(&ctx)?);
-            let plan = plan_of(engine.model(), adapter.as_ref(), config)?;
-            on_event(TrainEvent::Plan(&plan));
-            let options = TrainOptions {
-                steps: config.steps,
-                batch: plan.batch,
-                accumulate: plan.accumulate,
-                lr,
-                schedule: config.lr_schedule,
-                min_lr_ratio: config.min_lr_ratio,
-                warmup: config.warmup,
-                max_grad_norm: (config.max_grad_norm > 0.0).then_some(config.max_grad_norm),
-                weight_decay: config.weight_decay,
-                seed: config.seed,
-                eval_every: config.eval_every,
-                patience: config.patience,
-                checkpoint_activations: plan.checkpoint_activations,
+        Ok(windows)
+    }
+
+    async fn fit(
+        &self,
+        windows: &Windows,
+        data: &TrainingData,
+        config: &TrainConfig,
+        store: &dyn Store,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(TrainEvent) + Send),
+    ) -> Result<Trained, Error> {
+        let engine = self.engine();
+        let lr = config.lr();
+        let ctx = build_context(engine, config);
+        let spec = config.method.spec();
+        let mut adapter = trainable((spec.build)(&ctx)?);
+        let plan = plan_of(engine.model(), adapter.as_ref(), config)?;
+        on_event(TrainEvent::Plan(&plan));
+        let options = TrainOptions {
+            steps: config.steps,
+            batch: plan.batch,
+            accumulate: plan.accumulate,
+            lr,
+            schedule: config.lr_schedule,
+            min_lr_ratio: config.min_lr_ratio,
+            warmup: config.warmup,
+            max_grad_norm: (config.max_grad_norm > 0.0).then_some(config.max_grad_norm),
+            weight_decay: config.weight_decay,
+            seed: config.seed,
+            eval_every: config.eval_every,
+            patience: config.patience,
+            checkpoint_activations: plan.checkpoint_activations,
+        };
+        let mut stage_record = None;
+        if let Some(stage) = &spec.stage {
+            let saved = if config.resume { store.read(stage.record)? } else { None };
+            let record = match saved {
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Adapter {
+                    path: store.locate(stage.record),
+                    message: format!("not JSON: {e}"),
+                })?,
+                None => {
+                    let first = TrainOptions {
+                        steps: ctx.count_of(stage.steps)?,
+                        lr: lr * stage.lr_factor,
+                        eval_every: 0,
+                        patience: None,
+                        warmup: 0,
+                        ..options.clone()
+                    };
+                    on_event(TrainEvent::Stage { name: stage.name, steps: first.steps });
+                    let mut throughput = Throughput::default();
+                    train::fit(
+                        engine.model(),
+                        &mut adapter,
+                        windows,
+                        &first,
+                        Checkpointing::default(),
+                        cancel,
+                        &mut |step| on_event(TrainEvent::Step { step, tokens_per_s: throughput.after(step) }),
+                    )
+                    .await?;
+                    // The stage reads the adapter's values: on the host, where reading never waits.
+                    let record = (stage.finish)(to_host(adapter.as_ref()).await?.as_ref(), &ctx)?;
+                    store.write(stage.record, &serde_json::to_vec(&record).unwrap_or_default())?;
+                    record
+                }
             };
-            let mut stage_record = None;
-            if let Some(stage) = &spec.stage {
-                let saved = if config.resume { store.read(stage.record)? } else { None };
-                let record = match saved {
-                    Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Adapter {
-                        path: store.locate(stage.record),
-                        message: format!("not JSON: {e}"),
-                    })?,
-                    None => {
-                        let first = TrainOptions {
-                            steps: ctx.count_of(stage.steps)?,
-                            lr: lr * stage.lr_factor,
-                            eval_every: 0,
-                            patience: None,
-                            warmup: 0,
-                            ..options.clone()
-                        };
-                        on_event(TrainEvent::Stage { name: stage.name, steps: first.steps });
-                        let mut throughput = Throughput::default();
-                        train::fit(engine.model(), &mut adapter, &windows, &first, Checkpointing::default(), cancel, &mut |step| {
-                            on_event(TrainEvent::Step { step, tokens_per_s: throughput.after(step) })
-                        })?;
-                        let record = (stage.finish)(adapter.as_ref(), &ctx)?;
-                        store.write(stage.record, &serde_json::to_vec(&record).unwrap_or_default())?;
-                        record
-                    }
-                };
-                on_event(TrainEvent::StageRecord { name: stage.name, record: &record });
-                adapter = trainable((stage.next)(&record, &ctx)?);
-                stage_record = Some(record);
-            }
-            let resume = if config.resume {
-                let bytes = store.read(checkpoint::KEY)?.ok_or_else(|| Error::Adapter {
-                    path: store.locate(checkpoint::KEY),
-                    message: "no checkpoint to resume from".into(),
-                })?;
-                Some(checkpoint::load(bytes, &store.locate(checkpoint::KEY), adapter.as_mut())?)
-            } else {
-                None
-            };
-            if let Some(planned) = resume.as_ref().map(|s| s.planned_steps).filter(|&p| p != 0 && p != config.steps) {
-                let note = format!(
+            on_event(TrainEvent::StageRecord { name: stage.name, record: &record });
+            adapter = trainable((stage.next)(&record, &ctx)?);
+            stage_record = Some(record);
+        }
+        let resume = if config.resume {
+            let bytes = store.read(checkpoint::KEY)?.ok_or_else(|| Error::Adapter {
+                path: store.locate(checkpoint::KEY),
+                message: "no checkpoint to resume from".into(),
+            })?;
+            Some(checkpoint::load(bytes, &store.locate(checkpoint::KEY), adapter.as_mut())?)
+        } else {
+            None
+        };
+        if let Some(planned) =
+            resume.as_ref().map(|s| s.planned_steps).filter(|&p| p != 0 && p != config.steps)
+        {
+            let note = format!(
                     "the checkpoint's run was planned for {planned} steps; from here the learning-rate schedule follows steps = {}",
                     config.steps
                 );
-                on_event(TrainEvent::Warning(&note));
-            }
-            on_event(TrainEvent::Stage { name: "train", steps: config.steps });
-            let mut throughput = Throughput::default();
-            let checkpointing =
-                Checkpointing { resume, save: Some((store, checkpoint::KEY, config.checkpoint_every)) };
-            let report = train::fit(engine.model(), &mut adapter, &windows, &options, checkpointing, cancel, &mut |step| {
+            on_event(TrainEvent::Warning(&note));
+        }
+        on_event(TrainEvent::Stage { name: "train", steps: config.steps });
+        let mut throughput = Throughput::default();
+        let checkpointing =
+            Checkpointing { resume, save: Some((store, checkpoint::KEY, config.checkpoint_every)) };
+        let report =
+            train::fit(engine.model(), &mut adapter, windows, &options, checkpointing, cancel, &mut |step| {
                 on_event(TrainEvent::Step { step, tokens_per_s: throughput.after(step) });
                 if step.checkpointed {
                     on_event(TrainEvent::Checkpoint { step: step.step, key: checkpoint::KEY });
@@ -408,52 +457,52 @@ impl Model {
                 if step.eval.is_some_and(|e| e.forgetting()) {
                     on_event(TrainEvent::Warning(&forgetting_warning()));
                 }
-            })?;
-            let last = report.evaluations.last().copied();
-            if last.is_some_and(|e| e.forgetting()) {
-                on_event(TrainEvent::Warning(&forgetting_warning()));
-            }
-            let record = json!({
-                "method": config.method.name(),
-                "steps": report.steps,
-                "tokens": report.tokens,
-                "batch": plan.batch * plan.accumulate,
-                "seq": config.seq,
-                "lr": lr,
-                "lr_schedule": config.lr_schedule,
-                "data": data.train.name,
-                "data_bytes": data.train.text.len(),
-                "train_windows": windows.train.len(),
-                "eval_loss": report.eval_loss,
-                "eval_loss_before": report.eval_loss_before,
-            });
-            let trainable_parameters = parameter_count(adapter.as_ref());
-            let report = TrainingReport {
-                method: config.method,
-                steps: report.steps,
-                best_step: report.best_step,
-                train_loss: report.train_loss,
-                eval_loss: report.eval_loss,
-                eval_loss_before: report.eval_loss_before,
-                general_loss_base: report.general_loss_base,
-                general_loss: last.and_then(|e| e.general),
-                general_ppl_rise: last.and_then(|e| e.general_rise),
-                forgetting: last.map(|e| e.forgetting()),
-                evaluations: report.evaluations,
-                trainable_parameters,
-                train_windows: windows.train.len(),
-                eval_windows: windows.held_out.len(),
-                tokens: report.tokens,
-                tokens_per_s: throughput.rate,
-                peak_rss_mb: peak_rss_mb(),
-                lr,
-                lr_schedule: config.lr_schedule,
-                plan,
-                stage: stage_record,
-            };
-            let adapter = self.adapter(adapter.as_ref(), format!("trained {}", config.method), Some(record));
-            Ok(Trained { adapter, report })
-        })
+            })
+            .await?;
+        let last = report.evaluations.last().copied();
+        if last.is_some_and(|e| e.forgetting()) {
+            on_event(TrainEvent::Warning(&forgetting_warning()));
+        }
+        let record = json!({
+            "method": config.method.name(),
+            "steps": report.steps,
+            "tokens": report.tokens,
+            "batch": plan.batch * plan.accumulate,
+            "seq": config.seq,
+            "lr": lr,
+            "lr_schedule": config.lr_schedule,
+            "data": data.train.name,
+            "data_bytes": data.train.text.len(),
+            "train_windows": windows.train.len(),
+            "eval_loss": report.eval_loss,
+            "eval_loss_before": report.eval_loss_before,
+        });
+        let trainable_parameters = parameter_count(adapter.as_ref());
+        let report = TrainingReport {
+            method: config.method,
+            steps: report.steps,
+            best_step: report.best_step,
+            train_loss: report.train_loss,
+            eval_loss: report.eval_loss,
+            eval_loss_before: report.eval_loss_before,
+            general_loss_base: report.general_loss_base,
+            general_loss: last.and_then(|e| e.general),
+            general_ppl_rise: last.and_then(|e| e.general_rise),
+            forgetting: last.map(|e| e.forgetting()),
+            evaluations: report.evaluations,
+            trainable_parameters,
+            train_windows: windows.train.len(),
+            eval_windows: windows.held_out.len(),
+            tokens: report.tokens,
+            tokens_per_s: throughput.rate,
+            peak_rss_mb: peak_rss_mb(),
+            lr,
+            lr_schedule: config.lr_schedule,
+            plan,
+            stage: stage_record,
+        };
+        let adapter = self.adapter(adapter.as_ref(), format!("trained {}", config.method), Some(record));
+        Ok(Trained { adapter, report })
     }
 }
 

@@ -12,25 +12,23 @@ use crate::adapt::Method;
 use crate::bytes::SharedBytes;
 use crate::error::Error;
 use crate::format::safetensors::{safetensors_to_bytes, Dtype, SafetensorsFile};
-use crate::model::linear::host_f32;
+use crate::model::linear::read_f32;
 
 /// The store key of a run's checkpoint.
 pub const KEY: &str = "checkpoint.safetensors";
 
-/// The checkpoint of `adapter` at `state`.
-pub fn to_bytes(adapter: &dyn Method, state: &TrainState) -> Result<Vec<u8>, Error> {
-    let mut tensors = Vec::new();
-    let mut add = |name: String, t: &Tensor<2>| -> Result<(), Error> {
-        let bytes = host_f32(t.clone())?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        tensors.push((name, Dtype::F32, t.dims().to_vec(), bytes));
-        Ok(())
-    };
-    for (name, param) in adapter.parameters() {
-        add(format!("adapter/{name}"), param)?;
-    }
+/// The checkpoint of `adapter` at `state` (async: the tensors are read back from the device).
+pub async fn to_bytes(adapter: &dyn Method, state: &TrainState) -> Result<Vec<u8>, Error> {
+    let mut named: Vec<(String, &Tensor<2>)> =
+        adapter.parameters().into_iter().map(|(name, param)| (format!("adapter/{name}"), param)).collect();
     for (name, (m, v)) in &state.optimizer.moments {
-        add(format!("m/{name}"), m)?;
-        add(format!("v/{name}"), v)?;
+        named.push((format!("m/{name}"), m));
+        named.push((format!("v/{name}"), v));
+    }
+    let mut tensors = Vec::with_capacity(named.len());
+    for (name, t) in named {
+        let bytes = read_f32(t.clone()).await?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        tensors.push((name, Dtype::F32, t.dims().to_vec(), bytes));
     }
     let position = serde_json::json!({
         "step": state.step,

@@ -156,10 +156,24 @@ pub fn loss_and_gradients(
     batch: usize,
     recompute: bool,
 ) -> Result<(f32, BTreeMap<String, Tensor<2>>), Error> {
+    let (loss, grads) = loss_and_gradients_on_device(model, adapter, tokens, targets, batch, recompute)?;
+    Ok((host_f32(loss)?[0], grads))
+}
+
+/// [`loss_and_gradients`] with the loss left on the device (one value, off the graph), for a
+/// caller that awaits its read-back.
+pub fn loss_and_gradients_on_device(
+    model: &Llama,
+    adapter: &mut dyn Method,
+    tokens: &[u32],
+    targets: Option<&[bool]>,
+    batch: usize,
+    recompute: bool,
+) -> Result<(Tensor<1>, BTreeMap<String, Tensor<2>>), Error> {
     let penalty = adapter.penalty();
     if !recompute {
         let loss = masked_next_token_loss(model, adapter, tokens, targets, batch)?;
-        let value = host_f32(loss.clone())?[0];
+        let value = loss.clone().detach();
         let objective = match penalty {
             Some(penalty) => loss + penalty,
             None => loss,
@@ -202,7 +216,7 @@ pub fn loss_and_gradients(
     let hidden = model.final_norm(top.clone()).slice([0..batch, sequence - len..sequence, 0..d]);
     let loss = head_loss(model, hidden, targets)?;
     let grads = loss.backward();
-    let value = host_f32(loss)?[0];
+    let value = loss.detach();
     let mut upstream = top.grad(&grads).expect("the loss depends on the last block");
     let mut total: BTreeMap<String, Tensor<2>> = BTreeMap::new();
     let mut add = |grads: BTreeMap<String, Tensor<2>>| {

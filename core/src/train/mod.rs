@@ -7,7 +7,7 @@ pub mod data;
 pub mod loss;
 pub mod schedule;
 
-pub use loss::{loss_and_gradients, masked_next_token_loss, next_token_loss};
+pub use loss::{loss_and_gradients, loss_and_gradients_on_device, masked_next_token_loss, next_token_loss};
 pub use schedule::LrSchedule;
 
 use std::collections::BTreeMap;
@@ -17,6 +17,7 @@ use burn::tensor::Tensor;
 
 use crate::adapt::{detached, trainable, Method};
 use crate::error::Error;
+use crate::model::linear::read_f32;
 use crate::model::{soft_prompt_len, Adapters, Llama, NoAdapters};
 use crate::store::Store;
 
@@ -102,12 +103,14 @@ pub fn collect_grads(adapter: &dyn Method, grads: &Gradients) -> BTreeMap<String
 }
 
 /// Scales `grads` so that their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor<2>>, max_norm: f32) -> Result<f32, Error> {
-    let mut squares = 0.0f64;
-    for g in grads.values() {
-        squares += f64::from(crate::model::linear::host_f32(g.clone().square().sum())?[0]);
+pub async fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor<2>>, max_norm: f32) -> Result<f32, Error> {
+    // One read-back for all of them (each is a GPU round trip).
+    let squares: Vec<Tensor<1>> = grads.values().map(|g| g.clone().square().sum()).collect();
+    if squares.is_empty() {
+        return Ok(0.0);
     }
-    let norm = squares.sqrt() as f32;
+    let squares = read_f32(Tensor::cat(squares, 0)).await?;
+    let norm = squares.iter().map(|&s| f64::from(s)).sum::<f64>().sqrt() as f32;
     if norm > max_norm {
         let scale = max_norm / norm;
         grads.values_mut().for_each(|g| *g = g.clone().mul_scalar(scale));
@@ -218,12 +221,14 @@ pub const FORGETTING_LIMIT: f32 = 0.05;
 ///   saving) and returns [`Error::Cancelled`].
 /// - A loss or gradient that is not finite stops the run with [`Error::NonFiniteLoss`] before
 ///   the update, leaving the last checkpoint as it was.
-pub fn fit(
+/// Async because each step's loss and gradient norm are read back from the device: awaited in
+/// the browser, blocked on natively ([`crate::device::wait`]).
+pub async fn fit(
     model: &Llama,
     adapter: &mut Box<dyn Method>,
     windows: &data::Windows,
     options: &TrainOptions,
-    checkpointing: Checkpointing,
+    checkpointing: Checkpointing<'_>,
     cancel: &crate::control::CancelToken,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainReport, Error> {
@@ -255,19 +260,9 @@ pub fn fit(
         )));
     }
     // The base model, against which forgetting is measured.
-    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general)?;
-    let evaluate = |adapter: &dyn Method, step: usize| -> Result<Evaluation, Error> {
-        let mut frozen = detached(adapter);
-        frozen.set_training_seed(None);
-        let general = mean_loss(model, frozen.as_ref(), &windows.general)?;
-        Ok(Evaluation {
-            step,
-            held_out: mean_loss(model, frozen.as_ref(), &windows.held_out)?,
-            general,
-            general_rise: general.zip(general_loss_base).map(|(g, base)| (g - base).exp() - 1.0),
-        })
-    };
-    let mut evaluations = vec![evaluate(adapter.as_ref(), state.step)?];
+    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general).await?;
+    let mut evaluations =
+        vec![evaluate(model, adapter.as_ref(), state.step, windows, general_loss_base).await?];
     // The best held-out loss so far, its step and adapter, and evaluations since it.
     let snapshot = |adapter: &dyn Method| options.patience.map(|_| detached(adapter));
     let mut best =
@@ -277,19 +272,19 @@ pub fn fit(
     for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
             if let Some((store, key, _)) = save {
-                store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state)?)?;
+                store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state).await?)?;
             }
             return Err(Error::Cancelled);
         }
         let mut summed: BTreeMap<String, Tensor<2>> = BTreeMap::new();
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(options.accumulate);
         for micro in 0..options.accumulate {
             let batch = next_batch(&mut state, windows, options);
             // Dropout masks depend on the seed, step and micro-batch only, so a resumed run
             // and the recomputed blocks of activation checkpointing draw the same ones.
             let mix = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro as u64;
             adapter.set_training_seed(Some(options.seed.wrapping_add(mix)));
-            let (loss, grads) = loss_and_gradients(
+            let (loss, grads) = loss_and_gradients_on_device(
                 model,
                 adapter.as_mut(),
                 &batch.tokens,
@@ -297,7 +292,7 @@ pub fn fit(
                 options.batch,
                 options.checkpoint_activations,
             )?;
-            loss_sum += loss;
+            losses.push(loss);
             for (name, g) in grads {
                 let total = match summed.remove(&name) {
                     Some(total) => total + g,
@@ -307,10 +302,10 @@ pub fn fit(
             }
             tokens += batch.tokens.len();
         }
-        train_loss = loss_sum / options.accumulate as f32;
+        train_loss = read_f32(Tensor::cat(losses, 0)).await?.iter().sum::<f32>() / options.accumulate as f32;
         let mut grads: BTreeMap<String, Tensor<2>> =
             summed.into_iter().map(|(name, g)| (name, g.div_scalar(options.accumulate as f32))).collect();
-        let grad_norm = clip_grad_norm(&mut grads, options.max_grad_norm.unwrap_or(f32::INFINITY))?;
+        let grad_norm = clip_grad_norm(&mut grads, options.max_grad_norm.unwrap_or(f32::INFINITY)).await?;
         if !train_loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::NonFiniteLoss { step, loss: train_loss, grad_norm });
         }
@@ -319,10 +314,14 @@ pub fn fit(
         state.step = step;
         last_step = step;
         let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
-        let eval = if due { Some(evaluate(adapter.as_ref(), step)?) } else { None };
+        let eval = if due {
+            Some(evaluate(model, adapter.as_ref(), step, windows, general_loss_base).await?)
+        } else {
+            None
+        };
         let checkpoint = save.filter(|(_, _, every)| *every > 0 && step % *every == 0);
         if let Some((store, key, _)) = checkpoint {
-            store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state)?)?;
+            store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state).await?)?;
         }
         let checkpointed = checkpoint.is_some();
         on_step(&StepReport {
@@ -356,7 +355,8 @@ pub fn fit(
         }
         _ => None,
     };
-    let last = evaluate(adapter.as_ref(), best_step.unwrap_or(last_step))?;
+    let last =
+        evaluate(model, adapter.as_ref(), best_step.unwrap_or(last_step), windows, general_loss_base).await?;
     evaluations.push(last);
     Ok(TrainReport {
         steps: last_step,
@@ -387,15 +387,38 @@ fn next_batch(state: &mut TrainState, windows: &data::Windows, options: &TrainOp
     batch
 }
 
+/// The held-out and general-text losses of `adapter` at `step`.
+async fn evaluate(
+    model: &Llama,
+    adapter: &dyn Method,
+    step: usize,
+    windows: &data::Windows,
+    general_loss_base: Option<f32>,
+) -> Result<Evaluation, Error> {
+    let mut frozen = detached(adapter);
+    frozen.set_training_seed(None);
+    let general = mean_loss(model, frozen.as_ref(), &windows.general).await?;
+    Ok(Evaluation {
+        step,
+        held_out: mean_loss(model, frozen.as_ref(), &windows.held_out).await?,
+        general,
+        general_rise: general.zip(general_loss_base).map(|(g, base)| (g - base).exp() - 1.0),
+    })
+}
+
 /// Mean next-token loss over `windows` (one at a time; `adapters` off the autodiff graph).
-fn mean_loss(model: &Llama, adapters: &dyn Adapters, windows: &[data::Window]) -> Result<Option<f32>, Error> {
+async fn mean_loss(
+    model: &Llama,
+    adapters: &dyn Adapters,
+    windows: &[data::Window],
+) -> Result<Option<f32>, Error> {
     if windows.is_empty() {
         return Ok(None);
     }
     let mut total = 0.0;
     for window in windows {
         let loss = masked_next_token_loss(model, adapters, &window.tokens, Some(&window.targets), 1)?;
-        total += crate::model::linear::host_f32(loss)?[0];
+        total += read_f32(loss).await?[0];
         crate::device::release_untracked_graphs(model.device());
     }
     Ok(Some(total / windows.len() as f32))
