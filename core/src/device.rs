@@ -130,7 +130,7 @@ async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
 /// The browser's WebGPU adapter (`navigator.gpu`), opened through promises, and whether it is
 /// a hardware GPU (not a fallback adapter such as Chromium's SwiftShader, which reports itself
 /// as a CPU).
-#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
+#[cfg(all(gpu_kernels, target_arch = "wasm32"))]
 async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     use burn::tensor::wgpu::{wgpu, WgpuInitError};
 
@@ -167,14 +167,14 @@ async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     Ok((gpu, hardware))
 }
 
-#[cfg(all(not(feature = "gpu"), target_arch = "wasm32"))]
+#[cfg(all(not(gpu_kernels), target_arch = "wasm32"))]
 async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     open_gpu()
 }
 
 /// The first graphics API of this platform with an adapter, and whether that adapter is a
 /// hardware GPU.
-#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+#[cfg(all(gpu_kernels, not(target_arch = "wasm32")))]
 fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     use burn::tensor::wgpu::WgpuInitError;
     use cubecl::device::{WgpuBackend, WgpuDevice, WgpuDeviceKind};
@@ -224,16 +224,18 @@ fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     Err(Error::Device(format!("no GPU adapter found ({})", tried.join("; "))))
 }
 
-#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
+#[cfg(all(gpu_kernels, target_arch = "wasm32"))]
 fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
     Err(Error::Device(
         "in the browser WebGPU opens asynchronously: open the model with the async call".into(),
     ))
 }
 
-#[cfg(not(feature = "gpu"))]
+#[cfg(not(gpu_kernels))]
 fn open_gpu() -> Result<(ComputeDevice, bool), Error> {
-    Err(Error::Device("this build has no GPU support (the `gpu` feature is off)".into()))
+    Err(Error::Device(
+        "this build has no GPU support (the `gpu` feature is off; in the browser, `webgpu`)".into(),
+    ))
 }
 
 /// Frees what burn's autodiff keeps of forward passes that will never see a backward pass

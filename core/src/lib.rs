@@ -29,7 +29,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod generate;
-#[cfg(feature = "gpu")]
+#[cfg(gpu_kernels)]
 pub mod gpu;
 #[cfg(feature = "std")]
 pub mod model;

@@ -5,9 +5,43 @@
 // `cancel` message, which the worker reads whenever a call awaits (on WebGPU, at every
 // read-back), or through the shared cancel flag (a SharedArrayBuffer: on the CPU the worker is
 // busy inside the call and reads no messages until it ends).
-import init, * as wasm from "../pkg/adaptkit_wasm.js";
+//
+// The runtime comes in two builds of one API: the CPU path alone (pkg, 2.5 MB gzipped) and with
+// WebGPU (pkg-webgpu, 5.9 MB). A worker loads one, chosen by its first `open`: the WebGPU build
+// when a GPU is asked for or, for "auto", when the browser has a hardware adapter (a fallback
+// adapter such as SwiftShader is slower than the CPU path). Other first calls load the CPU build.
+let wasm = null;
+let wasmHasWebgpu = false;
+let fallback = null; // why "auto" chose the CPU, decided here before the CPU build was loaded
 
-const ready = init();
+async function load(webgpu) {
+  if (wasm && wasmHasWebgpu !== webgpu) {
+    throw Object.assign(new Error("this worker runs the other build: open the model in a new LanguageModel"), { name: "InvalidArgumentError" });
+  }
+  if (!wasm) {
+    const module = webgpu ? await import("../pkg-webgpu/adaptkit_wasm.js") : await import("../pkg/adaptkit_wasm.js");
+    await module.default();
+    [wasm, wasmHasWebgpu] = [module, webgpu];
+  }
+}
+
+/** The build and device for `open`'s `device`, and for "auto" on the CPU, why. */
+async function choose(device) {
+  if (device !== "auto") return { webgpu: device === "gpu", device };
+  const adapter = await globalThis.navigator?.gpu?.requestAdapter().catch(() => null);
+  if (!adapter) return { webgpu: false, device: "cpu", why: "no WebGPU adapter (the browser gave none)" };
+  if (adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter) {
+    return { webgpu: false, device: "cpu", why: "only a software GPU was found (WebGPU: fallback (software) adapter); the CPU path is faster" };
+  }
+  return { webgpu: true, device: "auto" };
+}
+
+/** The model's info as the page sees it (with "auto"'s reason when the worker chose the CPU). */
+function describe() {
+  const info = JSON.parse(opened().info());
+  if (fallback && info.device === "cpu") info.device_fallback = fallback;
+  return info;
+}
 const KINDS = new Set(["Io", "Model", "Adapter", "Patch", "InvalidArgument", "MemoryBudget", "ContextFull",
   "Training", "Device", "Cancelled", "Closed", "Internal"]);
 let model = null;
@@ -47,10 +81,13 @@ const ops = {
   async open(_id, bytes, trainable, device) {
     model?.free();
     model = null;
-    model = await wasm.Model.open(new Uint8Array(bytes), trainable, device);
-    return JSON.parse(model.info());
+    const choice = await choose(device);
+    await load(choice.webgpu);
+    fallback = choice.why ?? null;
+    model = await wasm.Model.open(new Uint8Array(bytes), trainable, choice.device);
+    return describe();
   },
-  info: () => JSON.parse(opened().info()),
+  info: describe,
   fingerprint: () => opened().fingerprint(),
   generate: async (id, request) => JSON.parse(await opened().generate(JSON.stringify(request), events(id))),
   logits: (_id, tokens) => opened().logits(Uint32Array.from(tokens)),
@@ -101,7 +138,8 @@ const ops = {
 
 async function run(id, op, args) {
   try {
-    await ready;
+    // `open` chooses the build; `setup` (the connection's first message) needs none.
+    if (op !== "open" && op !== "setup" && !wasm) await load(false);
     const result = await ops[op](id, ...args);
     self.postMessage({ id, result });
   } catch (error) {

@@ -90,7 +90,7 @@ impl QuantLinear {
 #[derive(Clone)]
 pub struct FrozenWeight {
     host: QuantMatrix,
-    #[cfg(feature = "gpu")]
+    #[cfg(gpu_kernels)]
     device: std::sync::Arc<std::sync::OnceLock<crate::gpu::DeviceMatrix>>,
 }
 
@@ -98,13 +98,13 @@ impl FrozenWeight {
     fn new(host: QuantMatrix) -> Self {
         Self {
             host,
-            #[cfg(feature = "gpu")]
+            #[cfg(gpu_kernels)]
             device: Default::default(),
         }
     }
 
     /// The device form on the device of `x`, uploaded on first use.
-    #[cfg(feature = "gpu")]
+    #[cfg(gpu_kernels)]
     fn on_device_of(&self, x: &burn_cubecl::tensor::CubeTensor) -> &crate::gpu::DeviceMatrix {
         let matrix =
             self.device.get_or_init(|| crate::gpu::DeviceMatrix::upload(&self.host, &x.client, &x.device));
@@ -128,7 +128,7 @@ pub trait QuantKernels: Backend {
     fn quant_input_grad(dy: FloatTensor<Self>, weight: &FrozenWeight) -> FloatTensor<Self>;
 }
 
-#[backend_extension(Flex, Cube: cfg(feature = "gpu"), Autodiff)]
+#[backend_extension(Flex, Cube: cfg(gpu_kernels), Autodiff)]
 pub trait QuantLinearOps: Backend {
     fn quant_linear(x: FloatTensor<Self>, weight: FrozenWeight) -> FloatTensor<Self>;
 }
@@ -151,7 +151,7 @@ impl QuantLinearOps for Flex {
     }
 }
 
-#[cfg(feature = "gpu")]
+#[cfg(gpu_kernels)]
 mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeBackend;
