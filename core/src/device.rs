@@ -121,8 +121,9 @@ impl ComputeDevice {
     }
 }
 
-/// Natively a GPU opens synchronously; the async form only has to exist.
-#[cfg(not(target_arch = "wasm32"))]
+/// Natively a GPU opens synchronously (and a build without GPU code has none to open): the
+/// async form only has to exist.
+#[cfg(not(all(gpu_kernels, target_arch = "wasm32")))]
 async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     open_gpu()
 }
@@ -141,7 +142,7 @@ async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     }
     let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(|e| match e {
         WgpuInitError::Registration { .. } => {
-            Error::Device("WebGPU was opened by something else in this page".into())
+            Error::Device("WebGPU was opened by something else in this worker".into())
         }
         other => Error::Device(format!("no WebGPU adapter ({other})")),
     })?;
@@ -165,11 +166,6 @@ async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
     };
     *OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((gpu.clone(), hardware));
     Ok((gpu, hardware))
-}
-
-#[cfg(all(not(gpu_kernels), target_arch = "wasm32"))]
-async fn open_gpu_async() -> Result<(ComputeDevice, bool), Error> {
-    open_gpu()
 }
 
 /// The first graphics API of this platform with an adapter, and whether that adapter is a
