@@ -14,7 +14,7 @@ use crate::adapt::merge::{export_merged, MergeReport, MergedType};
 use crate::adapt::{self, AdapterSet};
 use crate::control::CancelToken;
 use crate::device::{wait, DeviceChoice};
-use crate::engine::{Engine, EngineOptions, ModelFiles, ModelSource, Prompt};
+use crate::engine::{Engine, EngineOptions, ModelFiles, ModelSource, Perplexity, Prompt};
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::generate::{self, GenerateOptions, GenerationEvent, StopReason};
@@ -33,6 +33,12 @@ pub struct OpenOptions {
     pub trainable: bool,
     /// Where fingerprints are cached across runs (`None`: computed once per opened model).
     pub cache: Option<Arc<dyn Store>>,
+}
+
+impl PerplexityReport {
+    fn of(p: Perplexity, seq: usize) -> Self {
+        Self { perplexity: p.perplexity, tokens: p.tokens, windows: p.windows, seq }
+    }
 }
 
 impl OpenOptions {
@@ -370,9 +376,9 @@ impl Model {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
-        let p =
-            self.engine.perplexity_async(text, seq, self.adapter_set().as_ref(), cancel, on_progress).await?;
-        Ok(PerplexityReport { perplexity: p.perplexity, tokens: p.tokens, windows: p.windows, seq })
+        let adapters = self.adapter_set();
+        let p = self.engine.perplexity_async(text, seq, adapters.as_ref(), cancel, on_progress).await?;
+        Ok(PerplexityReport::of(p, seq))
     }
 
     pub(crate) fn perplexity_with(
@@ -383,8 +389,7 @@ impl Model {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
-        let p = self.engine.perplexity(text, seq, adapters, cancel, on_progress)?;
-        Ok(PerplexityReport { perplexity: p.perplexity, tokens: p.tokens, windows: p.windows, seq })
+        Ok(PerplexityReport::of(self.engine.perplexity(text, seq, adapters, cancel, on_progress)?, seq))
     }
 
     /// Loads an adapter made for this model. A patch is checked first: its signature (required
