@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/ffi-bindings.sh OUT_DIR}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}
-cargo build --release -p adaptkit-ffi >&2
+# With the whole workspace, so that burn is built with the features every other build uses
+# (`-p adaptkit-ffi` alone would unify fewer and rebuild burn for ~15 min).
+cargo build --release --workspace --lib >&2
 cargo build --release --manifest-path tools/uniffi-bindgen/Cargo.toml >&2
 lib="$CARGO_TARGET_DIR/release/libadaptkit_ffi.so"
 [ "$(uname)" = Darwin ] && lib="$CARGO_TARGET_DIR/release/libadaptkit_ffi.dylib"

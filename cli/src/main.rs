@@ -12,6 +12,7 @@ mod method;
 mod patch;
 mod plot;
 mod progress;
+mod sync;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,14 @@ enum Command {
     Patch {
         #[command(subcommand)]
         command: patch::PatchCommand,
+    },
+    /// Run the sync server: federated tasks and rounds, the signed patch registry.
+    Serve(sync::ServeArgs),
+    /// Federated adaptation from this device: enrol, pull, push, status; and the operator's
+    /// task commands.
+    Sync {
+        #[command(subcommand)]
+        command: sync::SyncCommand,
     },
 }
 
@@ -160,6 +169,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Methods { out } => method::list(out),
         Command::Patch { command } => patch::run(command),
+        Command::Serve(args) => sync::serve(args),
+        Command::Sync { command } => sync::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

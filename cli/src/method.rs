@@ -34,6 +34,10 @@ pub struct MethodArgs {
     /// LoRA of twice the rank for the original base) [default: kaiming].
     #[arg(long, value_parser = parse::<LoraInit>)]
     init: Option<LoraInit>,
+    /// Train B only, keeping A at its start (lora; FFA-LoRA: adapters that share A then
+    /// average exactly, as federated rounds do).
+    #[arg(long)]
+    freeze_a: bool,
     /// Projections to adapt, comma-separated (lora, dora, ia3, peqa) [default:
     /// q,k,v,o,gate,up,down; ia3: k,v,down].
     #[arg(long, value_parser = parse_targets)]
@@ -81,6 +85,7 @@ impl MethodArgs {
             dropout: self.dropout,
             rslora: self.rslora.then_some(true),
             init: self.init,
+            freeze_a: self.freeze_a.then_some(true),
             targets: self.targets.as_ref().map(|t| t.0.clone()),
             virtual_tokens: self.virtual_tokens,
             prompt_init: self.prompt_init.clone(),

@@ -163,53 +163,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let store = FileStore::new(&args.out);
     let cancel = CancelToken::new();
     interrupt::cancel_on_ctrl_c(&cancel);
-    let mut bar: Option<ProgressBar> = None;
-    let mut losses = Vec::new();
-    let mut stage = String::new();
-    let result = model.train(&data, &config, &store, &cancel, &mut |event| match event {
-        TrainEvent::Plan(plan) => {
-            if plan.budget_mb.is_some() {
-                eprintln!(
-                    "memory plan: micro-batches of {} x {} with{} activation checkpointing, predicted peak {:.0} MiB",
-                    plan.batch,
-                    plan.accumulate,
-                    if plan.checkpoint_activations { "" } else { "out" },
-                    plan.predicted_peak_mb
-                );
-            }
-        }
-        TrainEvent::Stage { name, steps } => {
-            if let Some(done) = bar.take() {
-                done.finish_and_clear();
-            }
-            stage = name.to_string();
-            bar = Some(progress::bar(name, steps as u64, "steps"));
-        }
-        TrainEvent::Step { step, tokens_per_s } => {
-            let Some(bar) = &bar else { return };
-            if stage == "train" {
-                losses.push((step.step as f32, step.loss));
-            }
-            if let Some(eval) = &step.eval {
-                progress::println(bar, &describe(eval));
-            }
-            let memory = rss_mb().map_or(String::new(), |mb| format!(", {mb:.0} MiB"));
-            bar.set_message(format!(
-                "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s{memory}",
-                step.loss, step.lr, step.grad_norm
-            ));
-            bar.set_position(step.step as u64);
-        }
-        TrainEvent::StageRecord { name, record } => eprintln!("{name}: {record}"),
-        TrainEvent::Checkpoint { .. } => {}
-        TrainEvent::Warning(message) => match &bar {
-            Some(bar) => progress::println(bar, &format!("warning: {message}")),
-            None => eprintln!("warning: {message}"),
-        },
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let mut progress = Progress::default();
+    let result = model.train(&data, &config, &store, &cancel, &mut |event| progress.on(event));
+    let losses = progress.finish();
     let checkpoint = store.locate(checkpoint::KEY);
     let trained = match result {
         Err(adaptkit::Error::Cancelled) => {
@@ -266,6 +222,70 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         ))
     });
     Ok(())
+}
+
+/// A training run on the terminal: a progress bar per stage with the loss, learning rate,
+/// gradient norm, speed and memory, evaluations and warnings above it.
+#[derive(Default)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    stage: String,
+    /// `(step, loss)` of the training stage, for the plot.
+    losses: Vec<(f32, f32)>,
+}
+
+impl Progress {
+    pub fn on(&mut self, event: TrainEvent) {
+        match event {
+            TrainEvent::Plan(plan) => {
+                if plan.budget_mb.is_some() {
+                    eprintln!(
+                        "memory plan: micro-batches of {} x {} with{} activation checkpointing, predicted peak {:.0} MiB",
+                        plan.batch,
+                        plan.accumulate,
+                        if plan.checkpoint_activations { "" } else { "out" },
+                        plan.predicted_peak_mb
+                    );
+                }
+            }
+            TrainEvent::Stage { name, steps } => {
+                if let Some(done) = self.bar.take() {
+                    done.finish_and_clear();
+                }
+                self.stage = name.to_string();
+                self.bar = Some(progress::bar(name, steps as u64, "steps"));
+            }
+            TrainEvent::Step { step, tokens_per_s } => {
+                let Some(bar) = &self.bar else { return };
+                if self.stage == "train" {
+                    self.losses.push((step.step as f32, step.loss));
+                }
+                if let Some(eval) = &step.eval {
+                    progress::println(bar, &describe(eval));
+                }
+                let memory = rss_mb().map_or(String::new(), |mb| format!(", {mb:.0} MiB"));
+                bar.set_message(format!(
+                    "loss {:.3}, lr {:.1e}, grad norm {:.2}, {tokens_per_s:.0} tok/s{memory}",
+                    step.loss, step.lr, step.grad_norm
+                ));
+                bar.set_position(step.step as u64);
+            }
+            TrainEvent::StageRecord { name, record } => eprintln!("{name}: {record}"),
+            TrainEvent::Checkpoint { .. } => {}
+            TrainEvent::Warning(message) => match &self.bar {
+                Some(bar) => progress::println(bar, &format!("warning: {message}")),
+                None => eprintln!("warning: {message}"),
+            },
+        }
+    }
+
+    /// Clears the bar; the training stage's losses.
+    pub fn finish(self) -> Vec<(f32, f32)> {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        self.losses
+    }
 }
 
 /// One evaluation as a line: losses, perplexities and the rise over the base model.

@@ -57,6 +57,9 @@ pub enum Error {
     Device(String),
     #[error("cancelled")]
     Cancelled,
+    /// A sync server refused a request or could not be reached (after the retries).
+    #[error("{url}: {message}")]
+    Sync { url: String, status: Option<u16>, code: Option<String>, message: String },
 }
 
 /// What kind of failure an [`Error`] is: what an app branches on (each face spells these as its
@@ -83,6 +86,8 @@ pub enum ErrorKind {
     Device,
     /// The call was cancelled; a training run saved its checkpoint first.
     Cancelled,
+    /// A sync server refused a request or could not be reached.
+    Network,
 }
 
 impl ErrorKind {
@@ -99,6 +104,7 @@ impl ErrorKind {
             Self::Training => "Training",
             Self::Device => "Device",
             Self::Cancelled => "Cancelled",
+            Self::Network => "Network",
         }
     }
 }
@@ -127,6 +133,7 @@ impl Error {
             Self::NonFiniteLoss { .. } => ErrorKind::Training,
             Self::Backend(_) | Self::Device(_) => ErrorKind::Device,
             Self::Cancelled => ErrorKind::Cancelled,
+            Self::Sync { .. } => ErrorKind::Network,
         }
     }
 

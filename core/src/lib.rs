@@ -28,6 +28,8 @@ pub mod engine;
 #[cfg(feature = "std")]
 pub mod error;
 #[cfg(feature = "std")]
+pub mod federated;
+#[cfg(feature = "std")]
 pub mod generate;
 #[cfg(gpu_kernels)]
 pub mod gpu;
@@ -37,6 +39,8 @@ pub mod model;
 pub mod runtime;
 #[cfg(feature = "std")]
 pub mod store;
+#[cfg(feature = "sync")]
+pub mod sync;
 #[cfg(feature = "std")]
 pub mod tokenizer;
 #[cfg(feature = "std")]

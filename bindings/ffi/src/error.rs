@@ -58,6 +58,8 @@ impl From<Error> for AdaptError {
             ErrorKind::Training => Self::Training(message),
             ErrorKind::Device => Self::Device(message),
             ErrorKind::Cancelled => Self::Cancelled,
+            // The bindings do not sync yet (no call of theirs can fail this way).
+            ErrorKind::Network => Self::Io(message),
         }
     }
 }

@@ -108,6 +108,8 @@ impl TrainConfig {
             alpha: self.alpha,
             dropout: self.dropout,
             rslora: self.rslora,
+            // Federated (FFA-LoRA) adapters carry it in their config; the sync client sets it.
+            freeze_a: None,
             init: self.init.as_deref().map(|v| parse("init", v)).transpose()?,
             targets: self
                 .targets

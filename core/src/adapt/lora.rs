@@ -31,6 +31,7 @@ pub static SPEC: MethodSpec = MethodSpec {
         DROPOUT,
         RSLORA,
         OptionSpec { option: MethodOption::Init, default: OptionDefault::Init(LoraInit::Kaiming) },
+        OptionSpec { option: MethodOption::FreezeA, default: OptionDefault::Flag(false) },
         TARGETS,
     ],
     default_lr: 2e-4,
@@ -41,7 +42,11 @@ pub static SPEC: MethodSpec = MethodSpec {
     stage: None,
     recognizes: |config| peft_type(config) == "LORA" && !uses_dora(config),
     build: |ctx| {
-        let config = config_of(ctx)?;
+        let mut config = config_of(ctx)?;
+        config.freeze_a = ctx.flag(MethodOption::FreezeA, ctx.options.freeze_a)?;
+        if config.freeze_a && ctx.init()? == LoraInit::Pissa {
+            return Err(Error::option("freeze_a", true, "a PiSSA adapter trains its A: use init kaiming"));
+        }
         Ok(Box::new(match ctx.init()? {
             LoraInit::Kaiming => LoraAdapter::new(config, ctx.model, ctx.seed)?,
             LoraInit::Pissa => LoraAdapter::new_pissa(config, ctx.model, ctx.seed)?,
@@ -90,6 +95,9 @@ pub struct LoraConfig {
     pub use_rslora: bool,
     pub targets: Vec<Projection>,
     pub init: LoraInit,
+    /// `A` stays at its starting value; only `B` trains (FFA-LoRA). Saved as the PEFT config's
+    /// extra key `adaptkit_freeze_a`, so an adapter continued elsewhere keeps it frozen.
+    pub freeze_a: bool,
 }
 
 /// How a new adapter starts.
@@ -127,7 +135,15 @@ impl core::str::FromStr for LoraInit {
 impl LoraConfig {
     /// Plain LoRA (no dropout, `alpha / r` scaling, PEFT's initialisation) of `rank` on `targets`.
     pub fn new(rank: usize, alpha: f32, targets: Vec<Projection>) -> Self {
-        Self { rank, alpha, dropout: 0.0, use_rslora: false, targets, init: LoraInit::Kaiming }
+        Self {
+            rank,
+            alpha,
+            dropout: 0.0,
+            use_rslora: false,
+            targets,
+            init: LoraInit::Kaiming,
+            freeze_a: false,
+        }
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -407,7 +423,7 @@ impl LoraAdapter {
             tensors.push(saved(name("A"), vec![rank, inp], &a));
             tensors.push(saved(name("B"), vec![out, rank], &b));
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
             "r": rank,
@@ -419,6 +435,9 @@ impl LoraAdapter {
             "fan_in_fan_out": false,
             "inference_mode": true,
         });
+        if self.config.freeze_a {
+            config["adaptkit_freeze_a"] = Value::Bool(true);
+        }
         Ok((config, tensors))
     }
 }
@@ -444,16 +463,19 @@ impl Method for LoraAdapter {
                 let name = move |w: &str| format!("{LAYERS}{layer}.{}.lora_{w}.weight", projection.hf_path());
                 [(name("A"), &pair.a), (name("B"), &pair.b)]
             })
+            .filter(|(name, _)| !(self.config.freeze_a && name.ends_with("lora_A.weight")))
             .collect()
     }
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor<2>)> {
+        let freeze_a = self.config.freeze_a;
         self.pairs
             .iter_mut()
             .flat_map(|(&(layer, projection), pair)| {
                 let name = move |w: &str| format!("{LAYERS}{layer}.{}.lora_{w}.weight", projection.hf_path());
                 [(name("A"), &mut pair.a), (name("B"), &mut pair.b)]
             })
+            .filter(|(name, _)| !(freeze_a && name.ends_with("lora_A.weight")))
             .collect()
     }
 
@@ -462,11 +484,10 @@ impl Method for LoraAdapter {
     }
 
     fn fixed_tensors_mut(&mut self) -> Vec<&mut Tensor<2>> {
-        self.initial
-            .iter_mut()
-            .flat_map(|pairs| pairs.values_mut())
-            .flat_map(|p| [&mut p.a, &mut p.b])
-            .collect()
+        let frozen_a = self.pairs.values_mut().filter(|_| self.config.freeze_a).map(|p| &mut p.a);
+        let initial =
+            self.initial.iter_mut().flat_map(|pairs| pairs.values_mut()).flat_map(|p| [&mut p.a, &mut p.b]);
+        frozen_a.chain(initial).collect()
     }
 
     fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
@@ -513,6 +534,11 @@ pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
         return Err(format!("lora_alpha {alpha} is not finite"));
     }
     let targets = super::parse_targets(json, "target_modules")?;
+    let freeze_a = match json.get("adaptkit_freeze_a") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("adaptkit_freeze_a {other} is not true or false")),
+    };
     Ok(LoraConfig {
         rank,
         alpha,
@@ -520,6 +546,7 @@ pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
         use_rslora: json.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
         targets,
         init: LoraInit::Kaiming,
+        freeze_a,
     })
 }
 

@@ -219,6 +219,7 @@ pub enum MethodOption {
     Dropout,
     Rslora,
     Init,
+    FreezeA,
     Targets,
     VirtualTokens,
     PromptInit,
@@ -230,12 +231,13 @@ pub enum MethodOption {
 }
 
 impl MethodOption {
-    pub const ALL: [MethodOption; 13] = [
+    pub const ALL: [MethodOption; 14] = [
         Self::Rank,
         Self::Alpha,
         Self::Dropout,
         Self::Rslora,
         Self::Init,
+        Self::FreezeA,
         Self::Targets,
         Self::VirtualTokens,
         Self::PromptInit,
@@ -253,6 +255,7 @@ impl MethodOption {
             Self::Dropout => "dropout",
             Self::Rslora => "rslora",
             Self::Init => "init",
+            Self::FreezeA => "freeze_a",
             Self::Targets => "targets",
             Self::VirtualTokens => "virtual_tokens",
             Self::PromptInit => "prompt_init",
@@ -275,6 +278,7 @@ impl MethodOption {
             Self::Dropout => show(&o.dropout),
             Self::Rslora => show(&o.rslora),
             Self::Init => o.init.map(|i| i.name().to_string()),
+            Self::FreezeA => show(&o.freeze_a),
             Self::Targets => o.targets.as_ref().map(|t| Projection::list(t)),
             Self::VirtualTokens => show(&o.virtual_tokens),
             Self::PromptInit => o.prompt_init.clone(),
@@ -344,6 +348,9 @@ pub struct MethodOptions {
     pub rslora: Option<bool>,
     /// How a LoRA starts: `kaiming` (PEFT's) or `pissa` (principal components).
     pub init: Option<LoraInit>,
+    /// Keep every `A` at its starting value and train `B` only (FFA-LoRA, lora): averaging the
+    /// `B`s of adapters that share `A` is then exact, which federated rounds rely on.
+    pub freeze_a: Option<bool>,
     /// Projections to adapt.
     pub targets: Option<Vec<Projection>>,
     /// Soft-prompt length (prompt, prefix, dept).
@@ -518,7 +525,7 @@ mod tests {
                     ) | (
                         MethodOption::Alpha | MethodOption::Dropout | MethodOption::L1,
                         OptionDefault::Number(_),
-                    ) | (MethodOption::Rslora, OptionDefault::Flag(_))
+                    ) | (MethodOption::Rslora | MethodOption::FreezeA, OptionDefault::Flag(_))
                         | (MethodOption::Init, OptionDefault::Init(_))
                         | (MethodOption::Targets, OptionDefault::Targets(_))
                         | (

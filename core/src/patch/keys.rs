@@ -27,7 +27,15 @@ pub fn parse_secret_key(text: &str) -> Result<SigningKey, String> {
 
 /// A public key file's key; it must be a valid Ed25519 point.
 pub fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
-    let key = parse(text, PUBLIC, "a public")?;
+    valid_point(parse(text, PUBLIC, "a public")?)
+}
+
+/// A public key as bare hex (how the sync server names its key).
+pub fn parse_public_hex(text: &str) -> Result<[u8; 32], String> {
+    valid_point(parse(text, "", "a public")?)
+}
+
+fn valid_point(key: [u8; 32]) -> Result<[u8; 32], String> {
     ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|_| "not a valid Ed25519 public key".to_string())?;
     Ok(key)

@@ -320,7 +320,7 @@ impl Model {
         on_event: &mut (dyn FnMut(TrainEvent) + Send),
     ) -> Result<Trained, Error> {
         let windows = self.training_windows(data, config)?;
-        self.engine().run(|_| wait(self.fit(&windows, data, config, store, cancel, on_event)))
+        self.engine().run(|_| wait(self.fit(None, &windows, data, config, store, cancel, on_event)))
     }
 
     /// [`train`](Self::train), awaiting each step's read-backs (the browser's GPU path).
@@ -333,7 +333,49 @@ impl Model {
         on_event: &mut (dyn FnMut(TrainEvent) + Send),
     ) -> Result<Trained, Error> {
         let windows = self.training_windows(data, config)?;
-        self.engine().run_async(self.fit(&windows, data, config, store, cancel, on_event)).await
+        self.engine().run_async(self.fit(None, &windows, data, config, store, cancel, on_event)).await
+    }
+
+    /// Continues training `start`, an adapter loaded or trained for this model, as
+    /// [`train`](Self::train) does a new one. Its method and options are its own:
+    /// `config.method` must be its method and `config.options` left unset. A federated device
+    /// trains the shared adapter this way (a method's first stage, done when it was made, is
+    /// not run again).
+    pub fn train_from(
+        &self,
+        start: &Adapter,
+        data: &TrainingData,
+        config: &TrainConfig,
+        store: &dyn Store,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(TrainEvent) + Send),
+    ) -> Result<Trained, Error> {
+        start.check_model(self.engine().model())?;
+        if config.method != start.method() {
+            return Err(Error::option(
+                "method",
+                config.method,
+                format!("the adapter to continue is a {} adapter", start.method()),
+            ));
+        }
+        if config.options != MethodOptions::default() {
+            return Err(Error::InvalidArgument(
+                "a continued adapter keeps its own options (rank, targets, …): leave them unset".into(),
+            ));
+        }
+        let windows = self.training_windows(data, config)?;
+        self.engine().run(|_| wait(self.fit(Some(start), &windows, data, config, store, cancel, on_event)))
+    }
+
+    /// A new, untrained adapter of `config.method` with `config.options` for this model (a
+    /// LoRA's `B` is zero, so it starts as the base model): a federated task's first shared
+    /// adapter.
+    pub fn new_adapter(&self, config: &TrainConfig) -> Result<Adapter, Error> {
+        config.options.check(config.method)?;
+        self.engine().run(|engine| {
+            let method = (config.method.spec().build)(&build_context(engine, config))?;
+            Ok(self.adapter(method.as_ref(), format!("new {}", config.method), None))
+        })
     }
 
     /// The run's windows, after checking that the model can train and `config` is sound.
@@ -356,8 +398,10 @@ impl Model {
         Ok(windows)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fit(
         &self,
+        start: Option<&Adapter>,
         windows: &Windows,
         data: &TrainingData,
         config: &TrainConfig,
@@ -369,7 +413,10 @@ impl Model {
         let lr = config.lr();
         let ctx = build_context(engine, config);
         let spec = config.method.spec();
-        let mut adapter = trainable((spec.build)(&ctx)?);
+        let mut adapter = match start {
+            Some(start) => trainable(start.shared().boxed_clone()),
+            None => trainable((spec.build)(&ctx)?),
+        };
         let plan = plan_of(engine.model(), adapter.as_ref(), config)?;
         on_event(TrainEvent::Plan(&plan));
         let options = TrainOptions {
@@ -388,7 +435,7 @@ impl Model {
             checkpoint_activations: plan.checkpoint_activations,
         };
         let mut stage_record = None;
-        if let Some(stage) = &spec.stage {
+        if let Some(stage) = spec.stage.as_ref().filter(|_| start.is_none()) {
             let saved = if config.resume { store.read(stage.record)? } else { None };
             let record = match saved {
                 Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Adapter {
