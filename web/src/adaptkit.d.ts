@@ -68,7 +68,7 @@ export interface PerplexityReport { perplexity: number; tokens: number; windows:
 export interface TrainConfig {
   method?: "lora" | "dora" | "ia3" | "prompt" | "prefix" | "dept" | "peqa" | "lofit";
   /** The method's options: an option the method does not take is an InvalidArgument error. */
-  rank?: number; alpha?: number; dropout?: number; rslora?: boolean; init?: "kaiming" | "pissa";
+  rank?: number; alpha?: number; dropout?: number; rslora?: boolean; init?: "kaiming" | "pissa"; freezeA?: boolean;
   targets?: ("q" | "k" | "v" | "o" | "gate" | "up" | "down")[]; virtualTokens?: number; promptInit?: string;
   maxLen?: number; embeddingLr?: number; heads?: number; selectSteps?: number; l1?: number;
   steps?: number;

@@ -34,7 +34,7 @@ const fromRuntime = (value) => respell(value, camel);
 
 const SAMPLING = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n", "seed"];
 
-const METHOD_OPTIONS = ["rank", "alpha", "dropout", "rslora", "init", "targets", "virtual_tokens", "prompt_init",
+const METHOD_OPTIONS = ["rank", "alpha", "dropout", "rslora", "init", "freeze_a", "targets", "virtual_tokens", "prompt_init",
   "max_len", "embedding_lr", "heads", "select_steps", "l1"];
 
 /** `options` (flat, as the Kotlin and Swift faces spell them) in the runtime's shape: the `keys` nested under `field`. */

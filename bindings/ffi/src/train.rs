@@ -30,6 +30,9 @@ pub struct TrainConfig {
     /// `kaiming` or `pissa`.
     #[uniffi(default = None)]
     pub init: Option<String>,
+    /// Train B only, keeping A at its start (lora; FFA-LoRA, what federated tasks use).
+    #[uniffi(default = None)]
+    pub freeze_a: Option<bool>,
     /// Projections to adapt: `q`, `k`, `v`, `o`, `gate`, `up`, `down`.
     #[uniffi(default = None)]
     pub targets: Option<Vec<String>>,
@@ -108,8 +111,7 @@ impl TrainConfig {
             alpha: self.alpha,
             dropout: self.dropout,
             rslora: self.rslora,
-            // Federated (FFA-LoRA) adapters carry it in their config; the sync client sets it.
-            freeze_a: None,
+            freeze_a: self.freeze_a,
             init: self.init.as_deref().map(|v| parse("init", v)).transpose()?,
             targets: self
                 .targets

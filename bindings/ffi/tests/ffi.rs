@@ -75,6 +75,7 @@ fn config(steps: u32) -> TrainConfig {
         dropout: None,
         rslora: None,
         init: None,
+        freeze_a: None,
         targets: None,
         virtual_tokens: None,
         prompt_init: None,

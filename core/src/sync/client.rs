@@ -36,6 +36,7 @@ pub struct Client {
 }
 
 /// A response: status, body and the headers a caller reads.
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,

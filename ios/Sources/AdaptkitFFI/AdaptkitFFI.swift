@@ -3495,6 +3495,10 @@ public struct TrainConfig: Equatable, Hashable {
      */
     public var `init`: String?
     /**
+     * Train B only, keeping A at its start (lora; FFA-LoRA, what federated tasks use).
+     */
+    public var freezeA: Bool?
+    /**
      * Projections to adapt: `q`, `k`, `v`, `o`, `gate`, `up`, `down`.
      */
     public var targets: [String]?
@@ -3553,6 +3557,9 @@ public struct TrainConfig: Equatable, Hashable {
          * `kaiming` or `pissa`.
          */`init`: String? = nil, 
         /**
+         * Train B only, keeping A at its start (lora; FFA-LoRA, what federated tasks use).
+         */freezeA: Bool? = nil, 
+        /**
          * Projections to adapt: `q`, `k`, `v`, `o`, `gate`, `up`, `down`.
          */targets: [String]? = nil, virtualTokens: UInt32? = nil, promptInit: String? = nil, maxLen: UInt32? = nil, embeddingLr: Float? = nil, heads: UInt32? = nil, selectSteps: UInt32? = nil, l1: Float? = nil, steps: UInt32 = UInt32(60), batch: UInt32 = UInt32(4), seq: UInt32 = UInt32(128), 
         /**
@@ -3579,6 +3586,7 @@ public struct TrainConfig: Equatable, Hashable {
         self.dropout = dropout
         self.rslora = rslora
         self.`init` = `init`
+        self.freezeA = freezeA
         self.targets = targets
         self.virtualTokens = virtualTokens
         self.promptInit = promptInit
@@ -3630,6 +3638,7 @@ public struct FfiConverterTypeTrainConfig: FfiConverterRustBuffer {
                 dropout: FfiConverterOptionFloat.read(from: &buf), 
                 rslora: FfiConverterOptionBool.read(from: &buf), 
                 init: FfiConverterOptionString.read(from: &buf), 
+                freezeA: FfiConverterOptionBool.read(from: &buf), 
                 targets: FfiConverterOptionSequenceString.read(from: &buf), 
                 virtualTokens: FfiConverterOptionUInt32.read(from: &buf), 
                 promptInit: FfiConverterOptionString.read(from: &buf), 
@@ -3667,6 +3676,7 @@ public struct FfiConverterTypeTrainConfig: FfiConverterRustBuffer {
         FfiConverterOptionFloat.write(value.dropout, into: &buf)
         FfiConverterOptionBool.write(value.rslora, into: &buf)
         FfiConverterOptionString.write(value.`init`, into: &buf)
+        FfiConverterOptionBool.write(value.freezeA, into: &buf)
         FfiConverterOptionSequenceString.write(value.targets, into: &buf)
         FfiConverterOptionUInt32.write(value.virtualTokens, into: &buf)
         FfiConverterOptionString.write(value.promptInit, into: &buf)
