@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Seconds before a round claimed by a process that died is taken over.
     #[arg(long, default_value_t = 60)]
     lease_seconds: u64,
+    /// Crash tests: pause this long between aggregating a round and publishing it.
+    #[arg(long, default_value_t = 0, hide = true)]
+    fault_aggregation_delay_ms: u64,
     #[command(flatten)]
     out: Output,
 }
@@ -75,6 +78,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.limits.max_upload = args.max_upload_mb << 20;
     config.limits.rate = args.rate;
     config.limits.aggregation_lease = std::time::Duration::from_secs(args.lease_seconds);
+    config.limits.aggregation_delay = std::time::Duration::from_millis(args.fault_aggregation_delay_ms);
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| CliError::msg(format!("starting the server: {e}")))?;
     runtime.block_on(async {

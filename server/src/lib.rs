@@ -60,6 +60,8 @@ pub struct Limits {
     pub aggregation_lease: Duration,
     /// How often each process looks for rounds past their deadline.
     pub tick: Duration,
+    /// Fault injection for crash tests: a pause between aggregating a round and publishing it.
+    pub aggregation_delay: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +71,7 @@ impl Default for Limits {
             rate: 20.0,
             aggregation_lease: Duration::from_secs(60),
             tick: Duration::from_secs(1),
+            aggregation_delay: Duration::ZERO,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! harmless.
 
 use adaptkit::federated::api::{ApiError as ErrorDoc, RoundResult, RoundView, UploadReceipt};
-use adaptkit::federated::{aggregate, update, Contribution};
+use adaptkit::federated::{update, Aggregator, Contribution};
 use adaptkit::patch::{DenseType, Patch};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -417,21 +417,25 @@ async fn aggregate_round(state: &crate::State, task: &TaskRow, number: i64, clai
             .await?;
     let mut updates = Vec::with_capacity(rows.len());
     for r in &rows {
-        let digest: String = r.try_get("digest")?;
-        let weight: f64 = r.try_get("weight")?;
-        updates.push((blob(state, &digest).await?, weight));
+        updates.push((r.try_get::<String, _>("digest")?, r.try_get::<f64, _>("weight")?));
     }
     let rule = task.spec.rule;
     let round_global = global.clone();
+    let blobs = state.blobs.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // One update in memory at a time (FedAvg keeps the factors it needs): a round's size is
+    // bounded by the blob store, not by the server's memory.
     let (patch, aggregate_report) = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let g = round_global.values().map_err(|e| e.to_string())?;
-        let mut contributions = Vec::with_capacity(updates.len());
-        for (bytes, weight) in updates {
+        let mut aggregator = Aggregator::new(rule, &g);
+        for (digest, weight) in updates {
+            let bytes =
+                runtime.block_on(blobs.get(&digest))?.ok_or_else(|| format!("update {digest} is missing"))?;
             let u = Patch::from_bytes(&bytes, "an update").map_err(|e| e.to_string())?;
             let tensors = update::apply(&g, &u.values().map_err(|e| e.to_string())?)?;
-            contributions.push(Contribution { tensors, weight });
+            aggregator.add(&Contribution { tensors, weight })?;
         }
-        let (tensors, report) = aggregate(rule, &g, &contributions)?;
+        let (tensors, report) = aggregator.finish()?;
         let training = json!({ "round": number, "rule": rule.name(), "contributions": report.contributions });
         let patch = Patch::new(
             round_global.config.clone(),
@@ -462,6 +466,7 @@ async fn aggregate_round(state: &crate::State, task: &TaskRow, number: i64, clai
         (true, true) => "running",
     };
     let result = RoundResult { aggregate: aggregate_report, global: stored.digest.clone(), epsilon };
+    tokio::time::sleep(state.limits.aggregation_delay).await;
 
     let mut tx = state.db.pool.begin().await?;
     let closed = sqlx::query(

@@ -86,25 +86,62 @@ pub fn aggregate(
     global: &[Values],
     contributions: &[Contribution],
 ) -> Result<(Vec<Values>, AggregateReport), String> {
-    if contributions.is_empty() {
-        return Err("no contributions to aggregate".into());
+    let mut aggregator = Aggregator::new(rule, global);
+    for c in contributions {
+        aggregator.add(c)?;
     }
-    let total: f64 = contributions.iter().map(|c| c.weight).sum();
-    if let Some((i, c)) =
-        contributions.iter().enumerate().find(|(_, c)| !(c.weight.is_finite() && c.weight >= 0.0))
-    {
-        return Err(format!("device {i}: weight {} is not a finite non-negative number", c.weight));
+    aggregator.finish()
+}
+
+/// [`aggregate`] one contribution at a time: under the linear rules (FFA-LoRA, FedIt) only a
+/// running weighted sum is kept, so a round of any size takes the memory of two adapters;
+/// FedAvg keeps every device's LoRA factors, which its SVD needs together.
+pub struct Aggregator<'g> {
+    rule: Rule,
+    global: &'g [Values],
+    index: BTreeMap<&'g str, usize>,
+    pairs: Vec<(usize, usize)>,
+    /// Per tensor: its weighted sum, when it is averaged element by element.
+    sums: Vec<Option<Vec<f64>>>,
+    total: f64,
+    devices: usize,
+    /// FedAvg: each device's weight and its `(A, B)` at every pair.
+    factors: Vec<(f64, Vec<(Vec<f32>, Vec<f32>)>)>,
+}
+
+impl<'g> Aggregator<'g> {
+    pub fn new(rule: Rule, global: &'g [Values]) -> Self {
+        let pairs = lora_pairs(global);
+        let mut summed = vec![true; global.len()];
+        for &(a, b) in &pairs {
+            match rule {
+                Rule::FedAvg => (summed[a], summed[b]) = (false, false),
+                Rule::Ffa => summed[a] = false,
+                Rule::FedIt => {}
+            }
+        }
+        Self {
+            rule,
+            global,
+            index: global.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect(),
+            sums: global.iter().zip(summed).map(|(g, s)| s.then(|| vec![0f64; g.values.len()])).collect(),
+            pairs,
+            total: 0.0,
+            devices: 0,
+            factors: Vec::new(),
+        }
     }
-    if !(total > 0.0) {
-        return Err("the contributions' weights sum to zero".into());
-    }
-    let index: BTreeMap<&str, usize> = global.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
-    // Every device's tensors in `global`'s order, shapes checked.
-    let mut by_device: Vec<Vec<&[f32]>> = Vec::with_capacity(contributions.len());
-    for (d, c) in contributions.iter().enumerate() {
+
+    /// Adds one device's adapter (every tensor of the shared adapter, in any order).
+    pub fn add(&mut self, c: &Contribution) -> Result<(), String> {
+        let (d, global) = (self.devices, self.global);
+        if !(c.weight.is_finite() && c.weight >= 0.0) {
+            return Err(format!("device {d}: weight {} is not a finite non-negative number", c.weight));
+        }
         let mut tensors: Vec<Option<&[f32]>> = vec![None; global.len()];
         for v in &c.tensors {
-            let &i = index
+            let &i = self
+                .index
                 .get(v.name.as_str())
                 .ok_or_else(|| format!("device {d}: tensor '{}' is not in the shared adapter", v.name))?;
             if v.shape != global[i].shape || v.values.len() != global[i].values.len() {
@@ -118,76 +155,82 @@ pub fn aggregate(
             }
             tensors[i] = Some(&v.values);
         }
-        let complete = tensors
+        let tensors = tensors
             .into_iter()
             .enumerate()
             .map(|(i, t)| t.ok_or_else(|| format!("device {d}: tensor '{}' is missing", global[i].name)))
             .collect::<Result<Vec<_>, _>>()?;
-        by_device.push(complete);
-    }
-    let weights: Vec<f64> = contributions.iter().map(|c| c.weight / total).collect();
-
-    let pairs = lora_pairs(global);
-    let mut out: Vec<Values> = global.to_vec();
-    let mut paired = vec![false; global.len()];
-    for &(a, b) in &pairs {
-        paired[a] = true;
-        paired[b] = true;
-    }
-    // Everything that is not a LoRA pair, and both factors under FedIt: the weighted mean.
-    for (i, tensor) in out.iter_mut().enumerate() {
-        if !paired[i] || rule == Rule::FedIt {
-            tensor.values = weighted_mean(by_device.iter().map(|t| t[i]), &weights);
-        }
-    }
-    let mut min_energy_kept = 1.0f64;
-    match rule {
-        Rule::FedIt => {}
-        Rule::Ffa => {
-            for &(a, b) in &pairs {
+        if self.rule == Rule::Ffa {
+            for &(a, _) in &self.pairs {
                 let shared = &global[a].values;
                 let scale = shared.iter().map(|x| x.abs()).fold(0f32, f32::max).max(f32::MIN_POSITIVE);
-                for (d, t) in by_device.iter().enumerate() {
-                    let moved = t[a].iter().zip(shared).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                    // f16 uploads round A; more than that means the device trained it.
-                    if moved > 1e-3 * scale {
-                        return Err(format!(
-                            "device {d}: '{}' moved by {moved:e}; this task trains B only (FFA-LoRA, freeze_a)",
-                            global[a].name
-                        ));
-                    }
+                let moved = tensors[a].iter().zip(shared).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                // f16 uploads round A; more than that means the device trained it.
+                if moved > 1e-3 * scale {
+                    return Err(format!(
+                        "device {d}: '{}' moved by {moved:e}; this task trains B only (FFA-LoRA, freeze_a)",
+                        global[a].name
+                    ));
                 }
-                out[b].values = weighted_mean(by_device.iter().map(|t| t[b]), &weights);
             }
         }
-        Rule::FedAvg => {
-            let mut results: Vec<Option<(Vec<f32>, Vec<f32>, f64)>> = vec![None; pairs.len()];
+        for (sum, t) in self.sums.iter_mut().zip(&tensors) {
+            if let Some(sum) = sum {
+                sum.iter_mut().zip(t.iter()).for_each(|(s, &x)| *s += c.weight * f64::from(x));
+            }
+        }
+        if self.rule == Rule::FedAvg {
+            let pairs = self.pairs.iter().map(|&(a, b)| (tensors[a].to_vec(), tensors[b].to_vec())).collect();
+            self.factors.push((c.weight, pairs));
+        }
+        self.total += c.weight;
+        self.devices += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(Vec<Values>, AggregateReport), String> {
+        if self.devices == 0 {
+            return Err("no contributions to aggregate".into());
+        }
+        if !(self.total > 0.0) {
+            return Err("the contributions' weights sum to zero".into());
+        }
+        let global = self.global;
+        let mut out: Vec<Values> = global.to_vec();
+        for (tensor, sum) in out.iter_mut().zip(&self.sums) {
+            if let Some(sum) = sum {
+                tensor.values = sum.iter().map(|s| (s / self.total) as f32).collect();
+            }
+        }
+        let mut min_energy_kept = 1.0f64;
+        if self.rule == Rule::FedAvg {
+            let mut results: Vec<Option<(Vec<f32>, Vec<f32>, f64)>> = vec![None; self.pairs.len()];
+            let (pairs, factors, total) = (&self.pairs, &self.factors, self.total);
             for_each_chunk_mut(&mut results, 1, |s, slot| {
                 let (a, b) = pairs[s];
                 let (rank, inputs) = (global[a].shape[0], global[a].shape[1]);
                 let outputs = global[b].shape[0];
-                let terms: Vec<Term> = by_device
+                let terms: Vec<Term> = factors
                     .iter()
-                    .zip(&weights)
-                    .map(|(t, &w)| Term { weight: w, b: t[b], a: t[a] })
+                    .map(|(w, pairs)| Term { weight: w / total, a: &pairs[s].0, b: &pairs[s].1 })
                     .collect();
                 slot[0] = Some(low_rank_sum(&terms, outputs, inputs, rank, s as u64));
             });
-            for (&(a, b), result) in pairs.iter().zip(results) {
+            for (&(a, b), result) in self.pairs.iter().zip(results) {
                 let (bv, av, kept) = result.expect("every site was aggregated");
                 out[a].values = av;
                 out[b].values = bv;
                 min_energy_kept = min_energy_kept.min(kept);
             }
         }
+        let report = AggregateReport {
+            rule: self.rule,
+            contributions: self.devices,
+            lora_sites: self.pairs.len(),
+            min_energy_kept,
+        };
+        Ok((out, report))
     }
-    let report = AggregateReport {
-        rule,
-        contributions: contributions.len(),
-        lora_sites: pairs.len(),
-        min_energy_kept,
-    };
-    Ok((out, report))
 }
 
 /// Indices of each `(lora_A, lora_B)` pair in `tensors`.
@@ -204,15 +247,6 @@ fn lora_pairs(tensors: &[Values]) -> Vec<(usize, usize)> {
                 .then_some((a, b))
         })
         .collect()
-}
-
-fn weighted_mean<'a>(tensors: impl Iterator<Item = &'a [f32]>, weights: &[f64]) -> Vec<f32> {
-    let mut sum: Vec<f64> = Vec::new();
-    for (t, &w) in tensors.zip(weights) {
-        sum.resize(t.len(), 0.0);
-        sum.iter_mut().zip(t).for_each(|(s, &x)| *s += w * f64::from(x));
-    }
-    sum.into_iter().map(|s| s as f32).collect()
 }
 
 /// `weight · B·A` of one device at one site (`B: [out, r]`, `A: [r, in]`, row-major).

@@ -11,6 +11,6 @@ pub mod privacy;
 pub mod task;
 pub mod update;
 
-pub use aggregate::{aggregate, AggregateReport, Contribution, Rule};
+pub use aggregate::{aggregate, AggregateReport, Aggregator, Contribution, Rule};
 pub use privacy::Privacy;
 pub use task::{TaskSpec, TrainingSettings};
