@@ -14,8 +14,9 @@ done
 # Vulkan adapter and the GPU tests fail, and they are required in CI, see scripts/test.sh); for
 # the Kotlin suite (scripts/jvm-test.sh) a JRE, JNA 5.13 and kotlinx-coroutines 1.0.1 + atomicfu
 # (Maven Central is not reachable), npm for kotlinc; clang checks the Swift bindings' C header.
+# PostgreSQL for the sync server's database lane (scripts/sync-test.sh).
 packages="mesa-vulkan-drivers libvulkan1 openjdk-17-jre-headless libjna-java libkotlinx-coroutines-java
-  libkotlinx-atomicfu-java clang"
+  libkotlinx-atomicfu-java clang postgresql"
 missing=""
 command -v npm >/dev/null || missing=" npm"
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
@@ -32,4 +33,12 @@ kotlin_dir="$HOME/.cache/adaptkit/tools/kotlin"
 if [ ! -x "$kotlin_dir/node_modules/kotlin-compiler/bin/kotlinc" ]; then
   mkdir -p "$kotlin_dir"
   npm install --prefix "$kotlin_dir" --silent --no-audit --no-fund kotlin-compiler@2.4.20 >/dev/null
+fi
+
+# The sync server's lane (scripts/sync-test.sh): an S3 API on loopback (moto) and the OpenAPI
+# checker (schemathesis), pinned, in their own venv.
+sync_venv="$HOME/.cache/adaptkit/tools/sync-venv"
+if [ ! -x "$sync_venv/bin/moto_server" ] || [ ! -x "$sync_venv/bin/schemathesis" ]; then
+  python3 -m venv "$sync_venv"
+  "$sync_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.1" "schemathesis==4.32.5" >&2
 fi

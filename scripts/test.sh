@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
 # real-model golden tests (the model is fetched and verified first, and they fail rather than
-# skip here); the CLI; the Kotlin face on the JVM and the Swift bindings' checks; the browser
-# package and demo in headless Chromium; and the
+# skip here); the CLI; the sync server on PostgreSQL and S3 and its OpenAPI document; the
+# Kotlin face on the JVM and the Swift bindings' checks; the browser package and demo in
+# headless Chromium; and the
 # portability checks (the runtime and its journey test for wasm32, aarch64, and the no_std core
 # for a target without std).
 set -euo pipefail
@@ -19,6 +20,9 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 # One profile (release) for tests and the demo, so every dependency is compiled once.
 cargo test --release --workspace
+
+echo "== sync server: PostgreSQL with two processes, S3 (moto), the OpenAPI document (schemathesis)"
+scripts/sync-test.sh
 
 echo "== Kotlin on the JVM: the bindings, dev.adaptkit, the README quick-start (real model)"
 scripts/jvm-test.sh "$ADAPTKIT_TEST_MODEL"

@@ -254,10 +254,17 @@ pub struct PushArgs {
     /// Held-out data to report the loss on (default: a slice of --data).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Also keep this device's own trained adapter here (a PEFT directory).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
     /// Train and push even when a private task's sampling leaves this device out of the round
     /// (it would then break the privacy accounting: for tests only).
     #[arg(long, hide = true)]
     ignore_sampling: bool,
+    /// Secure rounds: stop after sending the masked input, as a device that goes offline
+    /// would (the round completes without it: for tests and demonstrations).
+    #[arg(long, hide = true)]
+    drop_after_masking: bool,
     #[command(flatten)]
     dir: DeviceDir,
     #[command(flatten)]
@@ -265,7 +272,8 @@ pub struct PushArgs {
 }
 
 fn push(args: PushArgs) -> Result<(), CliError> {
-    let device = args.dir.open()?;
+    let mut device = args.dir.open()?;
+    device.secure.drop_after_masking = args.drop_after_masking;
     // Updates queued by earlier runs go first.
     let mut flushed = device.flush()?;
     let model = args.model.open(true)?;
@@ -298,6 +306,9 @@ fn push(args: PushArgs) -> Result<(), CliError> {
     let trained = device.train(&model, &pulled, &data, &store, &cancel, &mut |event| progress.on(event));
     progress.finish();
     let trained = trained?;
+    if let Some(out) = &args.out_dir {
+        trained.adapter.save_dir(out)?;
+    }
     flushed.extend(device.push(&model, &pulled, &trained)?);
     let _ = std::fs::remove_dir_all(&checkpoints);
     let sent = flushed.iter().find(|f| f.round == round);
@@ -458,6 +469,10 @@ pub struct CreateArgs {
     /// Privacy: the task stops before ε would pass this.
     #[arg(long, default_value_t = 8.0)]
     epsilon: f64,
+    /// Secure aggregation: the server sees only each round's sum (needs --rule ffa; devices stay
+    /// online through the round's phases).
+    #[arg(long)]
+    secure_aggregation: bool,
     /// The first shared adapter (a PEFT directory or .akp); default: a new one of --method.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -494,6 +509,7 @@ fn create(args: CreateArgs) -> Result<(), CliError> {
         round_seconds: args.round_seconds,
         max_rounds: args.max_rounds,
         privacy,
+        secure_aggregation: args.secure_aggregation,
         training: TrainingSettings {
             steps: args.steps,
             batch: args.batch,

@@ -24,7 +24,17 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS rounds (
         task TEXT NOT NULL, number BIGINT NOT NULL, status TEXT NOT NULL, opened_at BIGINT NOT NULL,
         deadline_at BIGINT NOT NULL, received BIGINT NOT NULL, claim TEXT, claimed_at BIGINT, closed_at BIGINT,
-        result TEXT, PRIMARY KEY (task, number))",
+        result TEXT, phase TEXT, phase_deadline BIGINT, members TEXT, PRIMARY KEY (task, number))",
+    // Secure rounds (crate::secagg): keys, encrypted shares, reveals.
+    "CREATE TABLE IF NOT EXISTS secagg_keys (
+        task TEXT NOT NULL, round BIGINT NOT NULL, device TEXT NOT NULL, c_pk TEXT NOT NULL, s_pk TEXT NOT NULL,
+        created_at BIGINT NOT NULL, PRIMARY KEY (task, round, device))",
+    "CREATE TABLE IF NOT EXISTS secagg_shares (
+        task TEXT NOT NULL, round BIGINT NOT NULL, sender TEXT NOT NULL, receiver TEXT NOT NULL,
+        ciphertext TEXT NOT NULL, PRIMARY KEY (task, round, sender, receiver))",
+    "CREATE TABLE IF NOT EXISTS secagg_reveals (
+        task TEXT NOT NULL, round BIGINT NOT NULL, device TEXT NOT NULL, payload TEXT NOT NULL,
+        PRIMARY KEY (task, round, device))",
     "CREATE TABLE IF NOT EXISTS updates (
         task TEXT NOT NULL, round BIGINT NOT NULL, device TEXT NOT NULL, digest TEXT NOT NULL,
         base TEXT NOT NULL, weight DOUBLE PRECISION NOT NULL, bytes BIGINT NOT NULL,

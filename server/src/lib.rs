@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod patches;
 pub mod rounds;
+pub mod secagg;
 pub mod tasks;
 
 use std::path::PathBuf;
@@ -209,6 +210,11 @@ fn routes() -> OpenApiRouter<State> {
         .routes(routes!(rounds::get_round))
         .routes(routes!(rounds::upload))
         .routes(routes!(rounds::close))
+        .routes(routes!(secagg::view))
+        .routes(routes!(secagg::keys))
+        .routes(routes!(secagg::shares))
+        .routes(routes!(secagg::masked))
+        .routes(routes!(secagg::reveals))
 }
 
 /// The OpenAPI document of [`router`]'s routes.

@@ -182,7 +182,7 @@ fn check_method(rule: Rule, patch: &Patch) -> ApiResult<()> {
 /// is open its devices train the current one). It is re-signed with the server's key and ported
 /// to every other registered base.
 #[utoipa::path(post, path = "/v1/tasks/{task}/patches", tag = "patches", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "An .akp patch"),
-    security(("bearer" = [])), params(("task" = String, Path)),
+    security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 201, body = PatchView), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc), (status = 409, body = ErrorDoc), (status = 413, body = ErrorDoc), (status = 422, body = ErrorDoc)))]
 pub async fn publish(
     State(state): State<crate::State>,
@@ -244,7 +244,7 @@ pub async fn publish(
         .await?;
     }
     if task.status == "waiting" {
-        crate::rounds::open_round(&mut tx, &task.id, 1, task.spec.round_seconds).await?;
+        crate::rounds::open_round(&mut tx, &task.id, 1, &task.spec).await?;
     }
     let view = record(&mut tx, &task.id, &stored, "published").await?;
     for p in ported {
@@ -261,7 +261,7 @@ pub struct BaseQuery {
 }
 
 /// The task's patches, newest round first, for one base or all (the operator or its devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}/patches", tag = "patches", security(("bearer" = [])), params(("task" = String, Path), BaseQuery),
+#[utoipa::path(get, path = "/v1/tasks/{task}/patches", tag = "patches", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), BaseQuery),
     responses((status = 200, body = Vec<PatchView>), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn list(
     State(state): State<crate::State>,
@@ -311,7 +311,7 @@ fn patch_response(bytes: Vec<u8>, digest: &str, round: Option<i64>) -> Response 
 }
 
 /// One of the task's patches, by digest (the operator or its devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}/patches/{digest}", tag = "patches", security(("bearer" = [])), params(("task" = String, Path), ("digest" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{task}/patches/{digest}", tag = "patches", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), ("digest" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream"), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn fetch(
     State(state): State<crate::State>,
@@ -332,7 +332,7 @@ pub async fn fetch(
 
 /// Deletes one of the task's patches (operator); the current shared adapter of a base cannot
 /// be deleted.
-#[utoipa::path(delete, path = "/v1/tasks/{task}/patches/{digest}", tag = "patches", security(("bearer" = [])), params(("task" = String, Path), ("digest" = String, Path)),
+#[utoipa::path(delete, path = "/v1/tasks/{task}/patches/{digest}", tag = "patches", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), ("digest" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 204), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc), (status = 409, body = ErrorDoc)))]
 pub async fn delete(
     State(state): State<crate::State>,
@@ -372,7 +372,7 @@ pub async fn delete(
 
 /// The task's current shared adapter for a base, signed by the server; `x-adaptkit-round`
 /// names the round it is trained in, `ETag` its digest (the operator or its devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}/global", tag = "patches", security(("bearer" = [])), params(("task" = String, Path), BaseQuery),
+#[utoipa::path(get, path = "/v1/tasks/{task}/global", tag = "patches", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), BaseQuery),
     responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream"), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc), (status = 422, body = ErrorDoc)))]
 pub async fn global(
     State(state): State<crate::State>,

@@ -7,7 +7,7 @@
 //! harmless.
 
 use adaptkit::federated::api::{ApiError as ErrorDoc, RoundResult, RoundView, UploadReceipt};
-use adaptkit::federated::{update, Aggregator, Contribution};
+use adaptkit::federated::{update, AggregateReport, Aggregator, Contribution, TaskSpec};
 use adaptkit::patch::{DenseType, Patch};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -24,21 +24,26 @@ use crate::error::{ApiError, ApiResult};
 use crate::patches::{blob, bytes_body, latest_global, parse_patch, port_patch, record, store_signed};
 use crate::tasks::{bases, checked_id, load_task, TaskRow};
 
+/// Opens round `number`; a secure round starts in its key phase.
 pub async fn open_round(
     tx: &mut Transaction<'_, Any>,
     task: &str,
     number: i64,
-    seconds: u64,
+    spec: &TaskSpec,
 ) -> ApiResult<()> {
     let opened = now();
+    let deadline = opened + spec.round_seconds as i64;
     sqlx::query(
-        "INSERT INTO rounds (task, number, status, opened_at, deadline_at, received, claim, claimed_at, closed_at, result)
-         VALUES ($1, $2, 'open', $3, $4, 0, NULL, NULL, NULL, NULL) ON CONFLICT (task, number) DO NOTHING",
+        "INSERT INTO rounds (task, number, status, opened_at, deadline_at, received, claim, claimed_at, closed_at, result,
+                             phase, phase_deadline, members)
+         VALUES ($1, $2, 'open', $3, $4, 0, NULL, NULL, NULL, NULL, $5, $6, NULL) ON CONFLICT (task, number) DO NOTHING",
     )
     .bind(task)
     .bind(number)
     .bind(opened)
-    .bind(opened + seconds as i64)
+    .bind(deadline)
+    .bind(spec.secure_aggregation.then_some("keys"))
+    .bind(deadline)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -89,7 +94,7 @@ async fn round_view(state: &crate::State, task: &TaskRow, row: &AnyRow) -> ApiRe
 }
 
 /// The task's latest round (the operator or its devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}/rounds/current", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{task}/rounds/current", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 200, body = RoundView), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn current(
     State(state): State<crate::State>,
@@ -103,7 +108,7 @@ pub async fn current(
 }
 
 /// One round, with its result once closed (the operator or its devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}/rounds/{round}", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path), ("round" = u64, Path)),
+#[utoipa::path(get, path = "/v1/tasks/{task}/rounds/{round}", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), ("round" = u64, Path, minimum = 1)),
     responses((status = 200, body = RoundView), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn get_round(
     State(state): State<crate::State>,
@@ -116,7 +121,7 @@ pub async fn get_round(
     Ok(Json(round_view(&state, &task, &row).await?))
 }
 
-fn round_number(text: &str) -> ApiResult<i64> {
+pub fn round_number(text: &str) -> ApiResult<i64> {
     text.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
         ApiError::bad_request(format!(
             "round '{}' is not a round number",
@@ -131,7 +136,7 @@ fn round_number(text: &str) -> ApiResult<i64> {
 /// duplicate and count once; different bytes are refused.
 #[utoipa::path(put, path = "/v1/tasks/{task}/rounds/{round}/update", tag = "rounds",
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "An .akp patch of the update"),
-    security(("bearer" = [])), params(("task" = String, Path), ("round" = u64, Path)),
+    security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), ("round" = u64, Path, minimum = 1)),
     responses((status = 201, body = UploadReceipt), (status = 200, body = UploadReceipt, description = "A duplicate of an update already received"),
         (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc),
         (status = 409, body = ErrorDoc), (status = 413, body = ErrorDoc), (status = 422, body = ErrorDoc), (status = 429, body = ErrorDoc)))]
@@ -150,6 +155,11 @@ pub async fn upload(
     let status: String = row.try_get("status")?;
     if status != "open" {
         return Err(closed(number, &status));
+    }
+    if task.spec.secure_aggregation {
+        return Err(ApiError::conflict(
+            "this task aggregates securely: send masked inputs (…/secagg/masked)",
+        ));
     }
     let patch = parse_patch(&body, "the update")?;
     let weight = check_update(&state, &task, number, &patch).await?;
@@ -283,7 +293,7 @@ async fn check_update(state: &crate::State, task: &TaskRow, number: i64, patch: 
 }
 
 /// Closes a round now (operator): with at least `min_clients` updates it is aggregated.
-#[utoipa::path(post, path = "/v1/tasks/{task}/rounds/{round}/close", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path), ("round" = u64, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{task}/rounds/{round}/close", tag = "rounds", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$"), ("round" = u64, Path, minimum = 1)),
     responses((status = 200, body = RoundView), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc), (status = 409, body = ErrorDoc)))]
 pub async fn close(
     State(state): State<crate::State>,
@@ -319,8 +329,10 @@ pub async fn tick(state: crate::State) {
         tokio::time::sleep(state.limits.tick).await;
         let stale = now() - state.limits.aggregation_lease.as_secs() as i64;
         let due = sqlx::query(
-            "SELECT task, number FROM rounds WHERE (status = 'open' AND deadline_at <= $1) OR (status = 'aggregating' AND claimed_at <= $2)",
+            "SELECT task, number, phase FROM rounds
+             WHERE (status = 'open' AND (deadline_at <= $1 OR phase_deadline <= $2)) OR (status = 'aggregating' AND claimed_at <= $3)",
         )
+        .bind(now())
         .bind(now())
         .bind(stale)
         .fetch_all(&state.db.pool)
@@ -331,7 +343,17 @@ pub async fn tick(state: crate::State) {
                     if let (Ok(task), Ok(number)) =
                         (r.try_get::<String, _>("task"), r.try_get::<i64, _>("number"))
                     {
-                        report(try_close(&state, &task, number, false).await, &task, number);
+                        let secure = r
+                            .try_get::<Option<String>, _>("phase")
+                            .ok()
+                            .flatten()
+                            .is_some_and(|p| p != "done");
+                        let result = if secure {
+                            crate::secagg::advance(&state, &task, number).await
+                        } else {
+                            try_close(&state, &task, number, false).await
+                        };
+                        report(result, &task, number);
                     }
                 }
             }
@@ -351,6 +373,11 @@ pub async fn try_close(state: &crate::State, task_id: &str, number: i64, force: 
     let t = now();
     let lease = state.limits.aggregation_lease.as_secs() as i64;
     let enough = received as usize >= task.spec.min_clients;
+    let phase: Option<String> = row.try_get("phase")?;
+    if phase.as_deref().is_some_and(|p| p != "done") {
+        // A secure round closes when its protocol is done (crate::secagg::advance).
+        return Ok(());
+    }
     match status.as_str() {
         "open" => {
             let due = received as usize >= task.spec.max_clients || (enough && (force || deadline <= t));
@@ -397,59 +424,12 @@ pub async fn try_close(state: &crate::State, task_id: &str, number: i64, force: 
 /// Aggregates a claimed round, publishes the result and opens the next round.
 async fn aggregate_round(state: &crate::State, task: &TaskRow, number: i64, claim: &str) -> ApiResult<()> {
     let known = bases(state, &task.id).await?;
-    let (training, _) =
-        known.first().ok_or_else(|| ApiError::internal("aggregating", "a running task has no base"))?;
-    let global_digest =
-        sqlx::query("SELECT digest FROM globals WHERE task = $1 AND base = $2 AND round = $3")
-            .bind(&task.id)
-            .bind(training)
-            .bind(number)
-            .fetch_one(&state.db.pool)
-            .await?
-            .try_get::<String, _>("digest")?;
-    let global = Patch::from_bytes(&blob(state, &global_digest).await?, &global_digest)
-        .map_err(|e| ApiError::internal("a stored patch", e))?;
-    let rows =
-        sqlx::query("SELECT digest, weight FROM updates WHERE task = $1 AND round = $2 ORDER BY device")
-            .bind(&task.id)
-            .bind(number)
-            .fetch_all(&state.db.pool)
-            .await?;
-    let mut updates = Vec::with_capacity(rows.len());
-    for r in &rows {
-        updates.push((r.try_get::<String, _>("digest")?, r.try_get::<f64, _>("weight")?));
-    }
-    let rule = task.spec.rule;
-    let round_global = global.clone();
-    let blobs = state.blobs.clone();
-    let runtime = tokio::runtime::Handle::current();
-    // One update in memory at a time (FedAvg keeps the factors it needs): a round's size is
-    // bounded by the blob store, not by the server's memory.
-    let (patch, aggregate_report) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let g = round_global.values().map_err(|e| e.to_string())?;
-        let mut aggregator = Aggregator::new(rule, &g);
-        for (digest, weight) in updates {
-            let bytes =
-                runtime.block_on(blobs.get(&digest))?.ok_or_else(|| format!("update {digest} is missing"))?;
-            let u = Patch::from_bytes(&bytes, "an update").map_err(|e| e.to_string())?;
-            let tensors = update::apply(&g, &u.values().map_err(|e| e.to_string())?)?;
-            aggregator.add(&Contribution { tensors, weight })?;
-        }
-        let (tensors, report) = aggregator.finish()?;
-        let training = json!({ "round": number, "rule": rule.name(), "contributions": report.contributions });
-        let patch = Patch::new(
-            round_global.config.clone(),
-            &tensors,
-            round_global.base.clone(),
-            DenseType::F16,
-            Some(training),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok((patch, report))
-    })
-    .await
-    .map_err(|e| ApiError::internal("aggregating", e))?
-    .map_err(|e| ApiError::internal("aggregating", e))?;
+    let global = round_global(state, task, number).await?;
+    let (patch, aggregate_report) = if task.spec.secure_aggregation {
+        secure_aggregate(state, task, number, global).await?
+    } else {
+        plain_aggregate(state, task, number, global).await?
+    };
 
     let next = number + 1;
     let stored = store_signed(state, &patch, next).await?;
@@ -497,8 +477,109 @@ async fn aggregate_round(state: &crate::State, task: &TaskRow, number: i64, clai
         .execute(&mut *tx)
         .await?;
     if status == "running" {
-        open_round(&mut tx, &task.id, next, task.spec.round_seconds).await?;
+        open_round(&mut tx, &task.id, next, &task.spec).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The shared adapter round `number` trains (for the task's training base).
+pub async fn round_global(state: &crate::State, task: &TaskRow, number: i64) -> ApiResult<Patch> {
+    let known = bases(state, &task.id).await?;
+    let (training, _) =
+        known.first().ok_or_else(|| ApiError::internal("aggregating", "a running task has no base"))?;
+    let digest = sqlx::query("SELECT digest FROM globals WHERE task = $1 AND base = $2 AND round = $3")
+        .bind(&task.id)
+        .bind(training)
+        .bind(number)
+        .fetch_one(&state.db.pool)
+        .await?
+        .try_get::<String, _>("digest")?;
+    Patch::from_bytes(&blob(state, &digest).await?, &digest)
+        .map_err(|e| ApiError::internal("a stored patch", e))
+}
+
+/// The next shared adapter from the round's updates, one at a time.
+async fn plain_aggregate(
+    state: &crate::State,
+    task: &TaskRow,
+    number: i64,
+    global: Patch,
+) -> ApiResult<(Patch, AggregateReport)> {
+    let rows =
+        sqlx::query("SELECT digest, weight FROM updates WHERE task = $1 AND round = $2 ORDER BY device")
+            .bind(&task.id)
+            .bind(number)
+            .fetch_all(&state.db.pool)
+            .await?;
+    let mut updates = Vec::with_capacity(rows.len());
+    for r in &rows {
+        updates.push((r.try_get::<String, _>("digest")?, r.try_get::<f64, _>("weight")?));
+    }
+    let rule = task.spec.rule;
+    let round_global = global;
+    let blobs = state.blobs.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // One update in memory at a time (FedAvg keeps the factors it needs): a round's size is
+    // bounded by the blob store, not by the server's memory.
+    let (patch, aggregate_report) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let g = round_global.values().map_err(|e| e.to_string())?;
+        let mut aggregator = Aggregator::new(rule, &g);
+        for (digest, weight) in updates {
+            let bytes =
+                runtime.block_on(blobs.get(&digest))?.ok_or_else(|| format!("update {digest} is missing"))?;
+            let u = Patch::from_bytes(&bytes, "an update").map_err(|e| e.to_string())?;
+            let tensors = update::apply(&g, &u.values().map_err(|e| e.to_string())?)?;
+            aggregator.add(&Contribution { tensors, weight })?;
+        }
+        let (tensors, report) = aggregator.finish()?;
+        let training = json!({ "round": number, "rule": rule.name(), "contributions": report.contributions });
+        let patch = Patch::new(
+            round_global.config.clone(),
+            &tensors,
+            round_global.base.clone(),
+            DenseType::F16,
+            Some(training),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((patch, report))
+    })
+    .await
+    .map_err(|e| ApiError::internal("aggregating", e))?
+    .map_err(|e| ApiError::internal("aggregating", e))?;
+
+    Ok((patch, aggregate_report))
+}
+
+/// The next shared adapter of a secure round: the global plus the unmasked mean update.
+async fn secure_aggregate(
+    state: &crate::State,
+    task: &TaskRow,
+    number: i64,
+    global: Patch,
+) -> ApiResult<(Patch, AggregateReport)> {
+    let (mean, devices) = crate::secagg::unmasked_mean(state, &task.id, number).await?;
+    let g = global.values().map_err(|e| ApiError::internal("a stored patch", e))?;
+    let mut rest = mean.as_slice();
+    let mut delta = Vec::new();
+    for v in g.iter().filter(|v| update::is_sent(task.spec.rule, &v.name)) {
+        let (head, tail) = rest.split_at(v.values.len().min(rest.len()));
+        delta.push(adaptkit::patch::Values {
+            name: v.name.clone(),
+            shape: v.shape.clone(),
+            values: head.to_vec(),
+        });
+        rest = tail;
+    }
+    let tensors = update::apply(&g, &delta).map_err(|e| ApiError::internal("unmasking", e))?;
+    let training =
+        json!({ "round": number, "rule": task.spec.rule.name(), "contributions": devices, "secure": true });
+    let patch =
+        Patch::new(global.config.clone(), &tensors, global.base.clone(), DenseType::F16, Some(training))
+            .map_err(|e| ApiError::internal("aggregating", e))?;
+    let lora_sites = g.iter().filter(|v| v.name.ends_with(".lora_A.weight")).count();
+    Ok((
+        patch,
+        AggregateReport { rule: task.spec.rule, contributions: devices, lora_sites, min_energy_kept: 1.0 },
+    ))
 }

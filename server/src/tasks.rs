@@ -167,8 +167,8 @@ pub async fn list_tasks(
 
 /// A task: its settings, status, open round, bases and privacy spent (the operator or its
 /// devices).
-#[utoipa::path(get, path = "/v1/tasks/{task}", tag = "tasks", security(("bearer" = [])), params(("task" = String, Path)),
-    responses((status = 200, body = TaskView), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
+#[utoipa::path(get, path = "/v1/tasks/{task}", tag = "tasks", security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
+    responses((status = 200, body = TaskView), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn get_task(
     State(state): State<crate::State>,
     headers: HeaderMap,
@@ -180,7 +180,7 @@ pub async fn get_task(
 }
 
 /// Enrols a device in the task; the caller holds the task's enrolment token.
-#[utoipa::path(post, path = "/v1/tasks/{task}/devices", tag = "tasks", request_body = Enrol, security(("bearer" = [])), params(("task" = String, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{task}/devices", tag = "tasks", request_body = Enrol, security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 201, body = Enrolled), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc)))]
 pub async fn enrol(
     State(state): State<crate::State>,
@@ -224,7 +224,7 @@ pub async fn enrol(
 /// runtime): the task's shared adapter is ported to it, with PortLLM's drift report, and every
 /// later one is published for it too, so devices on either base get an adapter that fits
 /// (operator).
-#[utoipa::path(post, path = "/v1/tasks/{task}/bases", tag = "tasks", request_body(content = Object, description = "The base model's fingerprint"), security(("bearer" = [])), params(("task" = String, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{task}/bases", tag = "tasks", request_body(content = Object, description = "The base model's fingerprint"), security(("bearer" = [])), params(("task" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,100}$")),
     responses((status = 201, body = BaseRegistered), (status = 400, body = ErrorDoc), (status = 401, body = ErrorDoc), (status = 403, body = ErrorDoc), (status = 404, body = ErrorDoc), (status = 409, body = ErrorDoc), (status = 422, body = ErrorDoc)))]
 pub async fn register_base(
     State(state): State<crate::State>,

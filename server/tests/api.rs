@@ -409,3 +409,141 @@ fn every_documented_route_is_served() {
     }
     let _ = std::fs::remove_dir_all(&server.dir);
 }
+
+#[test]
+fn a_secure_round_reveals_only_the_sum_and_survives_devices_that_drop_out() {
+    use adaptkit::federated::api::{SecAggKeys, SecAggShares, SecAggView};
+    use adaptkit::federated::prg::Prg;
+    use adaptkit::federated::secagg::{context, encode, PublicKeys, RoundSecrets};
+    use adaptkit::federated::{Aggregator, Contribution};
+    use adaptkit::format::patch_file::{hex, unhex};
+    use adaptkit::sync::{SecureOptions, SecureRound};
+
+    let server = start("secure", |_| {});
+    let mut s = spec(Rule::Ffa, 4, 6);
+    s.secure_aggregation = true;
+    s.round_seconds = 2;
+    let created = server.create_task(s);
+    let base = fingerprint("ab", 1.0);
+    let (config, tensors) = lora(3, true);
+    server
+        .publish(&created.task, &Patch::new(config, &tensors, base.clone(), DenseType::F32, None).unwrap())
+        .unwrap();
+    let devices: Vec<Enrolled> = (0..6).map(|_| server.enrol(&created)).collect();
+    let (global, round, digest) = server.global(&created.task, &devices[0].token, &base.id);
+    let updates: Vec<_> =
+        (0..6).map(|d| make_update(&global, Rule::Ffa, round, &digest, 0.5 + d as f32 / 10.0, 10)).collect();
+    // A plain upload is refused: this task's server must never see one update.
+    let plain = server.upload(&created.task, 1, &devices[0].token, &updates[0].0.to_bytes(None));
+    assert_eq!(code(plain.unwrap_err()).0, 409);
+    let url = server.client.server().to_string();
+    let options = SecureOptions {
+        timeout: Duration::from_secs(60),
+        poll: Duration::from_millis(50),
+        drop_after_masking: false,
+    };
+    // Devices 0-4 take part; 4 goes offline after masking; 5 sends its keys and shares, then
+    // goes offline before masking.
+    let threads: Vec<_> = (0..5)
+        .map(|d| {
+            let (url, task, device) = (url.clone(), created.task.clone(), devices[d].clone());
+            let values: Vec<f32> =
+                updates[d].0.values().unwrap().iter().flat_map(|v| v.values.clone()).collect();
+            let file = server.dir.join(format!("secrets-{d}.json"));
+            let options = SecureOptions { drop_after_masking: d == 4, ..options };
+            std::thread::spawn(move || {
+                let client = Client::new(&url, Retry::default());
+                let round = SecureRound {
+                    client: &client,
+                    token: &device.token,
+                    task: &task,
+                    round: 1,
+                    device: &device.device,
+                    max_devices: 6,
+                };
+                round.take_part(&values, &file, &options)
+            })
+        })
+        .collect();
+    {
+        let me = &devices[5];
+        let mut prg = Prg::new([5; 32]);
+        let secrets = RoundSecrets::generate(&mut prg);
+        let public = secrets.public();
+        let path = |leaf: &str| format!("/v1/tasks/{}/rounds/1/secagg{leaf}", created.task);
+        let keys = serde_json::to_vec(&SecAggKeys { c: hex(&public.c), s: hex(&public.s) }).unwrap();
+        server.call("PUT", &path("/keys"), Some(&me.token), Some((&keys, "application/json"))).unwrap();
+        let view = loop {
+            let view: SecAggView = server.json("GET", &path(""), &me.token, None);
+            if view.phase != "keys" {
+                break view;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let participants: Vec<PublicKeys> = view
+            .participants
+            .iter()
+            .map(|p| PublicKeys {
+                c: unhex(&p.c).unwrap().try_into().unwrap(),
+                s: unhex(&p.s).unwrap().try_into().unwrap(),
+            })
+            .collect();
+        let at = view.participants.iter().position(|p| p.device == me.device).unwrap();
+        let boxes =
+            secrets.encrypted_shares(at, &participants, view.threshold, &context(&created.task, 1), &mut prg);
+        let shares =
+            serde_json::to_vec(&SecAggShares { boxes: boxes.iter().map(|b| hex(b)).collect() }).unwrap();
+        server.call("PUT", &path("/shares"), Some(&me.token), Some((&shares, "application/json"))).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    let closed = server.closed(&created.task, 1);
+    assert_eq!(closed.result.unwrap().aggregate.contributions, 5, "devices 0-4 masked; 5 dropped before");
+    // The same as plain FFA aggregation of the five, within the fixed-point step (and f16).
+    let g = global.values().unwrap();
+    let mut plain = Aggregator::new(Rule::Ffa, &g);
+    for (_, trained) in &updates[..5] {
+        plain.add(&Contribution { tensors: trained.clone(), weight: 1.0 }).unwrap();
+    }
+    let (want, _) = plain.finish().unwrap();
+    let (next, _, _) = server.global(&created.task, &devices[0].token, &base.id);
+    for (w, got) in want.iter().zip(next.values().unwrap()) {
+        let err = w.values.iter().zip(&got.values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = w.values.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(err <= 1e-4 + 1e-3 * scale, "{}: off by {err}", w.name);
+    }
+    // What the server stored of device 0 is masked: nothing like its encoded update.
+    let input =
+        encode(&updates[0].0.values().unwrap().iter().flat_map(|v| v.values.clone()).collect::<Vec<_>>(), 6)
+            .unwrap();
+    let same = server.dir.join("blobs");
+    let stored: Vec<Vec<u8>> = walk(&same)
+        .into_iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .filter(|b| b.len() == 4 * input.len())
+        .collect();
+    assert_eq!(stored.len(), 5);
+    for bytes in stored {
+        let equal = bytes
+            .chunks_exact(4)
+            .zip(&input)
+            .filter(|(b, x)| u32::from_le_bytes((*b).try_into().unwrap()) == **x)
+            .count();
+        assert!(equal < input.len() / 100, "a stored masked input matches an update in {equal} places");
+    }
+    let _ = std::fs::remove_dir_all(&server.dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -156,3 +156,57 @@ pub struct ErrorBody {
     pub code: String,
     pub message: String,
 }
+
+/// `GET /v1/tasks/{task}/rounds/{round}/secagg`: where a secure round's protocol is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SecAggView {
+    /// `keys`, `shares`, `masked`, `unmask`, or `done`.
+    pub phase: String,
+    pub deadline_at: i64,
+    /// Shares needed to rebuild a secret (set with the participants).
+    pub threshold: usize,
+    /// The participants' public keys (hex), in order, once the key phase is over.
+    pub participants: Vec<Participant>,
+    /// Indexes (into `participants`) of those that sent their shares.
+    pub shared: Vec<usize>,
+    /// Indexes of those whose masked input arrived.
+    pub masked: Vec<usize>,
+    /// In the unmask phase, to a device: the encrypted shares sent to it, by sender index.
+    pub inbox: Vec<(usize, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Participant {
+    pub device: String,
+    pub c: String,
+    pub s: String,
+}
+
+/// `PUT …/secagg/keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecAggKeys {
+    pub c: String,
+    pub s: String,
+}
+
+/// `PUT …/secagg/shares`: one encrypted box (hex) per participant, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecAggShares {
+    pub boxes: Vec<String>,
+}
+
+/// `PUT …/secagg/reveals`: the shares (hex) this survivor holds of each survivor's self-mask
+/// seed and of each dropped participant's mask secret, by owner index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SecAggReveals {
+    pub seeds: Vec<(usize, String)>,
+    pub secrets: Vec<(usize, String)>,
+}

@@ -8,6 +8,8 @@ pub mod aggregate;
 pub mod api;
 pub mod prg;
 pub mod privacy;
+#[cfg(feature = "secagg")]
+pub mod secagg;
 pub mod task;
 pub mod update;
 

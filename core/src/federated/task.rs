@@ -20,6 +20,10 @@ pub struct TaskSpec {
     /// The task finishes after this many rounds (none: it runs until stopped).
     pub max_rounds: Option<u64>,
     pub privacy: Option<Privacy>,
+    /// The server sees only the sum of each round's updates (secure aggregation: pairwise
+    /// masks, Shamir-shared so that devices may drop out after masking). Needs a linear rule;
+    /// every update then weighs the same.
+    pub secure_aggregation: bool,
     pub training: TrainingSettings,
 }
 
@@ -46,6 +50,7 @@ impl Default for TaskSpec {
             round_seconds: 600,
             max_rounds: None,
             privacy: None,
+            secure_aggregation: false,
             training: TrainingSettings::default(),
         }
     }
@@ -90,6 +95,20 @@ impl TaskSpec {
         }
         if let Some(d) = t.density.filter(|d| !(*d > 0.0 && *d <= 1.0)) {
             return Err(format!("training.density = {d}: must be in (0, 1]"));
+        }
+        if self.secure_aggregation {
+            if !self.rule.is_linear() {
+                return Err(format!(
+                    "secure aggregation needs a rule the server applies to the sum of the updates (ffa), not '{}'",
+                    self.rule.name()
+                ));
+            }
+            if self.min_clients < 2 || self.max_clients > 255 {
+                return Err("secure aggregation needs 2 ≤ min_clients and max_clients ≤ 255".into());
+            }
+            if t.density.is_some() {
+                return Err("secure aggregation sums dense updates; leave training.density unset".into());
+            }
         }
         if let Some(privacy) = &self.privacy {
             privacy.check()?;

@@ -249,6 +249,14 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of lowercase or uppercase hex text; `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// The binary tensor table (see `docs/patch-format.md`): names front-coded against the
 /// previous name, integers as LEB128 varints.
 fn tensor_table(tensors: &[StoredTensor]) -> Vec<u8> {

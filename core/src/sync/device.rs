@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::client::{sync_error, Client, Retry};
+use super::secure::{SecureOptions, SecureRound};
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::federated::api::{RoundView, TaskView, UploadReceipt};
@@ -75,6 +76,8 @@ pub struct Device {
     dir: PathBuf,
     enrolment: Enrolment,
     client: Client,
+    /// How this device takes part in secure rounds.
+    pub secure: SecureOptions,
 }
 
 impl Device {
@@ -118,7 +121,7 @@ impl Device {
         };
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
         write_private(&dir.join(ENROLMENT), &serde_json::to_vec_pretty(&enrolment).unwrap_or_default())?;
-        Ok(Self { dir: dir.to_path_buf(), enrolment, client })
+        Ok(Self { dir: dir.to_path_buf(), enrolment, client, secure: SecureOptions::default() })
     }
 
     /// The device enrolled in `dir`.
@@ -129,7 +132,7 @@ impl Device {
             Error::InvalidArgument(format!("{}: not an enrolment ({e}); enrol again", path.display()))
         })?;
         let client = Client::new(&enrolment.server, retry);
-        Ok(Self { dir: dir.to_path_buf(), enrolment, client })
+        Ok(Self { dir: dir.to_path_buf(), enrolment, client, secure: SecureOptions::default() })
     }
 
     pub fn enrolment(&self) -> &Enrolment {
@@ -226,6 +229,21 @@ impl Device {
             let mut prg =
                 Prg::from_os().map_err(|e| Error::InvalidArgument(format!("no randomness: {e}")))?;
             privacy::add_noise(&mut delta, p.client_noise_std(spec.min_clients), &mut prg);
+        }
+        if spec.secure_aggregation {
+            let values: Vec<f32> = delta.iter().flat_map(|v| v.values.iter().copied()).collect();
+            let e = &self.enrolment;
+            let round = SecureRound {
+                client: &self.client,
+                token: &e.token,
+                task: &e.task,
+                round: pulled.round,
+                device: &e.device,
+                max_devices: spec.max_clients,
+            };
+            let secrets = self.dir.join(format!("secagg-{}-{}.json", e.task, pulled.round));
+            round.take_part(&values, &secrets, &self.secure)?;
+            return Ok(vec![Flushed { round: pulled.round, outcome: "sent", receipt: None, message: None }]);
         }
         let training = json!({
             "round": pulled.round,
@@ -343,7 +361,7 @@ fn sha_prefix(text: &str) -> [u8; 8] {
 }
 
 /// Writes `path` atomically, readable by its owner only (it holds a token).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     write_atomic(path, |w| w.write_all(bytes))
         .map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
     #[cfg(unix)]

@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod device;
+pub mod secure;
 
 pub use client::{Client, Retry};
 pub use device::{Device, Enrolment, Flushed, Pulled, Queued};
+pub use secure::{SecureOptions, SecureRound};

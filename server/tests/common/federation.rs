@@ -181,6 +181,7 @@ pub fn spec(rule: Rule, min: usize, max: usize) -> TaskSpec {
         round_seconds: 3600,
         max_rounds: None,
         privacy: None,
+        secure_aggregation: false,
         training: TrainingSettings { steps: 10, batch: 2, seq: 16, lr: None, density: None },
     }
 }
