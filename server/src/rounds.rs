@@ -152,6 +152,25 @@ pub async fn upload(
     let number = round_number(&round)?;
     let body = bytes_body(body)?;
     let row = round_row(&state, &task.id, Some(number)).await?;
+    // A retry of an update already received is acknowledged again, whatever the round's state
+    // since: the device learns that it counted.
+    if let Some(existing) = stored_update(&state, &task.id, number, &device).await? {
+        if existing != crate::blobs::digest(&body) {
+            return Err(ApiError::conflict(format!(
+                "this device already sent a different update for round {number}"
+            )));
+        }
+        let received: i64 = row.try_get("received")?;
+        let receipt = UploadReceipt {
+            task: task.id,
+            round: number as u64,
+            device,
+            digest: existing,
+            received: received as u64,
+            duplicate: true,
+        };
+        return Ok((StatusCode::OK, Json(receipt)));
+    }
     let status: String = row.try_get("status")?;
     if status != "open" {
         return Err(closed(number, &status));
@@ -198,14 +217,7 @@ pub async fn upload(
     if duplicate {
         // Undo the count: this device's update is already in.
         tx.rollback().await?;
-        let existing: String =
-            sqlx::query("SELECT digest FROM updates WHERE task = $1 AND round = $2 AND device = $3")
-                .bind(&task.id)
-                .bind(number)
-                .bind(&device)
-                .fetch_one(&state.db.pool)
-                .await?
-                .try_get("digest")?;
+        let existing = stored_update(&state, &task.id, number, &device).await?.unwrap_or_default();
         if existing != digest {
             return Err(ApiError::conflict(format!(
                 "this device already sent a different update for round {number}"
@@ -228,6 +240,22 @@ pub async fn upload(
         duplicate,
     };
     Ok((if duplicate { StatusCode::OK } else { StatusCode::CREATED }, Json(receipt)))
+}
+
+/// The digest of the update `device` sent for round `number`, if any.
+pub async fn stored_update(
+    state: &crate::State,
+    task: &str,
+    number: i64,
+    device: &str,
+) -> ApiResult<Option<String>> {
+    let row = sqlx::query("SELECT digest FROM updates WHERE task = $1 AND round = $2 AND device = $3")
+        .bind(task)
+        .bind(number)
+        .bind(device)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    Ok(row.map(|r| r.try_get("digest")).transpose()?)
 }
 
 fn closed(number: i64, status: &str) -> ApiError {

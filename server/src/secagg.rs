@@ -281,14 +281,8 @@ pub async fn masked(
     .await?
     .rows_affected();
     if inserted == 0 {
-        let existing: String =
-            sqlx::query("SELECT digest FROM updates WHERE task = $1 AND round = $2 AND device = $3")
-                .bind(&task)
-                .bind(number)
-                .bind(&device)
-                .fetch_one(&state.db.pool)
-                .await?
-                .try_get("digest")?;
+        let existing =
+            crate::rounds::stored_update(&state, &task, number, &device).await?.unwrap_or_default();
         if existing != digest {
             return Err(ApiError::conflict("this device already sent a different masked input"));
         }
