@@ -48,6 +48,13 @@ for d in $(seq 0 $((devices - 1))); do
   "$adaptkit" sync push --model "$model" --data "$work/shard-$d.txt" --dir "$work/device-$d" \
     --out-dir "$work/device-$d/own"
 done
+# The eighth update closed the round; wait for its aggregate (round 2 opens with it).
+for _ in $(seq 240); do
+  round=$("$adaptkit" sync status --dir "$work/device-0" --json | tail -1 |
+    python3 -c 'import json, sys; print((json.load(sys.stdin)["round"] or {}).get("round", 0))')
+  [ "$round" -ge 2 ] && break
+  sleep 0.5
+done
 "$adaptkit" sync status --dir "$work/device-0"
 "$adaptkit" sync pull --model "$model" --dir "$work/device-0" --out-dir "$work/shared"
 
