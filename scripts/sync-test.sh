@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
 venv="$HOME/.cache/adaptkit/tools/sync-venv"
 work=$(mktemp -d)
+# PostgreSQL runs as `postgres` when we are root: it must be able to reach its directory.
+chmod 755 "$work"
 moto_pid=""
 server_pid=""
 cleanup() {

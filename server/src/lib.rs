@@ -217,11 +217,6 @@ fn routes() -> OpenApiRouter<State> {
         .routes(routes!(secagg::reveals))
 }
 
-/// The OpenAPI document of [`router`]'s routes.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
-}
-
 /// The HTTP application, with `/openapi.json`.
 pub fn router(state: State) -> Router {
     let (router, api) = routes().split_for_parts();

@@ -547,3 +547,74 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn compressed_updates_are_decoded_and_aggregated() {
+    use adaptkit::patch::compress::compress;
+    let server = start("compressed", |_| {});
+    let (created, base) = setup(&server, Rule::FedAvg, 2, 2);
+    let devices: Vec<Enrolled> = (0..2).map(|_| server.enrol(&created)).collect();
+    let (global, round, digest) = server.global(&created.task, &devices[0].token, &base.id);
+    let mut contributions = Vec::new();
+    for (d, device) in devices.iter().enumerate() {
+        let (patch, _) = make_update(&global, Rule::FedAvg, round, &digest, 1.0 + d as f32, 100);
+        // ComPEFT at density 0.3: what the server gets is the coded update, and what it
+        // aggregates is that update decoded, added to the round's adapter.
+        let (coded, _) = compress(&patch, 0.3).unwrap();
+        assert!(coded.payload_bytes() < patch.payload_bytes() / 4);
+        server.upload(&created.task, round, &device.token, &coded.to_bytes(None)).unwrap();
+        let tensors =
+            adaptkit::federated::update::apply(&global.values().unwrap(), &coded.values().unwrap()).unwrap();
+        contributions.push(Contribution { tensors, weight: 100.0 });
+    }
+    server.closed(&created.task, 1);
+    let (want, _) = aggregate(Rule::FedAvg, &global.values().unwrap(), &contributions).unwrap();
+    let (next, _, _) = server.global(&created.task, &devices[0].token, &base.id);
+    for (w, g) in want.iter().zip(next.values().unwrap()) {
+        let scale = w.values.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let err = w.values.iter().zip(&g.values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= 2e-3 * scale, "{}: off by {err}", w.name);
+    }
+    let _ = std::fs::remove_dir_all(&server.dir);
+}
+
+#[test]
+fn a_device_queues_what_it_cannot_send_and_sends_it_after_a_restart() {
+    use adaptkit::sync::Device;
+    let server = start("queue", |_| {});
+    let (created, base) = setup(&server, Rule::FedAvg, 2, 2);
+    let dir = server.dir.join("device");
+    let retry = Retry { attempts: 1, ..Retry::default() };
+    let device =
+        Device::enrol(&dir, server.client.server(), &created.task, &created.enrol_token, None, None, retry)
+            .unwrap();
+    let token = device.enrolment().token.clone();
+    let (global, round, digest) = server.global(&created.task, &token, &base.id);
+    let (update, _) = make_update(&global, Rule::FedAvg, round, &digest, 1.0, 10);
+    // The server is out of reach (the enrolment points at a closed port): the update is queued.
+    let enrolment = dir.join("enrolment.json");
+    let good = std::fs::read_to_string(&enrolment).unwrap();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(&enrolment, good.replace(server.client.server(), &format!("http://{closed_port}")))
+        .unwrap();
+    let offline = Device::open(&dir, retry).unwrap();
+    let flushed = offline.send(round, &update, 1.0, false).unwrap();
+    assert_eq!(flushed[0].outcome, "queued");
+    drop(offline);
+    // A new process (here: a new Device from the same directory) finds it and sends it once.
+    std::fs::write(&enrolment, &good).unwrap();
+    let online = Device::open(&dir, retry).unwrap();
+    assert_eq!(online.queued().unwrap().len(), 1);
+    let flushed = online.flush().unwrap();
+    assert_eq!((flushed[0].outcome, flushed[0].receipt.as_ref().unwrap().received), ("sent", 1));
+    assert!(online.queued().unwrap().is_empty());
+    // Sending the same update again is a duplicate; a refused one leaves the queue too.
+    assert_eq!(online.send(round, &update, 1.0, false).unwrap()[0].outcome, "duplicate");
+    let mut other = update.clone();
+    other.base = fingerprint("cd", 1.0);
+    let refused = online.send(round, &other, 1.0, false).unwrap();
+    assert_eq!(refused[0].outcome, "refused", "{:?}", refused[0].message);
+    assert!(online.queued().unwrap().is_empty());
+    assert_eq!(server.round(&created.task, 1).received, 1);
+    let _ = std::fs::remove_dir_all(&server.dir);
+}

@@ -19,7 +19,7 @@ use crate::federated::prg::Prg;
 use crate::federated::{privacy, update, TaskSpec};
 use crate::format::patch_file::hex;
 use crate::format::write_atomic;
-use crate::patch::keys::{parse_public_hex, public_key_text};
+use crate::patch::keys::parse_public_hex;
 use crate::patch::{compress::compress, DenseType, Patch};
 use crate::runtime::{
     Adapter, AdapterSource, LoadOptions, Model, Store, TrainConfig, TrainEvent, Trained, TrainingData,
@@ -66,7 +66,8 @@ pub struct Queued {
 pub struct Flushed {
     pub round: u64,
     /// `sent`, `duplicate` (the server had it already), `stale` (its round closed first: it
-    /// is dropped), or `queued` (the server could not be reached; it stays).
+    /// is dropped), `refused` (the server said why, in `message`; it is dropped), or `queued`
+    /// (the server could not be reached or kept failing; it stays).
     pub outcome: &'static str,
     pub receipt: Option<UploadReceipt>,
     pub message: Option<String>,
@@ -258,14 +259,16 @@ impl Device {
         if let Some(density) = spec.training.density {
             patch = compress(&patch, density)?.0;
         }
+        self.send(pulled.round, &patch, norm, clipped)
+    }
+
+    /// Queues the update `patch` for `round` on disk, then sends the queue: an update the
+    /// server cannot take now stays there for the next [`flush`](Self::flush), across restarts.
+    /// `norm` (before clipping) and `clipped` are kept with it for the device's records.
+    pub fn send(&self, round: u64, patch: &Patch, norm: f64, clipped: bool) -> Result<Vec<Flushed>, Error> {
         let bytes = patch.to_bytes(None);
-        let queued = Queued {
-            task: self.enrolment.task.clone(),
-            round: pulled.round,
-            bytes: bytes.len() as u64,
-            norm,
-            clipped,
-        };
+        let queued =
+            Queued { task: self.enrolment.task.clone(), round, bytes: bytes.len() as u64, norm, clipped };
         self.enqueue(&queued, &bytes)?;
         self.flush()
     }
@@ -326,10 +329,13 @@ impl Device {
             let (outcome, receipt, message) =
                 match self.client.upload(&self.enrolment.token, &q.task, q.round, &bytes) {
                     Ok(r) => (if r.duplicate { "duplicate" } else { "sent" }, Some(r), None),
-                    Err(e) if matches!(e.sync_code(), Some("round_closed") | Some("not_found")) => {
-                        ("stale", None, Some(e.to_string()))
+                    // A final refusal: retrying the same bytes can never succeed, so they go.
+                    Err(e @ Error::Sync { status: Some(400..=499), .. }) => {
+                        let stale = matches!(e.sync_code(), Some("round_closed") | Some("not_found"));
+                        (if stale { "stale" } else { "refused" }, None, Some(e.to_string()))
                     }
-                    Err(e @ Error::Sync { status: None, .. }) => {
+                    // Unreachable, or failing after the retries: keep it for later.
+                    Err(e @ Error::Sync { .. }) => {
                         unreachable = true;
                         ("queued", None, Some(e.to_string()))
                     }
@@ -344,13 +350,6 @@ impl Device {
             out.push(Flushed { round: q.round, outcome, receipt, message });
         }
         Ok(out)
-    }
-
-    /// The pinned key as text (for status displays).
-    pub fn server_key_text(&self) -> Result<String, Error> {
-        parse_public_hex(&self.enrolment.public_key)
-            .map(|k| public_key_text(&k))
-            .map_err(Error::InvalidArgument)
     }
 }
 
