@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use adaptkit::control::CancelToken;
-use adaptkit::federated::api::{BaseRegistered, NewTask, PatchView, RoundView, TaskCreated};
 use adaptkit::federated::{Privacy, Rule, TaskSpec, TrainingSettings};
-use adaptkit::patch::DenseType;
-use adaptkit::runtime::train::{Dataset, TrainConfig, TrainingData};
-use adaptkit::store::FileStore;
-use adaptkit::sync::{Client, Device, Retry};
+use adaptkit::runtime::train::{Dataset, TrainingData};
+use adaptkit::runtime::AdapterSource;
+use adaptkit::sync::{Client, Device, FirstAdapter, Operator, Retry};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -274,63 +272,37 @@ pub struct PushArgs {
 fn push(args: PushArgs) -> Result<(), CliError> {
     let mut device = args.dir.open()?;
     device.secure.drop_after_masking = args.drop_after_masking;
-    // Updates queued by earlier runs go first.
-    let mut flushed = device.flush()?;
     let model = args.model.open(true)?;
-    let pulled = device.pull(&model)?;
-    if pulled.task.status != "running" {
-        return Err(CliError::msg(format!(
-            "task {} is {}: there is no round to train for",
-            pulled.task.task, pulled.task.status
-        )));
-    }
-    let round = pulled.round;
-    if !args.ignore_sampling && !device.takes_part(&pulled.task.spec, round)? {
-        let report =
-            json!({ "task": pulled.task.task, "round": round, "sampled": false, "flushed": flushed });
-        emit(args.out, &report, &[], || {
-            say(format_args!("round {round}: this device was not sampled (privacy); nothing to train\n"))
-        });
-        return Ok(());
-    }
     let data = TrainingData {
         train: Dataset::read(&args.data)?,
         eval: args.eval.as_deref().map(Dataset::read).transpose()?,
         general: None,
     };
-    let checkpoints = args.dir.path().join("checkpoints").join(format!("round-{round}"));
-    let store = FileStore::new(&checkpoints);
     let cancel = CancelToken::new();
     interrupt::cancel_on_ctrl_c(&cancel);
     let mut progress = Progress::default();
-    let trained = device.train(&model, &pulled, &data, &store, &cancel, &mut |event| progress.on(event));
+    let report =
+        device.take_round(&model, &data, args.ignore_sampling, &cancel, &mut |event| progress.on(event));
     progress.finish();
-    let trained = trained?;
-    if let Some(out) = &args.out_dir {
-        trained.adapter.save_dir(out)?;
+    let report = report?;
+    let round = report.round;
+    if !report.sampled {
+        emit(args.out, &report, &[], || {
+            say(format_args!("round {round}: this device was not sampled (privacy); nothing to train\n"))
+        });
+        return Ok(());
     }
-    flushed.extend(device.push(&model, &pulled, &trained)?);
-    let _ = std::fs::remove_dir_all(&checkpoints);
-    let sent = flushed.iter().find(|f| f.round == round);
-    let report = json!({
-        "task": pulled.task.task,
-        "round": round,
-        "sampled": true,
-        "train_loss": trained.report.train_loss,
-        "eval_loss_before": trained.report.eval_loss_before,
-        "eval_loss": trained.report.eval_loss,
-        "tokens": trained.report.tokens,
-        "outcome": sent.map(|f| f.outcome),
-        "flushed": flushed,
-    });
+    if let (Some(out), Some(adapter)) = (&args.out_dir, &report.adapter) {
+        adapter.save_dir(out)?;
+    }
     emit(args.out, &report, &[], || {
-        let outcome = sent.map_or("queued", |f| f.outcome);
+        let outcome = report.outcome.unwrap_or("queued");
         let eval = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.3}"));
         say(format_args!(
             "round {round}: trained {} steps, held-out loss {} -> {}; update {outcome}\n",
-            trained.report.steps,
-            eval(trained.report.eval_loss_before),
-            eval(trained.report.eval_loss)
+            report.steps,
+            eval(report.eval_loss_before),
+            eval(report.eval_loss)
         ))
     });
     Ok(())
@@ -417,8 +389,8 @@ impl OperatorArgs {
         std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|e| CliError::io(&path, e))
     }
 
-    fn client(&self) -> Client {
-        Client::new(&self.server, Retry::default())
+    fn operator(&self) -> Result<Operator, CliError> {
+        Ok(Operator { client: Client::new(&self.server, Retry::default()), token: self.token()? })
     }
 }
 
@@ -520,36 +492,15 @@ fn create(args: CreateArgs) -> Result<(), CliError> {
     };
     spec.check().map_err(CliError::msg)?;
     let model = args.model.open(false)?;
-    let adapter = match &args.adapter {
+    let first = match &args.adapter {
         Some(path) => {
-            model.load_adapter(adaptkit::runtime::AdapterSource::Path(path.clone()), &Default::default())?
+            FirstAdapter::Given(model.load_adapter(AdapterSource::Path(path.clone()), &Default::default())?)
         }
         None => {
-            let mut options = args.method.options();
-            if args.rule == Rule::Ffa {
-                options.freeze_a = Some(true);
-            }
-            let config = TrainConfig {
-                method: args.method.method,
-                options,
-                seed: args.seed,
-                ..TrainConfig::default()
-            };
-            model.new_adapter(&config)?
+            FirstAdapter::New { method: args.method.method, options: args.method.options(), seed: args.seed }
         }
     };
-    let patch = adapter.to_patch(model.fingerprint()?, DenseType::F16)?;
-    let client = args.operator.client();
-    let token = args.operator.token()?;
-    let body = serde_json::to_vec(&NewTask { spec }).unwrap_or_default();
-    let created: TaskCreated =
-        json_of(client.request("POST", "/v1/tasks", Some(&token), Some((&body, "application/json")))?)?;
-    let published: PatchView = json_of(client.request(
-        "POST",
-        &format!("/v1/tasks/{}/patches", created.task),
-        Some(&token),
-        Some((&patch.to_bytes(None), "application/octet-stream")),
-    )?)?;
+    let (created, published) = args.operator.operator()?.create_task(&model, spec, first)?;
     let report = json!({ "task": created.task, "enrol_token": created.enrol_token, "global": published.digest, "base": published.base });
     emit(args.out, &report, &[], || {
         say(format_args!(
@@ -561,13 +512,6 @@ fn create(args: CreateArgs) -> Result<(), CliError> {
         ))
     });
     Ok(())
-}
-
-fn json_of<T: serde::de::DeserializeOwned>(
-    response: adaptkit::sync::client::Response,
-) -> Result<T, CliError> {
-    serde_json::from_slice(&response.body)
-        .map_err(|e| CliError::msg(format!("unexpected answer from the server: {e}")))
 }
 
 #[derive(Args)]
@@ -585,14 +529,7 @@ pub struct BaseArgs {
 
 fn base(args: BaseArgs) -> Result<(), CliError> {
     let model = args.model.open(false)?;
-    let body = serde_json::to_vec(&model.fingerprint()?).unwrap_or_default();
-    let client = args.operator.client();
-    let registered: BaseRegistered = json_of(client.request(
-        "POST",
-        &format!("/v1/tasks/{}/bases", args.task),
-        Some(&args.operator.token()?),
-        Some((&body, "application/json")),
-    )?)?;
+    let registered = args.operator.operator()?.register_base(&args.task, &model)?;
     emit(args.out, &registered, &[], || {
         let drift = registered
             .drift
@@ -622,13 +559,7 @@ pub struct CloseArgs {
 }
 
 fn close(args: CloseArgs) -> Result<(), CliError> {
-    let client = args.operator.client();
-    let round: RoundView = json_of(client.request(
-        "POST",
-        &format!("/v1/tasks/{}/rounds/{}/close", args.task, args.round),
-        Some(&args.operator.token()?),
-        None,
-    )?)?;
+    let round = args.operator.operator()?.close_round(&args.task, args.round)?;
     emit(args.out, &round, &[], || {
         say(format_args!("round {}: {} with {} updates\n", round.round, round.status, round.received))
     });

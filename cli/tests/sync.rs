@@ -151,6 +151,14 @@ fn last_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
+/// `adaptkit sync enrol` of the device kept in `dir`.
+fn enrol(url: &str, task: &str, token: &str, dir: &str) {
+    last_json(&adaptkit(
+        &["sync", "enrol", "--server", url, "--task", task, "--token", token, "--dir", dir, "--json"],
+        &[],
+    ));
+}
+
 /// The bundled journal's entries in `n` consecutive shards, each split into training text and
 /// its last entries held out.
 fn shards(n: usize) -> Vec<(String, String)> {
@@ -214,22 +222,7 @@ fn eight_devices_train_a_shared_adapter_that_beats_the_base_on_the_real_model() 
         let data = dir.join(format!("shard-{d}.txt"));
         std::fs::write(&data, train).unwrap();
         let device = device.to_str().unwrap();
-        last_json(&adaptkit(
-            &[
-                "sync",
-                "enrol",
-                "--server",
-                &server.url,
-                "--task",
-                task,
-                "--token",
-                token,
-                "--dir",
-                device,
-                "--json",
-            ],
-            &[],
-        ));
+        enrol(&server.url, task, token, device);
         let pushed = last_json(&adaptkit(
             &["sync", "push", "--model", model, "--data", data.to_str().unwrap(), "--dir", device, "--json"],
             &[],
@@ -317,22 +310,7 @@ fn eight_devices_train_a_shared_adapter_that_beats_the_base_on_the_real_model() 
         .map(|d| {
             let device = dir.join(format!("secure-{d}"));
             let device = device.to_str().unwrap();
-            last_json(&adaptkit(
-                &[
-                    "sync",
-                    "enrol",
-                    "--server",
-                    &server.url,
-                    "--task",
-                    task,
-                    "--token",
-                    token,
-                    "--dir",
-                    device,
-                    "--json",
-                ],
-                &[],
-            ));
+            enrol(&server.url, task, token, device);
             let own = dir.join(format!("secure-{d}/own"));
             let data = dir.join(format!("shard-{d}.txt"));
             let mut args = vec![

@@ -22,7 +22,8 @@ use crate::format::write_atomic;
 use crate::patch::keys::parse_public_hex;
 use crate::patch::{compress::compress, DenseType, Patch};
 use crate::runtime::{
-    Adapter, AdapterSource, LoadOptions, Model, Store, TrainConfig, TrainEvent, Trained, TrainingData,
+    Adapter, AdapterSource, FileStore, LoadOptions, Model, Store, TrainConfig, TrainEvent, Trained,
+    TrainingData,
 };
 
 const ENROLMENT: &str = "enrolment.json";
@@ -71,6 +72,27 @@ pub struct Flushed {
     pub outcome: &'static str,
     pub receipt: Option<UploadReceipt>,
     pub message: Option<String>,
+}
+
+/// What one round on this device did (`take_round`).
+#[derive(Clone, Serialize)]
+pub struct RoundReport {
+    pub task: String,
+    pub round: u64,
+    /// `false` when a private task's sampling left this device out of the round.
+    pub sampled: bool,
+    pub steps: usize,
+    pub train_loss: Option<f32>,
+    pub eval_loss_before: Option<f32>,
+    pub eval_loss: Option<f32>,
+    pub tokens: usize,
+    /// What became of this round's update (see [`Flushed::outcome`]).
+    pub outcome: Option<&'static str>,
+    /// Every queued update sent (or kept) on the way, this round's included.
+    pub flushed: Vec<Flushed>,
+    /// The adapter this device trained (its own, before aggregation).
+    #[serde(skip)]
+    pub adapter: Option<Adapter>,
 }
 
 pub struct Device {
@@ -210,6 +232,62 @@ impl Device {
             ..TrainConfig::default()
         };
         model.train_from(&pulled.adapter, data, &config, store, cancel, on_event)
+    }
+
+    /// One round, whole: send what earlier runs queued, pull the shared adapter, toss the
+    /// sampling coin (private tasks; `ignore_sampling` skips it, which breaks the accounting:
+    /// tests only), train on `data` (checkpoints in this device's directory, removed after),
+    /// and push the update.
+    pub fn take_round(
+        &self,
+        model: &Model,
+        data: &TrainingData,
+        ignore_sampling: bool,
+        cancel: &CancelToken,
+        on_event: &mut (dyn FnMut(TrainEvent) + Send),
+    ) -> Result<RoundReport, Error> {
+        let mut flushed = self.flush()?;
+        let pulled = self.pull(model)?;
+        let task = pulled.task.task.clone();
+        if pulled.task.status != "running" {
+            return Err(Error::InvalidArgument(format!(
+                "task {task} is {}: there is no round to train for",
+                pulled.task.status
+            )));
+        }
+        let round = pulled.round;
+        let mut report = RoundReport {
+            task,
+            round,
+            sampled: false,
+            steps: 0,
+            train_loss: None,
+            eval_loss_before: None,
+            eval_loss: None,
+            tokens: 0,
+            outcome: None,
+            flushed: Vec::new(),
+            adapter: None,
+        };
+        if !ignore_sampling && !self.takes_part(&pulled.task.spec, round)? {
+            report.flushed = flushed;
+            return Ok(report);
+        }
+        let checkpoints = self.dir.join("checkpoints").join(format!("round-{round}"));
+        let trained = self.train(model, &pulled, data, &FileStore::new(&checkpoints), cancel, on_event)?;
+        flushed.extend(self.push(model, &pulled, &trained)?);
+        let _ = std::fs::remove_dir_all(&checkpoints);
+        let t = &trained.report;
+        report.outcome = flushed.iter().find(|f| f.round == round).map(|f| f.outcome);
+        report.sampled = true;
+        report.steps = t.steps;
+        report.train_loss = Some(t.train_loss);
+        report.eval_loss_before = t.eval_loss_before;
+        report.eval_loss = t.eval_loss;
+        report.tokens = t.tokens;
+        report.flushed = flushed;
+        report.adapter = Some(trained.adapter);
+        Ok(report)
     }
 
     /// Makes the update of `trained` against the pulled adapter (clipped and noised with

@@ -5,8 +5,10 @@
 
 pub mod client;
 pub mod device;
+pub mod operator;
 pub mod secure;
 
 pub use client::{Client, Retry};
-pub use device::{Device, Enrolment, Flushed, Pulled, Queued};
+pub use device::{Device, Enrolment, Flushed, Pulled, Queued, RoundReport};
+pub use operator::{FirstAdapter, Operator};
 pub use secure::{SecureOptions, SecureRound};
