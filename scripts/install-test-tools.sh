@@ -42,3 +42,6 @@ if [ ! -x "$sync_venv/bin/moto_server" ] || [ ! -x "$sync_venv/bin/schemathesis"
   python3 -m venv "$sync_venv"
   "$sync_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.1" "schemathesis==4.32.5" >&2
 fi
+
+# The Flower lane (scripts/flower-test.sh, scripts/demo-flower.sh): the pinned flwr.
+scripts/flower-venv.sh >/dev/null

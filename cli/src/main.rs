@@ -7,6 +7,7 @@ mod args;
 mod bench;
 mod commands;
 mod fetch;
+mod flower;
 mod interrupt;
 mod method;
 mod patch;
@@ -60,6 +61,12 @@ enum Command {
         #[command(subcommand)]
         command: patch::PatchCommand,
     },
+    /// Join a Flower federation: this device as a node of a SuperLink, training the adapters it
+    /// is sent on --data and returning the updates.
+    FlowerNode(flower::NodeArgs),
+    /// Write the first adapter a Flower ServerApp starts from, and print the run config that
+    /// names it and this model's base.
+    FlowerInit(flower::InitArgs),
     /// Run the sync server: federated tasks and rounds, the signed patch registry.
     Serve(sync::ServeArgs),
     /// Federated adaptation from this device: enrol, pull, push, status; and the operator's
@@ -169,6 +176,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Methods { out } => method::list(out),
         Command::Patch { command } => patch::run(command),
+        Command::FlowerNode(args) => flower::node(args),
+        Command::FlowerInit(args) => flower::init(args),
         Command::Serve(args) => sync::serve(args),
         Command::Sync { command } => sync::run(command),
     };

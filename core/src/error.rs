@@ -57,7 +57,8 @@ pub enum Error {
     Device(String),
     #[error("cancelled")]
     Cancelled,
-    /// A sync server refused a request or could not be reached (after the retries).
+    /// A sync server or a Flower SuperLink refused a request or could not be reached (after
+    /// the retries).
     #[error("{url}: {message}")]
     Sync { url: String, status: Option<u16>, code: Option<String>, message: String },
 }
@@ -134,6 +135,23 @@ impl Error {
             Self::Backend(_) | Self::Device(_) => ErrorKind::Device,
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Sync { .. } => ErrorKind::Network,
+        }
+    }
+
+    /// The error code the server sent (`round_closed`, Flower's `2004`, …), when this is its
+    /// refusal.
+    pub fn sync_code(&self) -> Option<&str> {
+        match self {
+            Self::Sync { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a server's refusal.
+    pub fn sync_status(&self) -> Option<u16> {
+        match self {
+            Self::Sync { status, .. } => *status,
+            _ => None,
         }
     }
 

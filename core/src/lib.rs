@@ -31,6 +31,8 @@ pub mod error;
 pub mod federated;
 #[cfg(feature = "std")]
 pub mod generate;
+#[cfg(any(feature = "sync", feature = "flower"))]
+pub mod http;
 #[cfg(gpu_kernels)]
 pub mod gpu;
 #[cfg(feature = "std")]
@@ -39,6 +41,8 @@ pub mod model;
 pub mod runtime;
 #[cfg(feature = "std")]
 pub mod store;
+#[cfg(feature = "flower")]
+pub mod flower;
 #[cfg(feature = "sync")]
 pub mod sync;
 #[cfg(feature = "std")]

@@ -152,6 +152,20 @@ pub fn write_atomic(
 /// Where the ignored `write_fuzz_seeds` tests put their files: `$ADAPTKIT_FUZZ_SEEDS/<target>`
 /// (`fuzz/README.md` has the command). The files have no extension because the repository
 /// ignores `*.gguf`.
+/// Writes `path` atomically (as [`write_atomic`]), then makes it readable by its owner only:
+/// for secrets (tokens, keys).
+#[cfg(feature = "std")]
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), crate::error::Error> {
+    let io = |e| crate::error::Error::Io { path: path.to_path_buf(), source: e };
+    write_atomic(path, |w| w.write_all(bytes)).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
 #[cfg(all(test, feature = "std"))]
 fn fuzz_seed_dir(target: &str) -> std::path::PathBuf {
     let root = std::env::var_os("ADAPTKIT_FUZZ_SEEDS").expect("set ADAPTKIT_FUZZ_SEEDS");

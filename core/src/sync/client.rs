@@ -10,21 +10,8 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::federated::api::{ApiError, Enrol, Enrolled, RoundView, ServerInfo, TaskView, UploadReceipt};
-use crate::federated::prg::Prg;
-
-/// How hard a call tries.
-#[derive(Clone, Copy, Debug)]
-pub struct Retry {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self { attempts: 6, first_delay: Duration::from_millis(250), max_delay: Duration::from_secs(15) }
-    }
-}
+use crate::http::Backoff;
+pub use crate::http::Retry;
 
 /// The largest response body read (a shared adapter of a 1B model at rank 64 in f32 is ~100 MB).
 const MAX_RESPONSE: u64 = 1 << 30;
@@ -73,30 +60,25 @@ impl Client {
         body: Option<(&[u8], &str)>,
     ) -> Result<Response, Error> {
         let url = self.url(path);
-        let mut jitter = Prg::from_os().map_err(|e| sync_error(&url, None, format!("no randomness: {e}")))?;
-        let mut delay = self.retry.first_delay;
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(self.retry)?;
         loop {
-            attempt += 1;
             let outcome = self.once(method, &url, token, body);
-            let wait = match &outcome {
-                Ok(r) if (200..300).contains(&r.0.status) => return Ok(outcome.expect("ok").0),
+            let hint = match &outcome {
+                Ok((r, _)) if (200..300).contains(&r.status) => return Ok(outcome.expect("ok").0),
                 Ok((r, retry_after)) if r.status == 429 || r.status >= 500 => {
-                    retry_after.map(Duration::from_secs).unwrap_or(delay)
+                    retry_after.map(Duration::from_secs)
                 }
                 Ok((r, _)) => return Err(refusal(&url, r)),
-                Err(_) => delay,
+                Err(_) => None,
             };
-            if attempt >= self.retry.attempts {
+            if !backoff.wait(hint) {
                 return Err(match outcome {
                     Ok((r, _)) => refusal(&url, &r),
-                    Err(message) => sync_error(&url, None, format!("{message} (after {attempt} attempts)")),
+                    Err(message) => {
+                        sync_error(&url, None, format!("{message} (after {} attempts)", backoff.attempts()))
+                    }
                 });
             }
-            // ±25% jitter.
-            let factor = 0.75 + 0.5 * (jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            std::thread::sleep(wait.min(self.retry.max_delay).mul_f64(factor));
-            delay = (delay * 2).min(self.retry.max_delay);
         }
     }
 
@@ -213,14 +195,4 @@ fn refusal(url: &str, r: &Response) -> Error {
         }
     };
     Error::Sync { url: url.to_string(), status: Some(r.status), code, message }
-}
-
-impl Error {
-    /// The error code the sync server sent (`round_closed`, …), when this is its refusal.
-    pub fn sync_code(&self) -> Option<&str> {
-        match self {
-            Error::Sync { code, .. } => code.as_deref(),
-            _ => None,
-        }
-    }
 }

@@ -18,7 +18,7 @@ use crate::federated::api::{RoundView, TaskView, UploadReceipt};
 use crate::federated::prg::Prg;
 use crate::federated::{privacy, update, TaskSpec};
 use crate::format::patch_file::hex;
-use crate::format::write_atomic;
+use crate::format::{write_atomic, write_private};
 use crate::patch::keys::parse_public_hex;
 use crate::patch::{compress::compress, DenseType, Patch};
 use crate::runtime::{
@@ -435,17 +435,4 @@ impl Device {
 fn sha_prefix(text: &str) -> [u8; 8] {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())[..8].try_into().expect("8 bytes")
-}
-
-/// Writes `path` atomically, readable by its owner only (it holds a token).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    write_atomic(path, |w| w.write_all(bytes))
-        .map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    }
-    Ok(())
 }

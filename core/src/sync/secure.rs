@@ -177,6 +177,6 @@ fn load_or_create(path: &Path, prg: &mut Prg) -> Result<RoundSecrets, Error> {
         }
     }
     let secrets = RoundSecrets::generate(prg);
-    super::device::write_private(path, &serde_json::to_vec(&secrets).unwrap_or_default())?;
+    crate::format::write_private(path, &serde_json::to_vec(&secrets).unwrap_or_default())?;
     Ok(secrets)
 }

@@ -1,0 +1,1 @@
+"""adaptkit's Flower app: LoRA-correct aggregation of adaptkit nodes' updates."""
