@@ -5,16 +5,21 @@
 # perplexity is printed each round, and at the end against the base model.
 #   scripts/demo-flower.sh [NODES] [ROUNDS]      (default 4 nodes, 3 rounds)
 # Environment: RULE (fedavg, ffa, fedit), DENSITY (ComPEFT-code updates, e.g. 0.1), STEPS,
+# TARGETS (the adapted projections, e.g. q_proj,v_proj; default all seven), RANK,
 # FLOWER_WORK (keep everything in this directory), FLOWER_RECORD=1 (nodes keep what they sent),
-# FLOWER_EXTRA_NODE_MODEL (one more node on another model: it must refuse every message).
+# FLOWER_EXTRA_NODE_MODEL (one more node on another model: it must refuse every message),
+# FLOWER_EXTRA_CONFIG (more run config, e.g. "dp-noise-multiplier=0.5 dp-clipping-norm=1.0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
 nodes=${1:-4}
 rounds=${2:-3}
 rule=${RULE:-fedavg}
-cargo build --release --workspace --bins
-adaptkit="$CARGO_TARGET_DIR/release/adaptkit"
+# ADAPTKIT_BIN: an adaptkit already built (the tests pass theirs; no second build).
+if [ -z "${ADAPTKIT_BIN:-}" ]; then
+  cargo build --release --workspace --bins
+fi
+adaptkit="${ADAPTKIT_BIN:-$CARGO_TARGET_DIR/release/adaptkit}"
 model=$(scripts/fetch-model.sh)
 venv=$(scripts/flower-venv.sh)
 work=${FLOWER_WORK:-$(mktemp -d)}
@@ -63,6 +68,8 @@ PY
 
 init_flags=()
 [ "$rule" = ffa ] && init_flags+=(--freeze-a)
+[ -n "${TARGETS:-}" ] && init_flags+=(--targets "$TARGETS")
+[ -n "${RANK:-}" ] && init_flags+=(--rank "$RANK")
 init=$("$adaptkit" flower-init --model "$model" --out "$work/initial" "${init_flags[@]}" --json | tail -1)
 base=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["base"])' "$init")
 
@@ -83,9 +90,11 @@ echo "$nodes adaptkit nodes started, each on its own shard (logs in node-*.log)"
 
 run_config="initial-adapter='$work/initial' base='$base' rule='$rule' num-server-rounds=$rounds min-nodes=$nodes"
 run_config+=" steps=${STEPS:-8} batch=2 seq=64 lr=0.005 density=${DENSITY:-0.0} output-dir='$work/global'"
+run_config+=" ${FLOWER_EXTRA_CONFIG:-}"
 started=$(flwr run federated/flower local --run-config "$run_config" --format json)
 run=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["run-id"])' "$started")
 echo "run $run: $rounds rounds, rule $rule"
+run_started=$(date +%s)
 status=""
 for _ in $(seq 1800); do
   status=$(flwr ls local --run-id "$run" --format json 2>/dev/null |
@@ -103,5 +112,6 @@ ppl() { "$adaptkit" eval --model "$model" --data "$work/held-out.txt" --seq 64 -
   python3 -c "import json, sys; print('%.3f' % json.load(sys.stdin)['perplexity'])"; }
 base_ppl=$(ppl)
 global_ppl=$(ppl --adapter "$work/global")
+echo "the run took $(( $(date +%s) - run_started )) s"
 echo "held-out perplexity on the union of the shards: base $base_ppl, global adapter after $rounds rounds $global_ppl"
 printf '{"run": "%s", "base_perplexity": %s, "global_perplexity": %s, "work": "%s"}\n' "$run" "$base_ppl" "$global_ppl" "$work"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
 # real-model golden tests (the model is fetched and verified first, and they fail rather than
-# skip here); the CLI; the sync server on PostgreSQL and S3 and its OpenAPI document; the
+# skip here); the CLI; adaptkit nodes in a Flower federation; the sync server on PostgreSQL and
+# S3 and its OpenAPI document; the
 # Kotlin face on the JVM and the Swift bindings' checks; the browser package and demo in
 # headless Chromium; and the
 # portability checks (the runtime and its journey test for wasm32, aarch64, and the no_std core
@@ -15,6 +16,10 @@ ADAPTKIT_TEST_MODEL=$(scripts/fetch-model.sh)
 export ADAPTKIT_TEST_MODEL ADAPTKIT_REQUIRE_MODEL=1
 # The GPU parity tests run on lavapipe (installed above) and fail rather than skip here.
 export ADAPTKIT_REQUIRE_GPU=1
+# The Flower tests (protocol judged by flwr, a federation of adaptkit nodes on the real model,
+# heartbeats and a restarting SuperLink) use the pinned flwr and fail rather than skip here.
+ADAPTKIT_FLOWER_VENV=$(scripts/flower-venv.sh)
+export ADAPTKIT_FLOWER_VENV ADAPTKIT_REQUIRE_FLOWER=1
 # Mesa wants a writable runtime directory, which containers often lack.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 

@@ -40,6 +40,9 @@ pub struct NodeArgs {
     /// Keep every update sent, as a PEFT directory per round with its metrics, under DIR/sent.
     #[arg(long)]
     record: bool,
+    /// The largest message accepted, in MiB (all its objects together); a larger one is dropped.
+    #[arg(long, default_value_t = 1024)]
+    max_message_mb: u64,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -57,6 +60,7 @@ pub fn node(args: NodeArgs) -> Result<(), CliError> {
         NodeOptions::new(&args.superlink, &args.dir.unwrap_or_else(|| fetch::home().join("flower-node")));
     options.heartbeat_interval = args.heartbeat;
     options.record = args.record;
+    options.max_message_bytes = args.max_message_mb << 20;
     options.poll = Duration::from_millis(500);
     let node = FlowerNode::connect(options)?;
     let cancel = CancelToken::new();

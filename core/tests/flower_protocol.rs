@@ -2,8 +2,8 @@
 //! the pinned flwr from scripts/flower-venv.sh): the objects adaptkit makes are byte for byte
 //! the ones flwr makes for the same content (so their ids agree), flwr inflates them, a node's
 //! signature verifies with flwr's verifier, and adaptkit reads what flwr's strategies send.
-//! Without `ADAPTKIT_FLOWER_PYTHON` (the venv's python) these skip, unless
-//! `ADAPTKIT_REQUIRE_FLOWER` is set (scripts/test.sh), where they fail.
+//! Without `ADAPTKIT_FLOWER_VENV` these skip, unless `ADAPTKIT_REQUIRE_FLOWER` is set
+//! (scripts/test.sh), where they fail.
 #![cfg(feature = "flower")]
 
 use std::path::{Path, PathBuf};
@@ -13,17 +13,12 @@ use adaptkit::flower::objects::{self, Body, Record};
 use adaptkit::flower::{proto, records, NodeKey};
 use adaptkit::patch::Values;
 
+#[path = "common/real_model.rs"]
+mod shared_model;
+
+/// The venv's python.
 fn flower_python() -> Option<PathBuf> {
-    match std::env::var_os("ADAPTKIT_FLOWER_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("ADAPTKIT_REQUIRE_FLOWER").is_some() => {
-            panic!("ADAPTKIT_FLOWER_PYTHON is not set (scripts/flower-venv.sh makes the venv)")
-        }
-        None => {
-            eprintln!("skipped: set ADAPTKIT_FLOWER_PYTHON to the python of scripts/flower-venv.sh");
-            None
-        }
-    }
+    shared_model::flower_venv().map(|venv| venv.join("bin/python"))
 }
 
 fn check_script() -> PathBuf {

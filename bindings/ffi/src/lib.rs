@@ -2,7 +2,8 @@
 //! uniffi (library mode). This crate translates types and nothing else: what to do lives in
 //! the runtime.
 //!
-//! - Long calls (open, generate, perplexity, train, plan, load, save, compress, port) are `async`:
+//! - Long calls (open, generate, perplexity, train, plan, load, save, compress, port, joining a
+//!   Flower federation) are `async`:
 //!   each runs on a worker thread of its own and the caller's thread never blocks. Dropping the
 //!   call (a cancelled Kotlin coroutine or Swift task) cancels its work, like [`CancelToken`].
 //! - Every call returns [`AdaptError`] rather than panicking: a panic behind the boundary (a bug,
@@ -12,6 +13,7 @@
 
 mod adapter;
 mod error;
+mod flower;
 mod model;
 mod patches;
 mod storage;
@@ -20,6 +22,7 @@ mod worker;
 
 pub use adapter::{Adapter, AdapterInfo, AdapterSource, LoadOptions, PeftFiles};
 pub use error::AdaptError;
+pub use flower::{FlowerEvent, FlowerListener, FlowerMetric, FlowerOptions, FlowerReply};
 pub use model::{
     AttachedAdapter, ChatMessage, Device, GenerateOptions, GenerationEvent, GenerationListener,
     GenerationReport, Model, ModelInfo, OpenOptions, PerplexityReport, Prompt, StopReason,

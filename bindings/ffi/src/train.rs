@@ -172,7 +172,7 @@ pub struct TrainingData {
 }
 
 impl TrainingData {
-    fn runtime(&self) -> runtime::TrainingData {
+    pub(crate) fn runtime(&self) -> runtime::TrainingData {
         runtime::TrainingData::of_texts(
             &self.name,
             self.text.clone(),
@@ -350,7 +350,7 @@ impl Model {
 
 impl TrainEvent {
     /// The event a binding reports (a stage's record is in the report, not streamed).
-    fn of(event: runtime::TrainEvent) -> Option<Self> {
+    pub(crate) fn of(event: runtime::TrainEvent) -> Option<Self> {
         use runtime::TrainEvent as E;
         Some(match event {
             E::Plan(plan) => Self::Plan { plan: plan.into() },

@@ -209,42 +209,27 @@ impl FlowerNode {
         on_event: &mut (dyn FnMut(NodeEvent) + Send),
     ) -> Result<Option<Reply>, Error> {
         let node = Some(proto::Node { node_id: self.node_id });
-        let pulled: proto::PullMessagesResponse = self
-            .fleet
-            .call("pull-messages", &proto::PullMessagesRequest { node: node.clone(), message_ids: vec![] })?;
+        let pulled: proto::PullMessagesResponse =
+            self.fleet.call("pull-messages", &proto::PullMessagesRequest { node, message_ids: vec![] })?;
         let (Some(header), Some(tree)) = (pulled.messages_list.first(), pulled.message_object_trees.first())
         else {
             return Ok(None);
         };
         let instruction = header.metadata.clone().unwrap_or_default();
         let run = instruction.run_id;
-        if tree.object_id != instruction.message_id {
-            return Err(self.dropped(
-                run,
-                format!("message {} came with the tree of {}", instruction.message_id, tree.object_id),
-            ));
-        }
-        let objects = self.pull_objects(run, tree, cancel)?;
-        let bytes = objects.values().map(|o| o.len() as u64).sum();
-        self.fleet.call::<_, proto::ConfirmMessageReceivedResponse>(
-            "confirm-message-received",
-            &proto::ConfirmMessageReceivedRequest {
-                node,
-                run_id: run,
-                message_object_id: instruction.message_id.clone(),
-            },
-        )?;
-        let (_, body) =
-            objects::inflate(&instruction.message_id, &objects).map_err(|m| self.dropped(run, m))?;
-        let kind = instruction.message_type.clone();
-        let records = match body {
-            Body::Content(records) => records,
-            Body::Error(e) => {
-                return Err(
-                    self.dropped(run, format!("an instruction carrying error {}: {}", e.code, e.reason))
-                )
+        let (records, bytes) = match self.receive(&instruction, tree, cancel) {
+            Ok(received) => received,
+            Err(e) => {
+                // Tell the ServerApp now rather than leave it waiting for its timeout (unless the
+                // SuperLink refused the node or the run, or the node is stopping).
+                if !matches!(e, Error::Cancelled) && !matches!(e.sync_status(), Some(401 | 403)) {
+                    let reason = proto::Error { code: CLIENT_APP_RAISED_EXCEPTION, reason: e.to_string() };
+                    let _ = self.push_reply(&instruction, &Body::Error(reason));
+                }
+                return Err(e);
             }
         };
+        let kind = instruction.message_type.clone();
         let parsed = records::read_instruction(&records);
         let round = parsed.as_ref().ok().and_then(|i| i.round);
         on_event(NodeEvent::Received { run, kind: &kind, round, bytes });
@@ -274,6 +259,40 @@ impl FlowerNode {
         };
         let sent = self.push_reply(&instruction, &body)?;
         Ok(Some(Reply { run, kind, round, outcome, error, metrics, bytes: sent, dense_bytes }))
+    }
+
+    /// The instruction's content: every object pulled and checked, receipt confirmed, inflated.
+    fn receive(
+        &self,
+        instruction: &proto::Metadata,
+        tree: &proto::ObjectTree,
+        cancel: &CancelToken,
+    ) -> Result<(RecordDict, u64), Error> {
+        let run = instruction.run_id;
+        if tree.object_id != instruction.message_id {
+            return Err(self.dropped(
+                run,
+                format!("message {} came with the tree of {}", instruction.message_id, tree.object_id),
+            ));
+        }
+        let objects = self.pull_objects(run, tree, cancel)?;
+        let bytes = objects.values().map(|o| o.len() as u64).sum();
+        self.fleet.call::<_, proto::ConfirmMessageReceivedResponse>(
+            "confirm-message-received",
+            &proto::ConfirmMessageReceivedRequest {
+                node: Some(proto::Node { node_id: self.node_id }),
+                run_id: run,
+                message_object_id: instruction.message_id.clone(),
+            },
+        )?;
+        let (_, body) =
+            objects::inflate(&instruction.message_id, &objects).map_err(|m| self.dropped(run, m))?;
+        match body {
+            Body::Content(records) => Ok((records, bytes)),
+            Body::Error(e) => {
+                Err(self.dropped(run, format!("an instruction carrying error {}: {}", e.code, e.reason)))
+            }
+        }
     }
 
     fn dropped(&self, run: u64, message: String) -> Error {

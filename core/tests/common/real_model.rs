@@ -1,6 +1,7 @@
 //! Where the real test model is (SmolLM2-135M-Instruct, GGUF Q4_1, from
 //! `scripts/fetch-model.sh`), for every test binary that uses it: the core's golden tests and
-//! the CLI's (which includes this file by path).
+//! the CLI's (which includes this file by path); and the pinned Flower venv.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -31,5 +32,22 @@ pub fn real_model() -> Option<PathBuf> {
         path.display()
     );
     eprintln!("note: {} not found; real-model test skipped (run scripts/fetch-model.sh)", path.display());
+    None
+}
+
+/// The pinned Flower venv (`scripts/flower-venv.sh`): `$ADAPTKIT_FLOWER_VENV`. When it is not
+/// set the test is skipped with a note, unless `ADAPTKIT_REQUIRE_FLOWER` is set (CI), where it
+/// fails.
+pub fn flower_venv() -> Option<PathBuf> {
+    if let Some(venv) = std::env::var_os("ADAPTKIT_FLOWER_VENV") {
+        return Some(PathBuf::from(venv));
+    }
+    assert!(
+        !env_flag("ADAPTKIT_REQUIRE_FLOWER"),
+        "ADAPTKIT_REQUIRE_FLOWER is set but ADAPTKIT_FLOWER_VENV is not: run scripts/flower-venv.sh"
+    );
+    eprintln!(
+        "note: ADAPTKIT_FLOWER_VENV is not set; Flower test skipped (scripts/flower-venv.sh makes the venv)"
+    );
     None
 }
