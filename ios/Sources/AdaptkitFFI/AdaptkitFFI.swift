@@ -948,6 +948,204 @@ public func FfiConverterTypeCancelToken_lower(_ value: CancelToken) -> UInt64 {
 
 
 
+public protocol FlowerListener: AnyObject, Sendable {
+    
+    func onEvent(event: FlowerEvent) 
+    
+}
+open class FlowerListenerImpl: FlowerListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_adaptkit_ffi_fn_clone_flowerlistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_adaptkit_ffi_fn_free_flowerlistener(handle, $0) }
+    }
+
+    
+
+    
+open func onEvent(event: FlowerEvent)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_adaptkit_ffi_fn_method_flowerlistener_on_event(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeFlowerEvent_lower(event),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceFlowerListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceFlowerListener = UniffiVTableCallbackInterfaceFlowerListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeFlowerListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface FlowerListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeFlowerListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface FlowerListener: handle missing in uniffiClone")
+            }
+        },
+        onEvent: { (
+            uniffiHandle: UInt64,
+            event: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeFlowerListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onEvent(
+                     event: try FfiConverterTypeFlowerEvent_lift(event)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceFlowerListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceFlowerListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitFlowerListener() {
+    uniffi_adaptkit_ffi_fn_init_callback_vtable_flowerlistener(UniffiCallbackInterfaceFlowerListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlowerListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<FlowerListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = FlowerListener
+
+    public static func lift(_ handle: UInt64) throws -> FlowerListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return FlowerListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: FlowerListener) -> UInt64 {
+         if let rustImpl = value as? FlowerListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlowerListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: FlowerListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerListener_lift(_ handle: UInt64) throws -> FlowerListener {
+    return try FfiConverterTypeFlowerListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerListener_lower(_ value: FlowerListener) -> UInt64 {
+    return FfiConverterTypeFlowerListener.lower(value)
+}
+
+
+
+
+
+
 public protocol GenerationListener: AnyObject, Sendable {
     
     func onEvent(event: GenerationEvent) 
@@ -1153,6 +1351,13 @@ public func FfiConverterTypeGenerationListener_lower(_ value: GenerationListener
 public protocol ModelProtocol: AnyObject, Sendable {
     
     /**
+     * Joins a Flower federation as a node: trains the adapters it is sent on `data` (held out:
+     * `data.eval_text`, also what `evaluate` messages are answered on) and returns the updates.
+     * Runs until `cancel` (or the awaiting coroutine or task is cancelled) or `max_messages`.
+     */
+    func joinFlower(options: FlowerOptions, data: TrainingData, listener: FlowerListener?, cancel: CancelToken?) async throws  -> [FlowerReply]
+    
+    /**
      * Attaches `adapter` at `scale` (0 = off, 1 = as trained) and returns its id.
      */
     func attach(adapter: Adapter, scale: Float) throws  -> UInt64
@@ -1304,6 +1509,27 @@ public static func openBytes(gguf: Data, options: OpenOptions)async throws  -> M
 }
     
 
+    
+    /**
+     * Joins a Flower federation as a node: trains the adapters it is sent on `data` (held out:
+     * `data.eval_text`, also what `evaluate` messages are answered on) and returns the updates.
+     * Runs until `cancel` (or the awaiting coroutine or task is cancelled) or `max_messages`.
+     */
+open func joinFlower(options: FlowerOptions, data: TrainingData, listener: FlowerListener?, cancel: CancelToken?)async throws  -> [FlowerReply]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_adaptkit_ffi_fn_method_model_join_flower(
+                        self.uniffiCloneHandle(),FfiConverterTypeFlowerOptions_lower(options),FfiConverterTypeTrainingData_lower(data),FfiConverterOptionTypeFlowerListener.lower(listener),FfiConverterOptionTypeCancelToken.lower(cancel)
+                )
+            },
+            pollFunc: ffi_adaptkit_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_adaptkit_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_adaptkit_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeFlowerReply.lift,
+            errorHandler: FfiConverterTypeAdaptError_lift
+        )
+}
     
     /**
      * Attaches `adapter` at `scale` (0 = off, 1 = as trained) and returns its id.
@@ -2432,6 +2658,257 @@ public func FfiConverterTypeEvaluation_lift(_ buf: RustBuffer) throws -> Evaluat
 #endif
 public func FfiConverterTypeEvaluation_lower(_ value: Evaluation) -> RustBuffer {
     return FfiConverterTypeEvaluation.lower(value)
+}
+
+
+public struct FlowerMetric: Equatable, Hashable {
+    public var name: String
+    public var value: Double
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(name: String, value: Double) {
+        self.name = name
+        self.value = value
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FlowerMetric: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlowerMetric: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlowerMetric {
+        return
+            try FlowerMetric(
+                name: FfiConverterString.read(from: &buf), 
+                value: FfiConverterDouble.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FlowerMetric, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterDouble.write(value.value, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerMetric_lift(_ buf: RustBuffer) throws -> FlowerMetric {
+    return try FfiConverterTypeFlowerMetric.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerMetric_lower(_ value: FlowerMetric) -> RustBuffer {
+    return FfiConverterTypeFlowerMetric.lower(value)
+}
+
+
+public struct FlowerOptions: Equatable, Hashable {
+    /**
+     * `http://host:port` (or `https://`) of the SuperLink.
+     */
+    public var superlink: String
+    /**
+     * Where the node keeps its key, checkpoints and, with `record`, what it sent (an app's
+     * files directory).
+     */
+    public var directory: String
+    /**
+     * Seconds between heartbeats (10-1800): the SuperLink drops a node silent for twice this.
+     */
+    public var heartbeatIntervalS: Double
+    /**
+     * Return after answering this many messages (default: until cancelled).
+     */
+    public var maxMessages: UInt32?
+    /**
+     * Keep every update sent (a PEFT directory per round) under `directory/sent`.
+     */
+    public var record: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * `http://host:port` (or `https://`) of the SuperLink.
+         */superlink: String, 
+        /**
+         * Where the node keeps its key, checkpoints and, with `record`, what it sent (an app's
+         * files directory).
+         */directory: String, 
+        /**
+         * Seconds between heartbeats (10-1800): the SuperLink drops a node silent for twice this.
+         */heartbeatIntervalS: Double = Double(30.0), 
+        /**
+         * Return after answering this many messages (default: until cancelled).
+         */maxMessages: UInt32? = nil, 
+        /**
+         * Keep every update sent (a PEFT directory per round) under `directory/sent`.
+         */record: Bool = false) {
+        self.superlink = superlink
+        self.directory = directory
+        self.heartbeatIntervalS = heartbeatIntervalS
+        self.maxMessages = maxMessages
+        self.record = record
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FlowerOptions: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlowerOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlowerOptions {
+        return
+            try FlowerOptions(
+                superlink: FfiConverterString.read(from: &buf), 
+                directory: FfiConverterString.read(from: &buf), 
+                heartbeatIntervalS: FfiConverterDouble.read(from: &buf), 
+                maxMessages: FfiConverterOptionUInt32.read(from: &buf), 
+                record: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FlowerOptions, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.superlink, into: &buf)
+        FfiConverterString.write(value.directory, into: &buf)
+        FfiConverterDouble.write(value.heartbeatIntervalS, into: &buf)
+        FfiConverterOptionUInt32.write(value.maxMessages, into: &buf)
+        FfiConverterBool.write(value.record, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerOptions_lift(_ buf: RustBuffer) throws -> FlowerOptions {
+    return try FfiConverterTypeFlowerOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerOptions_lower(_ value: FlowerOptions) -> RustBuffer {
+    return FfiConverterTypeFlowerOptions.lower(value)
+}
+
+
+/**
+ * One answered message.
+ */
+public struct FlowerReply: Equatable, Hashable {
+    public var run: UInt64
+    /**
+     * `train` or `evaluate` (or what the SuperLink sent).
+     */
+    public var kind: String
+    public var round: UInt64?
+    /**
+     * `update`, `evaluation` or `error`.
+     */
+    public var outcome: String
+    public var error: String?
+    public var metrics: [FlowerMetric]
+    /**
+     * Bytes sent, and what the update would have been uncoded.
+     */
+    public var bytes: UInt64
+    public var denseBytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(run: UInt64, 
+        /**
+         * `train` or `evaluate` (or what the SuperLink sent).
+         */kind: String, round: UInt64?, 
+        /**
+         * `update`, `evaluation` or `error`.
+         */outcome: String, error: String?, metrics: [FlowerMetric], 
+        /**
+         * Bytes sent, and what the update would have been uncoded.
+         */bytes: UInt64, denseBytes: UInt64) {
+        self.run = run
+        self.kind = kind
+        self.round = round
+        self.outcome = outcome
+        self.error = error
+        self.metrics = metrics
+        self.bytes = bytes
+        self.denseBytes = denseBytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FlowerReply: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlowerReply: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlowerReply {
+        return
+            try FlowerReply(
+                run: FfiConverterUInt64.read(from: &buf), 
+                kind: FfiConverterString.read(from: &buf), 
+                round: FfiConverterOptionUInt64.read(from: &buf), 
+                outcome: FfiConverterString.read(from: &buf), 
+                error: FfiConverterOptionString.read(from: &buf), 
+                metrics: FfiConverterSequenceTypeFlowerMetric.read(from: &buf), 
+                bytes: FfiConverterUInt64.read(from: &buf), 
+                denseBytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FlowerReply, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.run, into: &buf)
+        FfiConverterString.write(value.kind, into: &buf)
+        FfiConverterOptionUInt64.write(value.round, into: &buf)
+        FfiConverterString.write(value.outcome, into: &buf)
+        FfiConverterOptionString.write(value.error, into: &buf)
+        FfiConverterSequenceTypeFlowerMetric.write(value.metrics, into: &buf)
+        FfiConverterUInt64.write(value.bytes, into: &buf)
+        FfiConverterUInt64.write(value.denseBytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerReply_lift(_ buf: RustBuffer) throws -> FlowerReply {
+    return try FfiConverterTypeFlowerReply.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerReply_lower(_ value: FlowerReply) -> RustBuffer {
+    return FfiConverterTypeFlowerReply.lower(value)
 }
 
 
@@ -4521,6 +4998,114 @@ public func FfiConverterTypeDevice_lower(_ value: Device) -> RustBuffer {
 
 
 
+
+public enum FlowerEvent: Equatable, Hashable {
+    
+    case online(nodeId: UInt64
+    )
+    case received(run: UInt64, kind: String, round: UInt64?, bytes: UInt64
+    )
+    case training(event: TrainEvent
+    )
+    case replied(reply: FlowerReply
+    )
+    /**
+     * Something the node survived (a dropped message, a SuperLink that was away).
+     */
+    case problem(message: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FlowerEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFlowerEvent: FfiConverterRustBuffer {
+    typealias SwiftType = FlowerEvent
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FlowerEvent {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .online(nodeId: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        case 2: return .received(run: try FfiConverterUInt64.read(from: &buf), kind: try FfiConverterString.read(from: &buf), round: try FfiConverterOptionUInt64.read(from: &buf), bytes: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        case 3: return .training(event: try FfiConverterTypeTrainEvent.read(from: &buf)
+        )
+        
+        case 4: return .replied(reply: try FfiConverterTypeFlowerReply.read(from: &buf)
+        )
+        
+        case 5: return .problem(message: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FlowerEvent, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .online(nodeId):
+            writeInt(&buf, Int32(1))
+            FfiConverterUInt64.write(nodeId, into: &buf)
+            
+        
+        case let .received(run,kind,round,bytes):
+            writeInt(&buf, Int32(2))
+            FfiConverterUInt64.write(run, into: &buf)
+            FfiConverterString.write(kind, into: &buf)
+            FfiConverterOptionUInt64.write(round, into: &buf)
+            FfiConverterUInt64.write(bytes, into: &buf)
+            
+        
+        case let .training(event):
+            writeInt(&buf, Int32(3))
+            FfiConverterTypeTrainEvent.write(event, into: &buf)
+            
+        
+        case let .replied(reply):
+            writeInt(&buf, Int32(4))
+            FfiConverterTypeFlowerReply.write(reply, into: &buf)
+            
+        
+        case let .problem(message):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(message, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerEvent_lift(_ buf: RustBuffer) throws -> FlowerEvent {
+    return try FfiConverterTypeFlowerEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFlowerEvent_lower(_ value: FlowerEvent) -> RustBuffer {
+    return FfiConverterTypeFlowerEvent.lower(value)
+}
+
+
+
 /**
  * What generation streams. All `Token` and `Tail` texts together are the report's text.
  */
@@ -4954,6 +5539,30 @@ fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = UInt64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionFloat: FfiConverterRustBuffer {
     typealias SwiftType = Float?
 
@@ -5090,6 +5699,30 @@ fileprivate struct FfiConverterOptionTypeCancelToken: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeCancelToken.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeFlowerListener: FfiConverterRustBuffer {
+    typealias SwiftType = FlowerListener?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeFlowerListener.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeFlowerListener.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -5367,6 +6000,56 @@ fileprivate struct FfiConverterSequenceTypeEvaluation: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFlowerMetric: FfiConverterRustBuffer {
+    typealias SwiftType = [FlowerMetric]
+
+    public static func write(_ value: [FlowerMetric], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFlowerMetric.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FlowerMetric] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FlowerMetric]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFlowerMetric.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeFlowerReply: FfiConverterRustBuffer {
+    typealias SwiftType = [FlowerReply]
+
+    public static func write(_ value: [FlowerReply], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFlowerReply.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FlowerReply] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FlowerReply]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFlowerReply.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeWeightedPatch: FfiConverterRustBuffer {
     typealias SwiftType = [WeightedPatch]
 
@@ -5610,7 +6293,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_adaptkit_ffi_checksum_method_adapter_save_directory() != 31099) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_adaptkit_ffi_checksum_method_flowerlistener_on_event() != 35309) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_adaptkit_ffi_checksum_method_generationlistener_on_event() != 55257) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_adaptkit_ffi_checksum_method_model_join_flower() != 56693) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_adaptkit_ffi_checksum_method_model_attach() != 40372) {
@@ -5695,6 +6384,7 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitFlowerListener()
     uniffiCallbackInitGenerationListener()
     uniffiCallbackInitTrainListener()
     return InitializationResult.ok

@@ -243,6 +243,13 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_FLOWER_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_FLOWER_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceFlowerListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_GENERATION_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_GENERATION_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceGenerationListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
@@ -255,6 +262,15 @@ typedef void (*UniffiCallbackInterfaceGenerationListenerMethod0)(uint64_t, RustB
 typedef void (*UniffiCallbackInterfaceTrainListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
         RustCallStatus *_Nonnull uniffiCallStatus
     );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_FLOWER_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_FLOWER_LISTENER
+typedef struct UniffiVTableCallbackInterfaceFlowerListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceFlowerListenerMethod0 _Nonnull onEvent;
+} UniffiVTableCallbackInterfaceFlowerListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_GENERATION_LISTENER
@@ -305,6 +321,26 @@ uint64_t uniffi_adaptkit_ffi_fn_method_adapter_save(uint64_t ptr, uint64_t stora
 uint64_t uniffi_adaptkit_ffi_fn_method_adapter_save_directory(uint64_t ptr, RustBuffer path
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CLONE_FLOWERLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CLONE_FLOWERLISTENER
+uint64_t uniffi_adaptkit_ffi_fn_clone_flowerlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_FREE_FLOWERLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_FREE_FLOWERLISTENER
+void uniffi_adaptkit_ffi_fn_free_flowerlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_INIT_CALLBACK_VTABLE_FLOWERLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_INIT_CALLBACK_VTABLE_FLOWERLISTENER
+void uniffi_adaptkit_ffi_fn_init_callback_vtable_flowerlistener(const UniffiVTableCallbackInterfaceFlowerListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_METHOD_FLOWERLISTENER_ON_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_METHOD_FLOWERLISTENER_ON_EVENT
+void uniffi_adaptkit_ffi_fn_method_flowerlistener_on_event(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CLONE_GENERATIONLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CLONE_GENERATIONLISTENER
 uint64_t uniffi_adaptkit_ffi_fn_clone_generationlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -343,6 +379,11 @@ uint64_t uniffi_adaptkit_ffi_fn_constructor_model_open(RustBuffer path, RustBuff
 #ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CONSTRUCTOR_MODEL_OPEN_BYTES
 #define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_CONSTRUCTOR_MODEL_OPEN_BYTES
 uint64_t uniffi_adaptkit_ffi_fn_constructor_model_open_bytes(RustBuffer gguf, RustBuffer options
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_METHOD_MODEL_JOIN_FLOWER
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_METHOD_MODEL_JOIN_FLOWER
+uint64_t uniffi_adaptkit_ffi_fn_method_model_join_flower(uint64_t ptr, RustBuffer options, RustBuffer data, RustBuffer listener, RustBuffer cancel
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_FN_METHOD_MODEL_ATTACH
@@ -869,9 +910,21 @@ uint16_t uniffi_adaptkit_ffi_checksum_method_adapter_save_directory(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_FLOWERLISTENER_ON_EVENT
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_FLOWERLISTENER_ON_EVENT
+uint16_t uniffi_adaptkit_ffi_checksum_method_flowerlistener_on_event(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_GENERATIONLISTENER_ON_EVENT
 #define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_GENERATIONLISTENER_ON_EVENT
 uint16_t uniffi_adaptkit_ffi_checksum_method_generationlistener_on_event(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_MODEL_JOIN_FLOWER
+#define UNIFFI_FFIDEF_UNIFFI_ADAPTKIT_FFI_CHECKSUM_METHOD_MODEL_JOIN_FLOWER
+uint16_t uniffi_adaptkit_ffi_checksum_method_model_join_flower(void
     
 );
 #endif

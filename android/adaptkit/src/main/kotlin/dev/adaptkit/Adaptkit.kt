@@ -11,6 +11,10 @@ import dev.adaptkit.ffi.ChatMessage
 import dev.adaptkit.ffi.CompressOptions
 import dev.adaptkit.ffi.CompressedPatch
 import dev.adaptkit.ffi.Device
+import dev.adaptkit.ffi.FlowerEvent
+import dev.adaptkit.ffi.FlowerListener
+import dev.adaptkit.ffi.FlowerOptions
+import dev.adaptkit.ffi.FlowerReply
 import dev.adaptkit.ffi.GenerateOptions
 import dev.adaptkit.ffi.GenerationEvent
 import dev.adaptkit.ffi.GenerationListener
@@ -40,6 +44,12 @@ import java.io.Closeable
 sealed class Training {
     data class Progress(val event: TrainEvent) : Training()
     data class Finished(val result: TrainResult) : Training()
+}
+
+/** What [Model.joinFlower] emits: each event of the node, then the replies it sent. */
+sealed class FlowerNode {
+    data class Event(val event: FlowerEvent) : FlowerNode()
+    data class Finished(val replies: List<FlowerReply>) : FlowerNode()
 }
 
 /** Runs [call] with a listener that feeds a channel, emitting what it receives, then [finish]. */
@@ -138,6 +148,21 @@ class LanguageModel private constructor(val raw: Model) : Closeable {
         },
         event = { e -> Training.Progress(e) },
         finish = { r -> Training.Finished(r) },
+    )
+
+    /**
+     * Joins a Flower federation as a node ([options]: the SuperLink, a directory for the node's
+     * key and checkpoints): trains the adapters it is sent on [data] and returns the updates, until
+     * the collector is cancelled or `options.maxMessages` are answered.
+     */
+    fun joinFlower(options: FlowerOptions, data: TrainingData): Flow<FlowerNode> = streamed(
+        call = { send: (FlowerEvent) -> Unit ->
+            raw.joinFlower(options, data, object : FlowerListener {
+                override fun onEvent(event: FlowerEvent) = send(event)
+            }, null)
+        },
+        event = { e -> FlowerNode.Event(e) },
+        finish = { r -> FlowerNode.Finished(r) },
     )
 
     /** Loads an adapter (a directory, a storage, PEFT bytes, a patch) made for this model. */
