@@ -18,6 +18,7 @@ use super::identity::NodeKey;
 use super::objects::{self, Body, RecordDict};
 use super::proto;
 use super::records::{self, Instruction, Metric, ARRAYS, METRICS};
+use crate::adapt::AdapterSet;
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::http::Retry;
@@ -613,10 +614,10 @@ fn evaluate(
         &LoadOptions::default(),
     )?;
     let seq = instruction.seq.unwrap_or(TrainConfig::default().seq);
-    let attached = model.attach(&adapter, 1.0)?;
-    let report = model.perplexity(text, seq, cancel, &mut |_, _| {});
-    model.detach(attached)?;
-    let report = report?;
+    // The global adapter alone: not whatever the app has attached to the model.
+    let mut alone = AdapterSet::new();
+    alone.push(adapter.shared(), adapter.info().scale)?;
+    let report = model.perplexity_with(text, seq, &alone, cancel, &mut |_, _| {})?;
     let metrics = [
         ("num-examples", Metric::Int(report.tokens as i64)),
         ("eval-loss", Metric::Float(report.perplexity.ln())),
