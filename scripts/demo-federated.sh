@@ -24,19 +24,7 @@ url=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' 
 echo "sync server on $url"
 
 # The journal's entries in consecutive shards; each shard's last sixth is held out.
-python3 - "$work" "$devices" <<'PY'
-import sys
-work, n = sys.argv[1], int(sys.argv[2])
-entries = [e for e in open("data/sample/journal.txt").read().split("\n\n") if e.strip()]
-per = len(entries) // n
-held_all = []
-for d in range(n):
-    shard = entries[d * per:(d + 1) * per]
-    held = max(1, len(shard) // 6)
-    open(f"{work}/shard-{d}.txt", "w").write("\n\n".join(shard[:-held]))
-    held_all += shard[-held:]
-open(f"{work}/held-out.txt", "w").write("\n\n".join(held_all))
-PY
+python3 scripts/make_shards.py "$work" "$devices"
 
 created=$("$adaptkit" sync task create --server "$url" --model "$model" --name journal --rule fedavg \
   --min-clients "$devices" --max-clients "$devices" --steps 8 --batch 2 --seq 64 --lr 5e-3 --json | tail -1)

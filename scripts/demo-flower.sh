@@ -51,20 +51,7 @@ TOML
 echo "SuperLink (flwr $("$venv/bin/python" -c 'import flwr; print(flwr.__version__)')) on http://127.0.0.1:$port"
 
 # The journal's entries in consecutive shards; each shard's last sixth is held out.
-python3 - "$work" "$nodes" <<'PY'
-import sys
-work, n = sys.argv[1], int(sys.argv[2])
-entries = [e for e in open("data/sample/journal.txt").read().split("\n\n") if e.strip()]
-per = len(entries) // n
-held_all = []
-for d in range(n):
-    shard = entries[d * per:(d + 1) * per]
-    held = max(1, len(shard) // 6)
-    open(f"{work}/shard-{d}.txt", "w").write("\n\n".join(shard[:-held]))
-    open(f"{work}/held-out-{d}.txt", "w").write("\n\n".join(shard[-held:]))
-    held_all += shard[-held:]
-open(f"{work}/held-out.txt", "w").write("\n\n".join(held_all))
-PY
+python3 scripts/make_shards.py "$work" "$nodes"
 
 init_flags=()
 [ "$rule" = ffa ] && init_flags+=(--freeze-a)

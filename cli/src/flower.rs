@@ -2,10 +2,9 @@
 //! API), and `adaptkit flower-init`: the first adapter a Flower ServerApp starts from.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use adaptkit::control::CancelToken;
-use adaptkit::flower::{FlowerNode, NodeData, NodeEvent, NodeOptions};
+use adaptkit::flower::{self, NodeData, NodeEvent, NodeOptions};
 use adaptkit::runtime::train::{Dataset, TrainingData};
 use adaptkit::runtime::TrainConfig;
 use clap::Args;
@@ -61,52 +60,50 @@ pub fn node(args: NodeArgs) -> Result<(), CliError> {
     options.heartbeat_interval = args.heartbeat;
     options.record = args.record;
     options.max_message_bytes = args.max_message_mb << 20;
-    options.poll = Duration::from_millis(500);
-    let node = FlowerNode::connect(options)?;
     let cancel = CancelToken::new();
     interrupt::cancel_on_ctrl_c(&cancel);
     let mut progress = Progress::default();
     let human = !args.out.json;
-    let replies = node.run(&model, &data, args.max_messages, &cancel, &mut |event| match event {
-        NodeEvent::Online { node_id } => eprintln!("flower: node {node_id} online at {}", args.superlink),
-        NodeEvent::Received { run, kind, round, bytes } => eprintln!(
-            "flower: run {run}: {kind} (round {}), {:.1} MB",
-            round.map_or("-".into(), |r| r.to_string()),
-            bytes as f64 / 1e6
-        ),
-        NodeEvent::Training(e) => {
-            if human {
-                progress.on(e)
+    let session =
+        flower::join(options, &model, &data, args.max_messages, &cancel, &mut |event| match event {
+            NodeEvent::Online { node_id } => eprintln!("flower: node {node_id} online at {}", args.superlink),
+            NodeEvent::Received { run, kind, round, bytes } => eprintln!(
+                "flower: run {run}: {kind} (round {}), {:.1} MB",
+                round.map_or("-".into(), |r| r.to_string()),
+                bytes as f64 / 1e6
+            ),
+            NodeEvent::Training(e) => {
+                if human {
+                    progress.on(e)
+                }
             }
-        }
-        NodeEvent::Replied(reply) => {
-            std::mem::take(&mut progress).finish();
-            let metrics: Vec<String> = reply.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            let coded = if reply.dense_bytes > reply.bytes && reply.bytes > 0 {
-                format!(" ({:.1}x smaller than dense)", reply.dense_bytes as f64 / reply.bytes as f64)
-            } else {
-                String::new()
-            };
-            match &reply.error {
-                Some(e) => eprintln!("flower: run {}: {} answered with an error: {e}", reply.run, reply.kind),
-                None => eprintln!(
-                    "flower: run {}: {} -> {}: {}; sent {:.2} MB{coded}",
-                    reply.run,
-                    reply.kind,
-                    reply.outcome,
-                    metrics.join(", "),
-                    reply.bytes as f64 / 1e6
-                ),
+            NodeEvent::Replied(reply) => {
+                std::mem::take(&mut progress).finish();
+                let metrics: Vec<String> = reply.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                let coded = if reply.dense_bytes > reply.bytes && reply.bytes > 0 {
+                    format!(" ({:.1}x smaller than dense)", reply.dense_bytes as f64 / reply.bytes as f64)
+                } else {
+                    String::new()
+                };
+                match &reply.error {
+                    Some(e) => {
+                        eprintln!("flower: run {}: {} answered with an error: {e}", reply.run, reply.kind)
+                    }
+                    None => eprintln!(
+                        "flower: run {}: {} -> {}: {}; sent {:.2} MB{coded}",
+                        reply.run,
+                        reply.kind,
+                        reply.outcome,
+                        metrics.join(", "),
+                        reply.bytes as f64 / 1e6
+                    ),
+                }
             }
-        }
-        NodeEvent::Problem(line) => eprintln!("flower: {line}"),
-    });
-    let node_id = node.node_id();
-    node.close();
-    let replies = replies?;
-    let report = json!({ "node_id": node_id, "replies": replies });
-    emit(args.out, &report, &[], || {
-        say(format_args!("node {node_id}: answered {} messages\n", replies.len()))
+            NodeEvent::Problem(line) => eprintln!("flower: {line}"),
+        });
+    let session = session?;
+    emit(args.out, &session, &[], || {
+        say(format_args!("node {}: answered {} messages\n", session.node_id, session.replies.len()))
     });
     Ok(())
 }

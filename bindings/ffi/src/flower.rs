@@ -117,13 +117,13 @@ impl Model {
             node_options.heartbeat_interval = options.heartbeat_interval_s;
             node_options.record = options.record;
             let node_data = flower::NodeData { train: data.runtime(), held_out: data.eval_text.clone() };
-            let node = flower::FlowerNode::connect(node_options)?;
             let emit = |event: FlowerEvent| {
                 if let Some(listener) = &listener {
                     listener.on_event(event);
                 }
             };
-            let replies = node.run(
+            let session = flower::join(
+                node_options,
                 &model,
                 &node_data,
                 options.max_messages.map(|m| m as usize),
@@ -142,8 +142,7 @@ impl Model {
                     flower::NodeEvent::Problem(m) => emit(FlowerEvent::Problem { message: m.into() }),
                 },
             );
-            node.close();
-            Ok(replies?.iter().map(FlowerReply::from).collect())
+            Ok(session?.replies.iter().map(FlowerReply::from).collect())
         })
         .await
     }

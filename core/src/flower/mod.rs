@@ -13,7 +13,7 @@ pub mod objects;
 pub mod records;
 
 pub use identity::NodeKey;
-pub use node::{FlowerNode, NodeData, NodeEvent, NodeOptions, Reply};
+pub use node::{join, FlowerNode, NodeData, NodeEvent, NodeOptions, Reply, Session};
 
 /// Flower's protobuf messages, compiled from `proto/flower.proto` by the build script.
 #[allow(clippy::all, missing_docs)]

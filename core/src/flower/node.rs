@@ -57,7 +57,7 @@ impl NodeOptions {
             superlink: superlink.to_string(),
             dir: dir.to_path_buf(),
             heartbeat_interval: 30.0,
-            poll: Duration::from_secs(1),
+            poll: Duration::from_millis(500),
             retry: Retry {
                 attempts: 30,
                 first_delay: Duration::from_millis(500),
@@ -111,6 +111,30 @@ pub struct Reply {
     /// update was ComPEFT-coded).
     pub bytes: u64,
     pub dense_bytes: u64,
+}
+
+/// What a node's session did: its id on the SuperLink and every message it answered.
+#[derive(Clone, Debug, Serialize)]
+pub struct Session {
+    pub node_id: u64,
+    pub replies: Vec<Reply>,
+}
+
+/// A node's whole session, as every face runs it: connect, answer messages until `cancel` or
+/// `max_messages`, leave.
+pub fn join(
+    options: NodeOptions,
+    model: &Model,
+    data: &NodeData,
+    max_messages: Option<usize>,
+    cancel: &CancelToken,
+    on_event: &mut (dyn FnMut(NodeEvent) + Send),
+) -> Result<Session, Error> {
+    let node = FlowerNode::connect(options)?;
+    let replies = node.run(model, data, max_messages, cancel, on_event);
+    let node_id = node.node_id();
+    node.close();
+    Ok(Session { node_id, replies: replies? })
 }
 
 pub struct FlowerNode {
