@@ -254,7 +254,22 @@ impl Engine {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Perplexity, Error> {
-        self.run(|engine| wait(engine.score(text, window, adapters, cancel, on_progress)))
+        self.perplexity_after("", text, window, adapters, cancel, on_progress)
+    }
+
+    /// [`perplexity`](Self::perplexity) of `text` with `prefix` before every window: the model
+    /// reads it but it is not scored (the same tokens are scored as without it), so the two
+    /// compare how much the prefix, e.g. a context in the prompt, helps.
+    pub fn perplexity_after(
+        &self,
+        prefix: &str,
+        text: &str,
+        window: usize,
+        adapters: &dyn Adapters,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Perplexity, Error> {
+        self.run(|engine| wait(engine.score(prefix, text, window, adapters, cancel, on_progress)))
     }
 
     /// [`perplexity`](Self::perplexity), awaiting the read-backs (the browser's GPU path).
@@ -266,11 +281,12 @@ impl Engine {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Perplexity, Error> {
-        self.run_async(self.score(text, window, adapters, cancel, on_progress)).await
+        self.run_async(self.score("", text, window, adapters, cancel, on_progress)).await
     }
 
     async fn score(
         &self,
+        prefix: &str,
         text: &str,
         window: usize,
         adapters: &dyn Adapters,
@@ -284,6 +300,11 @@ impl Engine {
             )));
         }
         let tokens = self.tokenizer.encode(text, true)?;
+        let prefix = if prefix.is_empty() { Vec::new() } else { self.tokenizer.encode(prefix, true)? };
+        let context = self.model.config().context_len;
+        if prefix.len() + window > context {
+            return Err(Error::ContextOverflow { tokens: prefix.len() + window, context });
+        }
         let windows = tokens.len() / window;
         if windows == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -296,7 +317,7 @@ impl Engine {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            total_nll += self.window_nll(ids, adapters).await?;
+            total_nll += self.window_nll(&prefix, ids, adapters).await?;
             crate::device::release_untracked_graphs(self.model.device());
             on_progress(w + 1, windows);
         }
@@ -304,16 +325,23 @@ impl Engine {
         Ok(Perplexity { perplexity: (total_nll / counted as f64).exp(), tokens: counted, windows })
     }
 
-    /// Sum of next-token negative log-likelihoods over one window.
-    async fn window_nll(&self, ids: &[u32], adapters: &dyn Adapters) -> Result<f64, Error> {
+    /// Sum of next-token negative log-likelihoods over one window (its first token is not
+    /// predicted), read after `prefix`.
+    async fn window_nll(
+        &self,
+        prefix: &[u32],
+        window: &[u32],
+        adapters: &dyn Adapters,
+    ) -> Result<f64, Error> {
         // Logits of a whole window would take len x vocab floats; score them in slices.
         const SLICE: usize = 64;
         let vocab = self.model.config().vocab_size;
         let mut cache = self.model.new_cache(1);
-        let hidden = self.model.forward_adapted(ids, 1, &mut cache, adapters)?;
+        let ids: Vec<u32> = prefix.iter().chain(window).copied().collect();
+        let hidden = self.model.forward_adapted(&ids, 1, &mut cache, adapters)?;
         let mut nll = 0.0;
         let predicted = ids.len() - 1;
-        for start in (0..predicted).step_by(SLICE) {
+        for start in (prefix.len()..predicted).step_by(SLICE) {
             let end = (start + SLICE).min(predicted);
             let logits = read_f32(self.model.device_logits(hidden.clone(), start..end)?).await?;
             for (row, &target) in logits.chunks_exact(vocab).zip(&ids[start + 1..end + 1]) {

@@ -260,6 +260,26 @@ impl LoraAdapter {
         Ok(Self { config, pairs, dropout_seed: None, initial: None })
     }
 
+    /// An adapter of `config` with the given `A` (`[rank, in]`) and `B` (`[out, rank]`, our row
+    /// layout) per projection, e.g. one a generator made ([`super::generative`]).
+    pub(crate) fn from_pairs(
+        config: LoraConfig,
+        pairs: BTreeMap<(usize, Projection), (Tensor<2>, Tensor<2>)>,
+    ) -> Result<Self, Error> {
+        config.check()?;
+        if let Some(((layer, p), _)) =
+            pairs.iter().find(|(_, (a, b))| a.dims()[0] != config.rank || b.dims()[1] != config.rank)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "layer {layer} {}: A and B are not of rank {}",
+                p.hf_name(),
+                config.rank
+            )));
+        }
+        let pairs = pairs.into_iter().map(|(site, (a, b))| (site, Pair { a, b })).collect();
+        Ok(Self { config, pairs, dropout_seed: None, initial: None })
+    }
+
     /// A PiSSA adapter (see [`super::pissa`]): `A`, `B` from the top `rank` singular components
     /// of each targeted weight, trained against the residual `W − s·B₀A₀`, which the adapter
     /// itself subtracts (the shared model is not changed). The same `seed` gives the same split,

@@ -4,6 +4,7 @@
 
 pub mod dept;
 pub mod dora;
+pub mod generative;
 pub mod ia3;
 pub mod lofit;
 pub mod lora;

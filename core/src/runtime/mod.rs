@@ -25,6 +25,7 @@ pub mod bench;
 pub mod memory;
 pub mod model;
 pub mod patches;
+pub mod personalize;
 pub mod plan;
 pub mod train;
 
@@ -32,6 +33,7 @@ pub use adapter::{Adapter, AdapterInfo, AdapterSource, PeftFiles};
 pub use model::{
     AttachedAdapter, GenerateRequest, GenerationReport, Model, ModelInfo, OpenOptions, PerplexityReport,
 };
+pub use personalize::{Context, ContextReport, Generator, GeneratorInfo, GeneratorSource};
 pub use plan::MemoryPlan;
 pub use train::{Dataset, TrainConfig, TrainEvent, Trained, TrainingData, TrainingReport};
 

@@ -368,6 +368,21 @@ impl Model {
         self.perplexity_with(text, seq, &self.adapter_set(), cancel, on_progress)
     }
 
+    /// [`perplexity`](Self::perplexity) of `text` with `prefix` read (not scored) before each
+    /// window, e.g. a context given in the prompt (see [`Engine::perplexity_after`]).
+    pub fn perplexity_after(
+        &self,
+        prefix: &str,
+        text: &str,
+        seq: usize,
+        cancel: &CancelToken,
+        on_progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<PerplexityReport, Error> {
+        let adapters = self.adapter_set();
+        let p = self.engine.perplexity_after(prefix, text, seq, adapters.as_ref(), cancel, on_progress)?;
+        Ok(PerplexityReport::of(p, seq))
+    }
+
     /// [`perplexity`](Self::perplexity), awaiting the read-backs (the browser's GPU path).
     pub async fn perplexity_async(
         &self,

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod generator;
 pub mod loss;
 pub mod schedule;
 
