@@ -3,7 +3,8 @@
 # cached), show what it is, chat with it, then fine-tune a LoRA adapter on the bundled sample
 # notes (progress bar, a forgetting watch on general English, the loss curve as SVG), ask it
 # what the notes say, save it as a PEFT directory, and compress it into a patch (ComPEFT, ~25x
-# smaller than the adapter in f16) that answers the same.
+# smaller than the adapter in f16) that answers the same; last, generate an adapter from the
+# same notes in one pass of the model, with no training (personalize).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -38,3 +39,9 @@ echo
 "$adaptkit" patch inspect "$out.akp"
 echo "> with the patch $out.akp: $prompt"
 "$adaptkit" generate --model "$model" --adapter "$out.akp" --prompt "$prompt" --max-tokens 40 --temperature 0
+echo
+# No training at all: an adapter generated from the notes in one pass of the model (README,
+# "Personalize from a context").
+echo "> with an adapter generated from data/sample/notes.txt (personalize, no training): $prompt"
+"$adaptkit" personalize --model "$model" --context data/sample/notes.txt --out "$out-generated"
+"$adaptkit" generate --model "$model" --adapter "$out-generated" --prompt "$prompt" --max-tokens 40 --temperature 0

@@ -14,9 +14,15 @@ use crate::args::{parse, read_text, AdapterArgs, ModelArgs};
 use crate::{emit, fetch, progress, say, CliError, Output};
 
 pub fn fetch(dir: Option<PathBuf>, out: Output) -> Result<(), CliError> {
-    let fetched = fetch::fetch(&dir.unwrap_or_else(fetch::default_dir))?;
+    let dir = dir.unwrap_or_else(fetch::default_dir);
+    let fetched = fetch::fetch(&dir)?;
     let path = fetched.path.display().to_string();
-    let report = json!({"model": path, "sha256": fetched.sha256, "downloaded": fetched.downloaded});
+    // The model is what `fetch` is for; a missing generator only disables `personalize`.
+    let generator = fetch::install_generator(&dir)
+        .map_err(|e| eprintln!("warning: generator not installed: {}", e.message))
+        .ok()
+        .map(|p| p.display().to_string());
+    let report = json!({"model": path, "sha256": fetched.sha256, "downloaded": fetched.downloaded, "generator": generator});
     emit(out, &report, &[], || say(format_args!("{path}\n")));
     Ok(())
 }
@@ -174,19 +180,24 @@ pub struct EvalArgs {
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     seq: usize,
+    /// A text read before every window but not scored (a context given in the prompt).
+    #[arg(long)]
+    prefix: Option<PathBuf>,
     #[command(flatten)]
     out: Output,
 }
 
 pub fn eval(args: EvalArgs) -> Result<(), CliError> {
     let text = read_text(&args.data)?;
+    let prefix = args.prefix.as_deref().map(read_text).transpose()?.unwrap_or_default();
     let model = args.model.open(false)?;
     args.adapters.attach(&model)?;
     let bar = progress::bar("eval", 0, "windows");
-    let report = model.perplexity(&text, args.seq, &CancelToken::new(), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let report =
+        model.perplexity_after(&prefix, &text, args.seq, &CancelToken::new(), &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
     bar.finish_and_clear();
     emit(args.out, &report, &[], || {
         say(format_args!(

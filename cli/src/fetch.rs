@@ -38,6 +38,39 @@ pub fn default_model() -> PathBuf {
     default_dir().join(setting("FILE"))
 }
 
+/// Where `adaptkit fetch` installs the demo model's generator (whether or not it did yet).
+pub fn default_generator() -> PathBuf {
+    default_dir().join(setting("GENERATOR"))
+}
+
+/// The generator trained for the demo model is committed with the sources
+/// (`models/`); `fetch` installs it beside the model after checking its sha256, or says why not.
+pub fn install_generator(dir: &Path) -> Result<PathBuf, CliError> {
+    let (file, expected) = (setting("GENERATOR"), setting("GENERATOR_SHA256"));
+    let target = dir.join(file);
+    if target.is_file() && sha256_of(&target)? == expected {
+        return Ok(target);
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(file);
+    if !source.is_file() {
+        return Err(CliError::msg(format!(
+            "the generator {} is not there (it is committed with the sources: was this binary built from another checkout?)",
+            source.display()
+        )));
+    }
+    let actual = sha256_of(&source)?;
+    if actual != expected {
+        return Err(CliError::msg(format!(
+            "sha256 of {} is {actual}, expected {expected} (a Git LFS pointer or a damaged checkout?)",
+            source.display()
+        )));
+    }
+    let bytes = fs::read(&source).map_err(|e| CliError::io(&source, e))?;
+    adaptkit::format::write_atomic(&target, |w| std::io::Write::write_all(w, &bytes))
+        .map_err(|e| CliError::io(&target, e))?;
+    Ok(target)
+}
+
 pub struct Fetched {
     pub path: PathBuf,
     pub sha256: String,

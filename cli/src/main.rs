@@ -11,6 +11,7 @@ mod flower;
 mod interrupt;
 mod method;
 mod patch;
+mod personalize;
 mod plot;
 mod progress;
 mod sync;
@@ -61,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: patch::PatchCommand,
     },
+    /// Generate an adapter from a context (notes, messages, a document) in one pass of the
+    /// model, with no training; --state keeps the context so later text extends it.
+    Personalize(personalize::PersonalizeArgs),
+    /// Train the generator `personalize` uses, on a corpus of text files.
+    TrainGenerator(Box<personalize::TrainGeneratorArgs>),
     /// Join a Flower federation: this device as a node of a SuperLink, training the adapters it
     /// is sent on --data and returning the updates.
     FlowerNode(flower::NodeArgs),
@@ -178,6 +184,8 @@ fn main() -> ExitCode {
         Command::Patch { command } => patch::run(command),
         Command::FlowerNode(args) => flower::node(args),
         Command::FlowerInit(args) => flower::init(args),
+        Command::Personalize(args) => personalize::personalize(args),
+        Command::TrainGenerator(args) => personalize::train_generator(*args),
         Command::Serve(args) => sync::serve(args),
         Command::Sync { command } => sync::run(command),
     };

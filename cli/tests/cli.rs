@@ -1013,3 +1013,86 @@ fn the_memory_planner_predicts_the_peak_and_keeps_to_a_budget() {
     assert_clean_failure(&out, "--memory-budget 200M: no plan fits");
     assert!(stderr(&out).contains("needs about"), "{}", stderr(&out));
 }
+
+/// The generator committed for the demo model (its name from `scripts/model.env`).
+fn committed_generator() -> PathBuf {
+    let name =
+        include_str!("../../scripts/model.env").lines().find_map(|l| l.strip_prefix("GENERATOR=")).unwrap();
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name)
+}
+
+/// `personalize`: an adapter generated from a context, which `eval` loads; a state that a second
+/// call extends; and bad input refused cleanly, leaving no state or adapter behind.
+#[test]
+fn personalize_generates_an_adapter_and_extends_a_kept_context() {
+    let Some(model) = real_model() else { return };
+    let generator = committed_generator();
+    let generator = generator.to_str().unwrap();
+    let (out, state) = (scratch("generated"), scratch("context.state"));
+    let _ = std::fs::remove_file(&state);
+    let personalize = |context: &Path, extra: &[&str]| {
+        let args = [
+            "personalize",
+            "--model",
+            &model,
+            "--generator",
+            generator,
+            "--context",
+            context.to_str().unwrap(),
+        ];
+        adaptkit(&[&args[..], &["--out", out.to_str().unwrap(), "--json"], extra].concat())
+    };
+    let first = last_json(&personalize(&sample("notes.txt"), &["--state", state.to_str().unwrap()]));
+    let tokens = first["tokens"].as_u64().unwrap();
+    assert!(tokens > 500 && first["total_tokens"] == first["tokens"], "{first}");
+    assert_eq!(first["adapter"]["method"], "lora");
+    let eval = last_json(&adaptkit(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        sample("general.txt").to_str().unwrap(),
+        "--seq",
+        "128",
+        "--adapter",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(eval["perplexity"].as_f64().unwrap().is_finite());
+    // `eval --prefix`: the same text read before each window makes it far easier to predict, and
+    // the same tokens are scored.
+    let notes = sample("notes.txt");
+    let notes = notes.to_str().unwrap();
+    let score = |extra: &[&str]| {
+        let args = ["eval", "--model", &model, "--data", notes, "--seq", "256", "--json"];
+        last_json(&adaptkit(&[&args[..], extra].concat()))
+    };
+    let (plain, primed) = (score(&[]), score(&["--prefix", notes]));
+    assert_eq!(plain["tokens"], primed["tokens"]);
+    assert!(
+        primed["perplexity"].as_f64().unwrap() < 0.5 * plain["perplexity"].as_f64().unwrap(),
+        "{plain} {primed}"
+    );
+    let second = last_json(&personalize(&sample("general.txt"), &["--state", state.to_str().unwrap()]));
+    assert_eq!(second["total_tokens"].as_u64().unwrap(), tokens + second["tokens"].as_u64().unwrap());
+
+    let empty = scratch("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let before = std::fs::read(&state).unwrap();
+    assert_clean_failure(&personalize(&empty, &["--state", state.to_str().unwrap()]), "empty");
+    assert_eq!(std::fs::read(&state).unwrap(), before, "a refused call leaves the state as it was");
+    let junk = scratch("junk.safetensors");
+    std::fs::write(&junk, b"not a generator").unwrap();
+    let args = ["personalize", "--model", &model, "--generator", junk.to_str().unwrap(), "--context"];
+    let out2 = scratch("never");
+    let refused = adaptkit(
+        &[&args[..], &[sample("notes.txt").to_str().unwrap(), "--out", out2.to_str().unwrap()]].concat(),
+    );
+    assert_clean_failure(&refused, "junk.safetensors");
+    assert!(!out2.exists());
+    // A state file that is not one.
+    assert_clean_failure(
+        &personalize(&sample("notes.txt"), &["--state", junk.to_str().unwrap()]),
+        "junk.safetensors",
+    );
+}

@@ -12,7 +12,9 @@
 //!
 //! Normalisation: the paper keeps the top-`k` singular directions of `S` with unit singular
 //! values; we normalise by the Frobenius norm, which is differentiable with plain tensor ops (no
-//! SVD backward, which burn lacks) and gives the same scale-free update. Windows are encoded by
+//! SVD backward, which burn lacks). Both make the update's size independent of the context's
+//! length; ours keeps the ratios between singular values (it does not whiten `S`) and is about
+//! `√k` smaller than the SVD form, a scale `B` learns. Windows are encoded by
 //! the base model independently (the paper's "parallel" mode) in training and on the device
 //! alike, so encoding a context costs one pass of the base over it.
 //!
@@ -90,6 +92,9 @@ impl GeneratorConfig {
     }
 
     fn check(&self) -> Result<(), Error> {
+        if !self.alpha.is_finite() {
+            return Err(Error::option("alpha", self.alpha, "must be a finite number"));
+        }
         if self.r1 == 0 || self.r2 == 0 {
             return Err(Error::option("rank", 0, "R1 and R2 must be at least 1"));
         }
@@ -226,9 +231,27 @@ impl Generator {
     }
 
     /// Gives the rows of the next training passes their contexts (`None`: every row gets a zero
-    /// update, as with an empty context).
-    pub fn set_contexts(&mut self, contexts: Option<BatchContexts>) {
+    /// update, as with an empty context): block inputs for every block, `[chunks, len, d]` each,
+    /// and a `[rows, chunks]` selection (the rows must be the next passes' batch).
+    pub fn set_contexts(&mut self, contexts: Option<BatchContexts>) -> Result<(), Error> {
+        if let Some(c) = &contexts {
+            let layers = self.sites.keys().map(|&(l, _)| l + 1).max().unwrap_or(0);
+            let chunks = c.hidden.first().map(|h| h.dims()[0]);
+            let d = self.sites.values().next().map(|site| site.a2.dims()[1]);
+            let fits = c.hidden.len() == layers
+                && c.hidden.iter().all(|h| Some(h.dims()[0]) == chunks && Some(h.dims()[2]) == d)
+                && Some(c.select.dims()[1]) == chunks;
+            if !fits {
+                return Err(Error::InvalidArgument(format!(
+                    "contexts of {} blocks of {:?} with a selection {:?} do not fit a generator of {layers} blocks",
+                    c.hidden.len(),
+                    c.hidden.first().map(|h| h.dims()),
+                    c.select.dims()
+                )));
+            }
+        }
         self.contexts = contexts;
+        Ok(())
     }
 
     /// The block inputs of `tokens` (`batch` equal rows) under the base model, one
@@ -331,8 +354,16 @@ impl Generator {
         LoraAdapter::from_pairs(LoraConfig::new(c.r2, c.alpha, c.targets.clone()), pairs)
     }
 
-    /// Refuses a model of another shape than the generator's.
+    /// Refuses a model of another shape than the generator's, or whose context is shorter than
+    /// the generator's window.
     fn check_model(&self, config: &LlamaConfig) -> Result<(), Error> {
+        if self.config.window > config.context_len {
+            return Err(Error::option(
+                "window",
+                self.config.window,
+                format!("is longer than the model's context of {}", config.context_len),
+            ));
+        }
         let layers = self.sites.keys().map(|&(l, _)| l + 1).max().unwrap_or(0);
         let site = self.sites.values().next().expect("a generator has sites");
         if layers != config.n_layers || site.a2.dims()[1] != config.d_model {

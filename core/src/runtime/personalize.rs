@@ -37,6 +37,8 @@ pub const MAX_CONTEXT_TOKENS: usize = 1 << 20;
 
 const METADATA_KEY: &str = "adaptkit_generator";
 const CONTEXT_KEY: &str = "adaptkit_context";
+/// The settings of a generator training run, beside its checkpoint.
+const RUN_SETTINGS: &str = "generator-run.json";
 
 /// Where a generator comes from.
 pub enum GeneratorSource {
@@ -125,11 +127,14 @@ impl Context {
             )));
         }
         let mut context = generator.context();
-        context.state.tokens =
-            meta["tokens"].as_u64().ok_or_else(|| bad("field 'tokens' is missing".into()))? as usize;
+        context.state.tokens = meta["tokens"]
+            .as_u64()
+            .and_then(|t| usize::try_from(t).ok())
+            .filter(|&t| t <= MAX_CONTEXT_TOKENS)
+            .ok_or_else(|| bad(format!("field 'tokens' is missing or over {MAX_CONTEXT_TOKENS}")))?;
         for (&(layer, p), sum) in context.state.sums.iter_mut() {
             let name = format!("layers.{layer}.{}", p.hf_name());
-            let values = file.tensor_f32(&name).map_err(|_| bad(format!("no tensor '{name}'")))?;
+            let values = file.tensor_f32(&name).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
             if values.len() != sum.len() || values.iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("tensor '{name}' does not fit the generator or is not finite")));
             }
@@ -214,7 +219,7 @@ impl Model {
         if tokens.is_empty() {
             return Err(Error::option("context", "", "the context is empty: give it some text"));
         }
-        let total = context.state.tokens + tokens.len();
+        let total = context.state.tokens.saturating_add(tokens.len());
         if total > MAX_CONTEXT_TOKENS {
             return Err(Error::option(
                 "context",
@@ -290,8 +295,34 @@ impl Model {
         let tokenize = |docs: &[String]| -> Result<Vec<Vec<u32>>, Error> {
             docs.iter().map(|d| self.tokenize(d, false)).collect()
         };
+        if !self.engine().model().device().is_autodiff() {
+            return Err(Error::InvalidArgument(
+                "the model was opened for inference: open it with `trainable` to train a generator".into(),
+            ));
+        }
         let (documents, held_out) = (tokenize(documents)?, tokenize(held_out)?);
         let base = self.fingerprint()?.id;
+        // A run resumes only with the settings it was started with (the step count aside, which
+        // only stretches the schedule).
+        let settings = json!({
+            "generator": config,
+            "options": GeneratorTrainOptions { steps: 0, ..options.clone() },
+            "documents": documents.len(),
+        })
+        .to_string()
+        .into_bytes();
+        if let Some(store) = store {
+            match store.read(RUN_SETTINGS)? {
+                Some(saved) if saved != settings => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the checkpoint in {} is of a run with other settings or data; start in an empty directory",
+                        store.locate(RUN_SETTINGS)
+                    )))
+                }
+                Some(_) => {}
+                None => store.write(RUN_SETTINGS, &settings)?,
+            }
+        }
         let engine = self.engine();
         engine.run(|engine| {
             let model = engine.model();

@@ -80,6 +80,9 @@ impl GeneratorTrainOptions {
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::option(*field, 0, "must be at least 1"));
         }
+        if self.chunks.checked_mul(self.chunk_len).is_none() {
+            return Err(Error::option("chunks", self.chunks, "times the chunk length overflows"));
+        }
         if self.chunks < 2 {
             return Err(Error::option(
                 "chunks",
@@ -227,14 +230,33 @@ pub async fn fit_generator(
     on_step: &mut dyn FnMut(&GeneratorStep),
 ) -> Result<GeneratorTrainReport, Error> {
     options.check()?;
+    if options.chunk_len != generator.config().window {
+        return Err(Error::option(
+            "chunk_len",
+            options.chunk_len,
+            format!(
+                "must be the generator's window ({}): training must see the block inputs the device will",
+                generator.config().window
+            ),
+        ));
+    }
+    if options.chunk_len > model.config().context_len {
+        return Err(Error::option(
+            "chunk_len",
+            options.chunk_len,
+            format!("is longer than the model's context of {}", model.config().context_len),
+        ));
+    }
     let long_enough = |docs: &[Vec<u32>]| -> Vec<Vec<u32>> {
         docs.iter().filter(|d| d.len() >= options.sample_len()).cloned().collect()
     };
     let (documents, held_out) = (long_enough(documents), long_enough(held_out));
     if documents.is_empty() || held_out.is_empty() {
         return Err(Error::InvalidArgument(format!(
-            "generator training needs training and held-out documents of at least {} tokens",
-            options.sample_len()
+            "generator training needs training and held-out documents of at least {} tokens: {} and {} are",
+            options.sample_len(),
+            documents.len(),
+            held_out.len()
         )));
     }
     let mut state = resume.unwrap_or_else(|| TrainState::new(0, options.weight_decay));
@@ -252,7 +274,7 @@ pub async fn fit_generator(
         let batch = draw_batch(&documents, options, step as u64);
         let hidden = encode_chunks(model, &batch)?;
         let rows: Vec<_> = batch.completion.iter().chain(&batch.reconstruction).cloned().collect();
-        generator.set_contexts(Some(batch.contexts(&hidden, &rows)));
+        generator.set_contexts(Some(batch.contexts(&hidden, &rows)))?;
         let row_tokens = tokens_of(&rows);
         let result = loss_and_gradients_on_device(
             model,
@@ -262,7 +284,7 @@ pub async fn fit_generator(
             rows.len(),
             options.checkpoint_activations,
         );
-        generator.set_contexts(None);
+        generator.set_contexts(None)?;
         let (loss, grads) = result?;
         let mut grads: BTreeMap<String, Tensor<2>> = grads;
         train_loss = read_f32(loss).await?[0];
@@ -319,7 +341,7 @@ pub async fn evaluate(
         for (i, rows) in [&batch.completion, &batch.reconstruction].into_iter().enumerate() {
             let tokens = tokens_of(rows);
             let base = masked_next_token_loss(model, &NoAdapters, &tokens, None, rows.len())?;
-            frozen.set_contexts(Some(batch.contexts(&hidden, rows)));
+            frozen.set_contexts(Some(batch.contexts(&hidden, rows)))?;
             let adapted = masked_next_token_loss(model, &frozen, &tokens, None, rows.len())?;
             let both = read_f32(Tensor::cat(vec![base, adapted], 0)).await?;
             sums[2 * i] += both[0];
