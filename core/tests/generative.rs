@@ -18,7 +18,7 @@ use adaptkit::runtime::personalize::GeneratorSource;
 use adaptkit::runtime::{Context, Model, OpenOptions};
 use adaptkit::store::MemoryStore;
 use adaptkit::train::generator::{fit_generator, GeneratorTrainOptions};
-use adaptkit::train::{checkpoint, next_token_loss, TrainState};
+use adaptkit::train::{checkpoint, next_token_loss, Checkpointing, TrainState};
 use adaptkit::Error;
 
 mod common;
@@ -245,8 +245,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(40),
-        None,
-        None,
+        Checkpointing::default(),
         &cancel,
         &mut |_| {},
     ))
@@ -270,8 +269,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(6),
-        None,
-        None,
+        Checkpointing::default(),
         &cancel,
         &mut |_| {},
     ))
@@ -284,8 +282,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(6),
-        None,
-        Some((&store, checkpoint::KEY, 100)),
+        Checkpointing { resume: None, save: Some((&store, checkpoint::KEY, 100)) },
         &stop,
         &mut |step| {
             if step.step == 3 {
@@ -304,8 +301,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(6),
-        Some(state),
-        None,
+        Checkpointing { resume: Some(state), save: None },
         &cancel,
         &mut |_| {},
     ))

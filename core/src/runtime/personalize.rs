@@ -30,6 +30,7 @@ use crate::format::peft::PeftDir;
 use crate::format::safetensors::{safetensors_to_bytes, Dtype, SafetensorsFile};
 use crate::store::Store;
 use crate::train::generator::{fit_generator, GeneratorStep, GeneratorTrainOptions, GeneratorTrainReport};
+use crate::train::Checkpointing;
 
 /// The most context tokens one state takes in: the state's size does not grow, but its f32 sums
 /// lose the early text's weight beyond this (and encoding it takes an hour on a phone).
@@ -335,15 +336,14 @@ impl Model {
                 Some(bytes) => Some(crate::train::checkpoint::load(bytes, key, &mut generator)?),
                 None => None,
             };
-            let save = store.map(|s| (s, key, 25));
+            let checkpointing = Checkpointing { resume, save: store.map(|s| (s, key, 25)) };
             let report = wait(fit_generator(
                 model,
                 &mut generator,
                 &documents,
                 &held_out,
                 options,
-                resume,
-                save,
+                checkpointing,
                 cancel,
                 on_step,
             ))?;

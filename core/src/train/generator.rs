@@ -15,14 +15,16 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::{checkpoint, clip_grad_norm, loss_and_gradients_on_device, masked_next_token_loss, TrainState};
+use super::{
+    checkpoint, clip_grad_norm, loss_and_gradients_on_device, masked_next_token_loss, Checkpointing,
+    TrainState,
+};
 use crate::adapt::generative::{BatchContexts, Generator};
 use crate::adapt::Method;
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::model::linear::read_f32;
 use crate::model::{Llama, NoAdapters};
-use crate::store::Store;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GeneratorTrainOptions {
@@ -78,7 +80,7 @@ impl GeneratorTrainOptions {
             ("eval_samples", self.eval_samples),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::option(*field, 0, "must be at least 1"));
+            return Err(Error::option(field, 0, "must be at least 1"));
         }
         if self.chunks.checked_mul(self.chunk_len).is_none() {
             return Err(Error::option("chunks", self.chunks, "times the chunk length overflows"));
@@ -217,15 +219,16 @@ fn draw_batch(documents: &[Vec<u32>], options: &GeneratorTrainOptions, stream: u
 
 /// Trains `generator` (its parameters marked for gradients, on a model on an autodiff device) on
 /// `documents` (tokenized; those shorter than a sample are skipped), evaluating on `held_out`.
-/// Checkpoints go to `save = (store, key, every)`; `resume` continues a run from one.
+/// Checkpoints go to `checkpointing.save = (store, key, every)`; `checkpointing.resume`
+/// continues a run from one.
+#[allow(clippy::too_many_arguments)]
 pub async fn fit_generator(
     model: &Llama,
     generator: &mut Generator,
     documents: &[Vec<u32>],
     held_out: &[Vec<u32>],
     options: &GeneratorTrainOptions,
-    resume: Option<TrainState>,
-    save: Option<(&dyn Store, &str, usize)>,
+    checkpointing: Checkpointing<'_>,
     cancel: &CancelToken,
     on_step: &mut dyn FnMut(&GeneratorStep),
 ) -> Result<GeneratorTrainReport, Error> {
@@ -259,6 +262,7 @@ pub async fn fit_generator(
             held_out.len()
         )));
     }
+    let Checkpointing { resume, save } = checkpointing;
     let mut state = resume.unwrap_or_else(|| TrainState::new(0, options.weight_decay));
     state.planned_steps = options.steps;
     let schedule = super::LrSchedule::CosineWithMinLr;
