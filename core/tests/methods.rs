@@ -596,3 +596,29 @@ fn lofit_scales_then_offsets_each_head() {
         assert!((b - hand).abs() < 1e-6, "row {r}: {b} vs {hand}");
     }
 }
+
+/// An adapter file with a NaN or an infinity in any tensor is refused when loaded, naming the
+/// tensor, for every method (before, such an adapter loaded and turned outputs into NaN).
+#[test]
+fn non_finite_adapter_values_are_refused_naming_the_tensor() {
+    let dir = tempdir();
+    let model = model_in(&dir, GgmlType::Q8_0);
+    for (i, method) in fresh_methods(&model).into_iter().enumerate() {
+        let name = method.kind().name();
+        for (j, bad) in [f32::NAN, f32::INFINITY].into_iter().enumerate() {
+            let saved = dir.join(&format!("{name}-{i}-{j}"));
+            method.save(&saved, &model).unwrap();
+            // The first value of the data section (of whichever tensor is stored first).
+            let file = saved.join("adapter_model.safetensors");
+            let mut bytes = std::fs::read(&file).unwrap();
+            let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            bytes[8 + header..8 + header + 4].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&file, bytes).unwrap();
+            let message = match adapt::load(&saved, &model) {
+                Ok(_) => panic!("{name}: an adapter holding {bad} was loaded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(message.contains("tensor '") && message.contains(&bad.to_string()), "{name}: {message}");
+        }
+    }
+}

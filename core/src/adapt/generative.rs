@@ -399,12 +399,6 @@ impl Generator {
                 let mut parts = Vec::with_capacity(5);
                 for (part, shape) in PARTS.iter().zip(shapes) {
                     let values = super::tensors::read(peft, &param_name(layer, projection, part), &shape)?;
-                    if values.iter().any(|v| !v.is_finite()) {
-                        return Err(bad(format!(
-                            "tensor '{}' is not finite",
-                            param_name(layer, projection, part)
-                        )));
-                    }
                     parts.push(tensor2(values, shape, model.device()));
                 }
                 let [norm, a1, a2, a3, b] = <[Tensor<2>; 5]>::try_from(parts).expect("five parts");

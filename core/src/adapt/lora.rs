@@ -382,7 +382,7 @@ impl LoraAdapter {
                     tensor.name, tensor.shape, config.rank
                 )));
             }
-            let values = peft.tensors.tensor_f32(&tensor.name)?;
+            let values = tensors::finite_values(peft, &tensor.name)?;
             let slot = found.entry((layer, projection)).or_default();
             *(if is_b { &mut slot.1 } else { &mut slot.0 }) = Some(values);
         }

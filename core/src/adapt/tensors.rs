@@ -39,7 +39,17 @@ pub(crate) fn read(peft: &PeftDir, name: &str, shape: &[usize]) -> Result<Vec<f3
             format!("tensor '{name}' has shape {:?}, expected {shape:?} for this model", info.shape),
         ));
     }
-    Ok(peft.tensors.tensor_f32(name)?)
+    finite_values(peft, name)
+}
+
+/// Tensor `name` of a saved adapter as f32, refused when any value is NaN or infinite: such an
+/// adapter would turn every output it touches into NaN (or empty generations) without an error.
+pub(crate) fn finite_values(peft: &PeftDir, name: &str) -> Result<Vec<f32>, Error> {
+    let values = peft.tensors.tensor_f32(name)?;
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(at) => Err(bad(peft, format!("tensor '{name}' holds {} at index {at}", values[at]))),
+        None => Ok(values),
+    }
 }
 
 /// A tensor as the saved adapter stores it: name, f32, shape, little-endian bytes.
