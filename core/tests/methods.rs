@@ -622,3 +622,34 @@ fn non_finite_adapter_values_are_refused_naming_the_tensor() {
         }
     }
 }
+
+/// A LoRA config field that is present must parse: a wrong type is an error naming the field,
+/// not the default; target_modules must name every module the tensors adapt.
+#[test]
+fn wrongly_typed_lora_config_fields_are_refused_naming_the_field() {
+    let dir = tempdir();
+    let model = model_in(&dir, GgmlType::Q8_0);
+    let saved = dir.join("lora");
+    Lora::random(7, 2, false).write_peft(&saved);
+    let config_path = saved.join("adapter_config.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    assert!(adapt::load(&saved, &model).is_ok());
+    for (field, value, needle) in [
+        ("lora_alpha", serde_json::json!("NaN"), "lora_alpha"),
+        ("lora_dropout", serde_json::json!("x"), "lora_dropout"),
+        ("use_rslora", serde_json::json!("yes"), "use_rslora"),
+        ("r", serde_json::json!("2"), "r must be"),
+        ("target_modules", serde_json::json!([]), "names no module"),
+        ("target_modules", serde_json::json!(["q_proj", "v_proj"]), "which target_modules does not name"),
+    ] {
+        let mut config = good.clone();
+        config[field] = value.clone();
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let message = match adapt::load(&saved, &model) {
+            Ok(_) => panic!("{field} = {value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(needle), "{field} = {value}: {message}");
+    }
+}

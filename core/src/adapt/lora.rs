@@ -365,6 +365,13 @@ impl LoraAdapter {
             let (layer, projection, is_b) = parse_key(&tensor.name).ok_or_else(|| {
                 bad(format!("tensor '{}' is not a LoRA weight of a decoder projection", tensor.name))
             })?;
+            if !config.targets.contains(&projection) {
+                return Err(bad(format!(
+                    "tensor '{}' is for {}, which target_modules does not name",
+                    tensor.name,
+                    projection.hf_name()
+                )));
+            }
             if layer >= c.n_layers {
                 return Err(bad(format!(
                     "tensor '{}' is for layer {layer}; the model has {}",
@@ -545,29 +552,48 @@ pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
     if let Some(bias) = json.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
         return Err(format!("bias = '{bias}' is not supported (only 'none')"));
     }
-    let rank = json.get("r").and_then(Value::as_u64).unwrap_or(0) as usize;
-    if rank == 0 {
-        return Err("rank r must be a positive integer".into());
+    let rank = match json.get("r") {
+        Some(Value::Number(n)) => n.as_u64().filter(|&r| r > 0).map(|r| r as usize),
+        _ => None,
     }
-    let alpha = json.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0) as f32;
+    .ok_or_else(|| format!("r must be a positive integer, found {}", shown(json.get("r"))))?;
+    let alpha = number_field(json, "lora_alpha", 8.0)? as f32;
     if !alpha.is_finite() {
         return Err(format!("lora_alpha {alpha} is not finite"));
     }
+    let dropout = number_field(json, "lora_dropout", 0.0)? as f32;
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(format!("lora_dropout {dropout} is not in [0, 1)"));
+    }
+    let use_rslora = match json.get("use_rslora") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("use_rslora {other} is not true or false")),
+    };
     let targets = super::parse_targets(json, "target_modules")?;
+    if targets.is_empty() {
+        return Err("target_modules names no module".into());
+    }
     let freeze_a = match json.get("adaptkit_freeze_a") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(other) => return Err(format!("adaptkit_freeze_a {other} is not true or false")),
     };
-    Ok(LoraConfig {
-        rank,
-        alpha,
-        dropout: json.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
-        use_rslora: json.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
-        targets,
-        init: LoraInit::Kaiming,
-        freeze_a,
-    })
+    Ok(LoraConfig { rank, alpha, dropout, use_rslora, targets, init: LoraInit::Kaiming, freeze_a })
+}
+
+/// A config field that must be a number when present (`default` when absent or null): a string
+/// or a list is an error naming the field, not the default.
+fn number_field(json: &Value, key: &str, default: f64) -> Result<f64, String> {
+    match json.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("{key} {n} is not a number")),
+        Some(other) => Err(format!("{key} must be a number, found {other}")),
+    }
+}
+
+fn shown(value: Option<&Value>) -> String {
+    value.map_or("nothing".into(), Value::to_string)
 }
 
 /// `base_model.model.model.layers.{i}.{self_attn|mlp}.{x}_proj.lora_{A|B}.weight`.
