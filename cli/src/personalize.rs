@@ -169,27 +169,8 @@ fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
 }
 
 pub fn train_generator(args: TrainGeneratorArgs) -> Result<(), CliError> {
-    if args.hold_out_every < 2 {
-        return Err(CliError::msg("--hold-out-every must be at least 2"));
-    }
     let files = corpus_files(&args.corpus)?;
-    let (mut documents, mut held_out) = (Vec::new(), Vec::new());
-    for (i, path) in files.iter().enumerate() {
-        let text = read_text(path)?;
-        if i % args.hold_out_every == args.hold_out_every - 1 {
-            held_out.push(text);
-        } else {
-            documents.push(text);
-        }
-    }
-    if held_out.is_empty() {
-        return Err(CliError::msg(format!(
-            "--hold-out-every {} holds out none of the {} documents in {}",
-            args.hold_out_every,
-            files.len(),
-            args.corpus.display()
-        )));
-    }
+    let documents: Vec<String> = files.iter().map(|path| read_text(path)).collect::<Result<_, _>>()?;
     let config = GeneratorConfig {
         r1: args.rank,
         r2: args.rank,
@@ -229,8 +210,6 @@ pub fn train_generator(args: TrainGeneratorArgs) -> Result<(), CliError> {
     };
     let record = json!({
         "corpus": args.corpus_name,
-        "documents": documents.len(),
-        "held_out_documents": held_out.len(),
         "model": args.model.path()?.file_name().map(|n| n.to_string_lossy().to_string()),
     });
     let cancel = CancelToken::new();
@@ -239,7 +218,7 @@ pub fn train_generator(args: TrainGeneratorArgs) -> Result<(), CliError> {
     let result = model.train_generator(
         &config,
         &documents,
-        &held_out,
+        args.hold_out_every,
         &options,
         store.as_ref().map(|s| s as &dyn adaptkit::store::Store),
         record,

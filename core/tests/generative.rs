@@ -333,7 +333,7 @@ fn generator_file(model: &Model, seed: u64) -> Vec<u8> {
         .train_generator(
             &config(8),
             &docs,
-            &docs[..2],
+            6,
             &options,
             None,
             serde_json::json!({"corpus": "test"}),
@@ -350,7 +350,12 @@ fn the_runtime_personalizes_and_refuses_what_it_cannot_use() {
     let bytes = generator_file(&model, 0);
     let generator =
         model.load_generator(GeneratorSource::Bytes { bytes: bytes.clone(), label: "g".into() }).unwrap();
-    assert_eq!(generator.info().training.as_ref().unwrap()["run"]["corpus"], "test");
+    let training = generator.info().training.clone().unwrap();
+    assert_eq!(training["run"]["corpus"], "test");
+    assert_eq!(
+        (training["run"]["documents"].as_u64(), training["run"]["held_out_documents"].as_u64()),
+        (Some(10), Some(2))
+    );
     let cancel = CancelToken::new();
     let text = "the starter is called henrik and the bees are warm. ".repeat(4);
     let (adapter, context, report) = model.personalize(&generator, &text, &cancel).unwrap();
@@ -431,7 +436,7 @@ fn the_runtime_personalizes_and_refuses_what_it_cannot_use() {
         let options = train_options(1);
         let record = serde_json::Value::Null;
         model
-            .train_generator(config, &docs, &docs[..2], &options, Some(store), record, &cancel, &mut |_| {})
+            .train_generator(config, &docs, 6, &options, Some(store), record, &cancel, &mut |_| {})
             .map(|_| ())
     };
     let store = MemoryStore::new();

@@ -278,15 +278,16 @@ impl Model {
         Ok((adapter, context, report))
     }
 
-    /// Trains a generator for this model (opened `trainable`) on `documents`, evaluating on
-    /// `held_out`, with checkpoints in `store` (resumed from when one is there). Returns the
-    /// generator's file bytes (f16, with `record` as its training record) and the report.
+    /// Trains a generator for this model (opened `trainable`) on `documents`, every
+    /// `hold_out_every`-th of them (in the order given) held out for evaluation, with checkpoints
+    /// in `store` (resumed from when one is there). Returns the generator's file bytes (f16, with
+    /// `record` and the document counts as its training record) and the report.
     #[allow(clippy::too_many_arguments)]
     pub fn train_generator(
         &self,
         config: &GeneratorConfig,
         documents: &[String],
-        held_out: &[String],
+        hold_out_every: usize,
         options: &GeneratorTrainOptions,
         store: Option<&dyn Store>,
         record: Value,
@@ -301,7 +302,29 @@ impl Model {
                 "the model was opened for inference: open it with `trainable` to train a generator".into(),
             ));
         }
-        let (documents, held_out) = (tokenize(documents)?, tokenize(held_out)?);
+        if hold_out_every < 2 {
+            return Err(Error::option("hold_out_every", hold_out_every, "must be at least 2"));
+        }
+        let (held_out, documents): (Vec<(usize, &String)>, Vec<(usize, &String)>) =
+            documents.iter().enumerate().partition(|(i, _)| i % hold_out_every == hold_out_every - 1);
+        if held_out.is_empty() {
+            return Err(Error::option(
+                "hold_out_every",
+                hold_out_every,
+                format!("holds out none of the {} documents", documents.len()),
+            ));
+        }
+        let texts =
+            |docs: Vec<(usize, &String)>| docs.into_iter().map(|(_, d)| d.clone()).collect::<Vec<_>>();
+        let mut record = match record {
+            Value::Object(fields) => fields,
+            Value::Null => Default::default(),
+            other => [("note".to_string(), other)].into_iter().collect(),
+        };
+        record.insert("documents".into(), documents.len().into());
+        record.insert("held_out_documents".into(), held_out.len().into());
+        let record = Value::Object(record);
+        let (documents, held_out) = (tokenize(&texts(documents))?, tokenize(&texts(held_out))?);
         let base = self.fingerprint()?.id;
         // A run resumes only with the settings it was started with (the step count aside, which
         // only stretches the schedule).
