@@ -134,7 +134,7 @@ impl AdapterArgs {
 }
 
 pub fn read_text(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|e| CliError::io(path, e))
+    Ok(adaptkit::format::read_text(path)?)
 }
 
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, CliError> {

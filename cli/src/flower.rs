@@ -50,10 +50,9 @@ pub struct NodeArgs {
 
 pub fn node(args: NodeArgs) -> Result<(), CliError> {
     let model = args.model.open(true)?;
-    let read_text = |path: &PathBuf| std::fs::read_to_string(path).map_err(|e| CliError::io(path, e));
     let data = NodeData {
         train: TrainingData { train: Dataset::read(&args.data)?, eval: None, general: None },
-        held_out: args.eval.as_ref().map(read_text).transpose()?,
+        held_out: args.eval.as_deref().map(crate::args::read_text).transpose()?,
     };
     let mut options =
         NodeOptions::new(&args.superlink, &args.dir.unwrap_or_else(|| fetch::home().join("flower-node")));

@@ -587,28 +587,14 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_checkpoint() {
     let data = sample("notes.txt");
     let out = scratch("diverged");
     let _ = std::fs::remove_dir_all(&out);
-    let run = |extra: &[&str]| {
-        let base = ["--steps", "3", "--batch", "1", "--seq", "32", "--checkpoint-every", "2", "--json"];
-        train(&model, &data, &out, &[&base[..], extra].concat())
-    };
-    last_json(&run(&[]));
-    // Poison one adapter value in step 2's checkpoint (RMSNorm keeps even absurd learning rates
-    // finite, so a NaN is planted): resuming, step 3's loss is NaN.
-    let checkpoint = out.join("checkpoint.safetensors");
-    let mut bytes = std::fs::read(&checkpoint).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let (_, entry) =
-        header.as_object().unwrap().iter().find(|(name, _)| name.starts_with("adapter/")).unwrap();
-    let at = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
-    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    std::fs::write(&checkpoint, &bytes).unwrap();
-    std::fs::remove_file(out.join("adapter_model.safetensors")).unwrap();
-
-    let failed = run(&["--resume"]);
-    assert_clean_failure(&failed, "step 3");
+    // An absurd learning rate overflows the adapter in step 1's update: step 2's loss is NaN.
+    let args = ["--steps", "3", "--batch", "1", "--seq", "32", "--checkpoint-every", "1", "--lr", "3e38"];
+    let failed = train(&model, &data, &out, &args);
+    assert_clean_failure(&failed, "step 2");
     assert!(stderr(&failed).contains("not finite") && stderr(&failed).contains("checkpoint"));
-    assert_eq!(std::fs::read(&checkpoint).unwrap(), bytes, "the last checkpoint is left as it was");
+    let checkpoint = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let step_1 = br#"\"step\":1,"#;
+    assert!(checkpoint.windows(step_1.len()).any(|w| w == step_1), "step 1's checkpoint is kept");
     assert!(!out.join("adapter_model.safetensors").exists(), "nothing else is written");
 }
 
@@ -703,7 +689,8 @@ fn a_pissa_adapter_is_saved_for_the_original_base() {
     assert!((adapted / base - 1.0).abs() < 0.05, "one small step: {base} -> {adapted}; {report}");
 
     // A resumed PiSSA run rebuilds the same residual base and ends where a straight run does:
-    // with checkpoints every 2 of 3 steps, the file left behind is step 2's.
+    // with checkpoints every 2 of 3 steps, the file left behind is step 2's, and the resumed
+    // run reports the whole run.
     let run = |out: &Path, extra: &[&str]| {
         let base = ["--init", "pissa", "--rank", "4", "--steps", "3", "--batch", "1", "--seq", "32"];
         let args = [&base[..], &["--checkpoint-every", "2", "--json"], extra].concat();
@@ -712,7 +699,8 @@ fn a_pissa_adapter_is_saved_for_the_original_base() {
     let out = scratch("pissa-resumed");
     let straight = run(&out, &[]);
     let resumed = run(&out, &["--resume"]);
-    assert_eq!(resumed["evaluations"][0]["step"], 2, "{resumed}");
+    assert_eq!(resumed["evaluations"], straight["evaluations"], "{straight} vs {resumed}");
+    assert_eq!(resumed["tokens"], straight["tokens"]);
     assert_eq!(resumed["train_loss"], straight["train_loss"], "{straight} vs {resumed}");
     assert_eq!(resumed["eval_loss"], straight["eval_loss"]);
 }

@@ -317,7 +317,11 @@ impl Engine {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            total_nll += self.window_nll(&prefix, ids, adapters).await?;
+            let nll = self.window_nll(&prefix, ids, adapters).await?;
+            if !nll.is_finite() {
+                return Err(Error::NonFiniteOutput { what: format!("the loss of window {}", w + 1) });
+            }
+            total_nll += nll;
             crate::device::release_untracked_graphs(self.model.device());
             on_progress(w + 1, windows);
         }

@@ -41,6 +41,10 @@ pub enum Error {
     ContextOverflow { tokens: usize, context: usize },
     #[error("training stopped at step {step}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite; the learning rate is likely too high")]
     NonFiniteLoss { step: usize, loss: f32, grad_norm: f32 },
+    /// The model's output with the attached adapters is NaN or infinite: an adapter, or its
+    /// scale, is out of range. `what` names the output and the adapters attached.
+    #[error("{what} is not finite (NaN or infinite): an adapter or its scale is out of range")]
+    NonFiniteOutput { what: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An option out of range or not applicable, by its field name (the CLI flag is the same
@@ -124,7 +128,7 @@ impl Error {
             | Self::MissingTensor(_)
             | Self::TensorShape { .. }
             | Self::Config(_) => ErrorKind::Model,
-            Self::Peft(_) | Self::Adapter { .. } => ErrorKind::Adapter,
+            Self::Peft(_) | Self::Adapter { .. } | Self::NonFiniteOutput { .. } => ErrorKind::Adapter,
             Self::Patch { .. } | Self::PatchBase { .. } => ErrorKind::Patch,
             Self::InvalidOption { field, .. } if field == "memory_budget" => ErrorKind::MemoryBudget,
             Self::InvalidArgument(_) | Self::InvalidOption { .. } | Self::OptionNotTaken { .. } => {

@@ -24,6 +24,12 @@ pub trait Store: Send + Sync {
     fn exists(&self, key: &str) -> Result<bool, Error> {
         Ok(self.read(key)?.is_some())
     }
+
+    /// Removes what writes cut short by a crash left behind (a [`FileStore`]'s temp files at
+    /// its top level); a run that owns the store calls it as it starts.
+    fn sweep(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Refuses keys that could leave the store: empty, absolute, or with empty, `.` or `..`
@@ -92,6 +98,21 @@ impl Store for FileStore {
 
     fn locate(&self, key: &str) -> String {
         self.path(key).map_or_else(|_| key.to_string(), |p| p.display().to_string())
+    }
+
+    fn sweep(&self) -> Result<(), Error> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other.map_err(|source| Error::Io { path: self.root.clone(), source })?,
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(crate::format::is_atomic_temp) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +187,28 @@ mod tests {
         round_trip(&FileStore::new(&dir));
         // Only the directories the keys made are left: no temp files.
         assert_eq!(std::fs::read_dir(dir.join("a")).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_removes_the_temp_files_of_interrupted_writes_only() {
+        let dir = std::env::temp_dir().join(format!("adaptkit-sweep-{}", std::process::id()));
+        let store = FileStore::new(&dir);
+        store.sweep().unwrap(); // no directory yet
+        store.write("checkpoint.safetensors", b"good").unwrap();
+        let kept = [".keep", "notes.tmp", ".x.tmp", ".a.b.tmp", "checkpoint.safetensors"];
+        for name in
+            [".checkpoint.safetensors.0.tmp", ".adapter_model.safetensors.12.tmp"].iter().chain(&kept[..4])
+        {
+            std::fs::write(dir.join(name), b"half").unwrap();
+        }
+        store.sweep().unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut kept = kept.map(String::from).to_vec();
+        kept.sort();
+        assert_eq!(left, kept);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

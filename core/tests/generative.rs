@@ -282,7 +282,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(6),
-        Checkpointing { resume: None, save: Some((&store, checkpoint::KEY, 100)) },
+        Checkpointing { save: Some((&store, checkpoint::KEY, 100)), ..Default::default() },
         &stop,
         &mut |step| {
             if step.step == 3 {
@@ -293,7 +293,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
     assert!(matches!(result, Err(Error::Cancelled)));
     let mut resumed = trainable_generator(&model);
     let bytes = adaptkit::store::Store::read(&store, checkpoint::KEY).unwrap().unwrap();
-    let state: TrainState = checkpoint::load(bytes, "checkpoint", &mut resumed).unwrap();
+    let state: TrainState = checkpoint::load(bytes, "checkpoint", &mut resumed, &Default::default()).unwrap();
     assert_eq!(state.step, 3);
     wait(fit_generator(
         &model,
@@ -301,7 +301,7 @@ fn training_lowers_the_reconstruction_loss_and_resumes_exactly() {
         &docs,
         &held_out,
         &train_options(6),
-        Checkpointing { resume: Some(state), save: None },
+        Checkpointing { resume: Some(state), ..Default::default() },
         &cancel,
         &mut |_| {},
     ))
@@ -447,7 +447,7 @@ fn the_runtime_personalizes_and_refuses_what_it_cannot_use() {
     )
     .unwrap();
     train(&trainable, &config(8), &store).unwrap();
-    refused(train(&trainable, &GeneratorConfig { alpha: 4.0, ..config(8) }, &store), "other settings");
+    refused(train(&trainable, &GeneratorConfig { alpha: 4.0, ..config(8) }, &store), "started with generator.alpha = 8.0 (this run: 4.0)");
     // Nothing about the model changed.
     assert_eq!(model.attached().len(), attached);
     assert_eq!(model.logits(&TOKENS).unwrap(), before);

@@ -359,10 +359,26 @@ fn bad_adapters_and_prompts_are_clear_errors() {
 
     // A checkpoint of one method does not resume another.
     let lora = LoraAdapter::new(lora_config(), &model, 0).unwrap();
-    let bytes = adaptkit::device::wait(checkpoint::to_bytes(&lora, &TrainState::new(3, 0.0))).unwrap();
+    let bytes =
+        adaptkit::device::wait(checkpoint::to_bytes(&lora, &TrainState::new(3, 0.0), &Default::default()))
+            .unwrap();
     let mut ia3 = Ia3Adapter::new(Ia3Config::default(), &model).unwrap();
-    let err = checkpoint::load(bytes, "ckpt", &mut ia3).err().unwrap().to_string();
+    let err = checkpoint::load(bytes, "ckpt", &mut ia3, &Default::default()).err().unwrap().to_string();
     assert!(err.contains("the checkpoint is of a lora run; this run trains ia3"), "{err}");
+    // Nor does one holding a value that is not finite (a sealed file written from a broken run).
+    let mut broken: Box<dyn Method> = Box::new(LoraAdapter::new(lora_config(), &model, 0).unwrap());
+    let name = broken.parameters()[0].0.clone();
+    let size = broken.parameters()[0].1.dims().iter().product::<usize>();
+    set_param(broken.as_mut(), &name, (0..size).map(|i| if i == 5 { f32::INFINITY } else { 0.0 }).collect());
+    let bytes = adaptkit::device::wait(checkpoint::to_bytes(
+        broken.as_ref(),
+        &TrainState::new(3, 0.0),
+        &Default::default(),
+    ))
+    .unwrap();
+    let mut lora = LoraAdapter::new(lora_config(), &model, 0).unwrap();
+    let err = checkpoint::load(bytes, "ckpt", &mut lora, &Default::default()).err().unwrap().to_string();
+    assert!(err.contains(&format!("tensor 'adapter/{name}' holds inf at index 5")), "{err}");
 
     // Prompts past the context.
     let err = PromptAdapter::new(CONTEXT + 1, PromptInit::SampledVocabulary, &model, 0).err().unwrap();
@@ -623,33 +639,58 @@ fn non_finite_adapter_values_are_refused_naming_the_tensor() {
     }
 }
 
-/// A LoRA config field that is present must parse: a wrong type is an error naming the field,
-/// not the default; target_modules must name every module the tensors adapt.
+/// A config field that is present must parse, for every method: a wrong type is an error naming
+/// the field, not the default; a LoRA's target_modules must name every module its tensors adapt.
 #[test]
-fn wrongly_typed_lora_config_fields_are_refused_naming_the_field() {
+fn wrongly_typed_config_fields_are_refused_naming_the_field() {
+    use serde_json::json;
     let dir = tempdir();
     let model = model_in(&dir, GgmlType::Q8_0);
     let saved = dir.join("lora");
     Lora::random(7, 2, false).write_peft(&saved);
-    let config_path = saved.join("adapter_config.json");
-    let good: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    assert!(adapt::load(&saved, &model).is_ok());
-    for (field, value, needle) in [
-        ("lora_alpha", serde_json::json!("NaN"), "lora_alpha"),
-        ("lora_dropout", serde_json::json!("x"), "lora_dropout"),
-        ("use_rslora", serde_json::json!("yes"), "use_rslora"),
-        ("r", serde_json::json!("2"), "r must be"),
-        ("target_modules", serde_json::json!([]), "names no module"),
-        ("target_modules", serde_json::json!(["q_proj", "v_proj"]), "which target_modules does not name"),
+    for method in fresh_methods(&model).into_iter().skip(1) {
+        method.save(&dir.join(method.kind().name()), &model).unwrap();
+    }
+    for (method, field, value, needle) in [
+        ("lora", "lora_alpha", json!("NaN"), "lora_alpha must be a number"),
+        ("lora", "lora_dropout", json!("x"), "lora_dropout must be a number"),
+        ("lora", "use_rslora", json!("yes"), "use_rslora must be true or false"),
+        ("lora", "r", json!("2"), "r must be"),
+        ("lora", "fan_in_fan_out", json!(1), "fan_in_fan_out must be true or false"),
+        ("lora", "bias", json!(0), "bias must be a string"),
+        ("lora", "target_modules", json!([]), "names no module"),
+        ("lora", "target_modules", json!(["q_proj", "v_proj"]), "which target_modules does not name"),
+        ("dora", "lora_alpha", json!([1]), "lora_alpha must be a number"),
+        ("prompt", "num_virtual_tokens", json!("4"), "num_virtual_tokens must be a whole number"),
+        (
+            "prompt",
+            "num_transformer_submodules",
+            json!(1.5),
+            "num_transformer_submodules must be a whole number",
+        ),
+        ("prefix", "num_virtual_tokens", json!(-4), "num_virtual_tokens must be a whole number"),
+        ("prefix", "prefix_projection", json!("false"), "prefix_projection must be true or false"),
+        ("dept", "r", json!("4"), "r must be a whole number"),
+        ("dept", "lora_alpha", json!("8"), "lora_alpha must be a number"),
+        ("dept", "embedding_lr_ratio", json!(true), "embedding_lr_ratio must be a number"),
+        ("lofit", "stage", json!(1), "stage must be a string"),
+        ("lofit", "heads", json!([[0, 1], [1]]), "[1] is not a [layer, head] pair"),
+        ("lofit", "heads", json!("0,1"), "heads must be a list"),
+        ("lofit", "l1", json!("0"), "l1 must be a number"),
     ] {
+        let saved = dir.join(method);
+        let config_path = saved.join("adapter_config.json");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let good: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(adapt::load(&saved, &model).is_ok(), "{method} loads as saved");
         let mut config = good.clone();
         config[field] = value.clone();
         std::fs::write(&config_path, config.to_string()).unwrap();
         let message = match adapt::load(&saved, &model) {
-            Ok(_) => panic!("{field} = {value} was accepted"),
+            Ok(_) => panic!("{method}: {field} = {value} was accepted"),
             Err(e) => e.to_string(),
         };
-        assert!(message.contains(needle), "{field} = {value}: {message}");
+        std::fs::write(&config_path, text).unwrap();
+        assert!(message.contains(needle), "{method}: {field} = {value}: {message}");
     }
 }

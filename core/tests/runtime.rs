@@ -272,14 +272,18 @@ fn the_thread_count_is_checked_before_loading() {
     assert!(matches!(&err, Error::InvalidOption { field, .. } if field == "threads"), "{err}");
 }
 
-/// Forward passes on a trainable model (evaluation, generation) keep no memory after them:
-/// burn's autodiff registrations of passes that never see a backward are released as they go.
+/// Forward passes on a trainable model (evaluation, generation, a training run's held-out
+/// evaluation) keep no memory after them: burn's autodiff registrations of passes that never
+/// see a backward are released as they go, so memory stays flat however many windows there are.
 #[test]
 fn evaluating_and_generating_on_a_trainable_model_keep_no_memory() {
     use adaptkit::runtime::memory::rss_mb;
     let model = tiny_model(true);
     let text = NOTES.repeat(20);
+    let data = TrainingData { eval: Some(Dataset::new("eval.txt", text.clone(), Format::Text)), ..notes() };
+    let config = TrainConfig { steps: 1, batch: 1, seq: 16, eval_every: 0, ..Default::default() };
     let run = || {
+        model.train(&data, &config, &MemoryStore::new(), &CancelToken::new(), &mut |_| {}).unwrap();
         model.perplexity(&text, 16, &CancelToken::new(), &mut |_, _| {}).unwrap();
         let ids: Vec<u32> = (0..20).map(|i| 3 + i).collect();
         let options = GenerateOptions {
@@ -296,7 +300,7 @@ fn evaluating_and_generating_on_a_trainable_model_keep_no_memory() {
         run();
     }
     let grown = rss_mb().unwrap() - before;
-    eprintln!("resident memory grew by {grown:.1} MiB over 3 x (~370 windows + 250 tokens)");
+    eprintln!("resident memory grew by {grown:.1} MiB over 3 x (~1,100 windows + 250 tokens)");
     assert!(grown < 20.0, "resident memory grew by {grown:.1} MiB");
 }
 
@@ -346,8 +350,111 @@ fn a_prompt_of_token_ids_is_its_text() {
     let model = tiny_model(false);
     let text = "saturday is bread day";
     let ids = model.tokenize(text, true).unwrap();
-    assert_eq!(generate(&model, &greedy(Prompt::Tokens(ids), 8)), generate(&model, &greedy(Prompt::Text(text.into()), 8)));
+    assert_eq!(
+        generate(&model, &greedy(Prompt::Tokens(ids), 8)),
+        generate(&model, &greedy(Prompt::Text(text.into()), 8))
+    );
     let bad = Prompt::Tokens(vec![1, VOCAB as u32]);
     let err = model.generate(&greedy(bad, 4), &CancelToken::new(), &mut |_| {}).unwrap_err();
     assert!(matches!(&err, Error::InvalidOption { field, .. } if field == "prompt.tokens"), "{err}");
+}
+
+/// `bytes` with the first `from` replaced by `to` (of the same length).
+fn replaced(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let at =
+        bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("no {from}"));
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+/// A checkpoint resumes only whole and only into the run it belongs to: a damaged or edited one
+/// fails its checksum, one of a run with other settings is refused naming the setting, and a
+/// resumed run reports the whole run (its tokens, its first held-out loss, each evaluation
+/// once), also when it had already finished.
+#[test]
+fn a_checkpoint_resumes_only_intact_and_into_its_own_run() {
+    use adaptkit::train::checkpoint::KEY;
+    let model = tiny_model(true);
+    let config =
+        TrainConfig { steps: 4, batch: 2, seq: 16, eval_every: 2, checkpoint_every: 2, ..Default::default() };
+    let straight = train(&model, &config, &MemoryStore::new(), None).1.unwrap().report;
+    let store = MemoryStore::new();
+    assert!(matches!(train(&model, &config, &store, Some(2)).1, Err(Error::Cancelled)));
+    let good = store.read(KEY).unwrap().unwrap();
+    let resume = TrainConfig { resume: true, ..config.clone() };
+    let refused = |bytes: &[u8], config: &TrainConfig| -> String {
+        store.write(KEY, bytes).unwrap();
+        let result = model.train(&notes(), config, &store, &CancelToken::new(), &mut |_| {});
+        let err = result.err().expect("refused").to_string();
+        assert!(err.contains("memory:checkpoint.safetensors"), "names the checkpoint: {err}");
+        err
+    };
+
+    let mut flipped = good.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    for damaged in [flipped, replaced(&good, r#"\"step\":2"#, r#"\"step\":1"#)] {
+        let err = refused(&damaged, &resume);
+        assert!(err.contains("fails its checksum"), "{err}");
+    }
+    let other = |options: MethodOptions| TrainConfig { options, ..resume.clone() };
+    let targets =
+        other(MethodOptions { targets: Some(vec![Projection::Q, Projection::V]), ..Default::default() });
+    for (config, setting) in [
+        (targets, "options.targets = \"q,k,v,o,gate,up,down\" (this run: \"q,v\")"),
+        (
+            other(MethodOptions { alpha: Some(32.0), ..Default::default() }),
+            "options.alpha = \"16\" (this run: \"32\")",
+        ),
+        (TrainConfig { seed: 1, ..resume.clone() }, "seed = 0 (this run: 1)"),
+    ] {
+        let err = refused(&good, &config);
+        assert!(err.contains(&format!("started with {setting}")), "{err}");
+    }
+    // Options as given or as defaulted are the same options.
+    let explicit = other(MethodOptions {
+        rank: Some(8),
+        targets: Some(vec![
+            Projection::Down,
+            Projection::Q,
+            Projection::K,
+            Projection::V,
+            Projection::O,
+            Projection::Gate,
+            Projection::Up,
+        ]),
+        ..Default::default()
+    });
+    store.write(KEY, &good).unwrap();
+    let resumed = train(&model, &explicit, &store, None).1.unwrap().report;
+    let finished = train(&model, &resume, &store, None).1.unwrap().report;
+    for report in [&resumed, &finished] {
+        assert_eq!(report.tokens, straight.tokens);
+        assert_eq!(report.eval_loss_before, straight.eval_loss_before);
+        assert_eq!(report.train_loss, straight.train_loss);
+        let steps =
+            |r: &adaptkit::runtime::TrainingReport| r.evaluations.iter().map(|e| e.step).collect::<Vec<_>>();
+        assert_eq!(steps(report), vec![0, 2, 4]);
+        assert_eq!(report.eval_loss, straight.eval_loss);
+    }
+}
+
+/// A scale that drives the model's output to infinity or NaN is an error naming the adapter and
+/// its scale, in generation and in perplexity alike, never empty text or a NaN figure.
+#[test]
+fn a_scale_that_makes_outputs_non_finite_is_an_error_naming_the_adapter() {
+    let model = tiny_model(true);
+    let config = TrainConfig { steps: 2, batch: 2, seq: 16, ..Default::default() };
+    let lora = train(&model, &config, &MemoryStore::new(), None).1.unwrap().adapter;
+    model.attach(&lora, 1e30).unwrap();
+    let request = greedy(Prompt::Text("the bees".into()), 4);
+    let err = model.generate(&request, &CancelToken::new(), &mut |_| {}).expect_err("refused");
+    let message = err.to_string();
+    assert_eq!(err.kind(), adaptkit::ErrorKind::Adapter, "{message}");
+    assert!(message.starts_with("the next-token logits (with lora trained lora at scale 1000"), "{message}");
+    let err = model.perplexity(&NOTES.repeat(2), 16, &CancelToken::new(), &mut |_, _| {}).err().unwrap();
+    assert!(err.to_string().starts_with("the loss of window 1 (with lora"), "{err}");
+    model.detach_all();
+    model.generate(&request, &CancelToken::new(), &mut |_| {}).unwrap();
 }

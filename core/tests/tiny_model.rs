@@ -539,7 +539,7 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
     let store = adaptkit::store::FileStore::new(dir.join("run"));
     let cancel = CancelToken::new();
     let mut first = Vec::new();
-    let save = Checkpointing { resume: None, save: Some((&store, checkpoint::KEY, 2)) };
+    let save = Checkpointing { save: Some((&store, checkpoint::KEY, 2)), ..Default::default() };
     let interrupted = wait(fit(&model, &mut fresh(), &windows, &options, save, &cancel, &mut |s| {
         first.push(s.loss);
         if s.step == 2 {
@@ -550,10 +550,10 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
 
     let mut resumed = fresh();
     let bytes = std::fs::read(dir.join("run").join(checkpoint::KEY)).unwrap();
-    let state = checkpoint::load(bytes, "checkpoint", resumed.as_mut()).unwrap();
+    let state = checkpoint::load(bytes, "checkpoint", resumed.as_mut(), &Default::default()).unwrap();
     assert_eq!(state.step, 2);
     let mut rest = Vec::new();
-    let from = Checkpointing { resume: Some(state), save: None };
+    let from = Checkpointing { resume: Some(state), ..Default::default() };
     wait(fit(&model, &mut resumed, &windows, &options, from, &CancelToken::new(), &mut |s| {
         rest.push(s.loss)
     }))

@@ -8,6 +8,7 @@
 use burn::tensor::Tensor;
 use serde_json::Value;
 
+use super::fields;
 use super::prompt::{self, read_prompt, PromptAdapter, PromptInit};
 use super::registry::{
     peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
@@ -120,13 +121,15 @@ impl DeptAdapter {
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
-        let number = |key: &str| peft.config.get(key).and_then(Value::as_f64);
+        let json = &peft.config;
+        let count = |key: &str| fields::count(json, key).map_err(|m| tensors::bad(peft, m));
+        let number = |key: &str| fields::number(json, key).map_err(|m| tensors::bad(peft, m));
         let config = DeptConfig {
-            tokens: number("num_virtual_tokens").unwrap_or(0.0) as usize,
-            rank: number("r").unwrap_or(0.0) as usize,
-            alpha: number("lora_alpha").unwrap_or(f64::NAN) as f32,
-            max_len: number("max_length").unwrap_or(0.0) as usize,
-            embedding_lr_ratio: number("embedding_lr_ratio").unwrap_or(1.0) as f32,
+            tokens: count("num_virtual_tokens")?.unwrap_or(0),
+            rank: count("r")?.unwrap_or(0),
+            alpha: number("lora_alpha")?.unwrap_or(f64::NAN) as f32,
+            max_len: count("max_length")?.unwrap_or(0),
+            embedding_lr_ratio: number("embedding_lr_ratio")?.unwrap_or(1.0) as f32,
         };
         config.check(c.context_len).map_err(|m| tensors::bad(peft, m))?;
         let embeddings = read_prompt(peft, model)?;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
+use super::fields;
 use super::registry::{
     peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
     Stage as StageSpec,
@@ -178,29 +179,30 @@ impl LofitAdapter {
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
-        let stage = match peft.config.get("stage").and_then(Value::as_str) {
+        let field = |message: String| tensors::bad(peft, message);
+        let stage = match fields::text(&peft.config, "stage").map_err(field)? {
             Some("offsets") => Stage::Offsets,
             Some("selection") => Stage::Selection,
-            other => {
-                return Err(tensors::bad(peft, format!("stage {other:?} is not 'offsets' or 'selection'")))
+            other => return Err(field(format!("stage {other:?} is not 'offsets' or 'selection'"))),
+        };
+        let pair = |pair: &Value| -> Option<(usize, usize)> {
+            match pair.as_array()?.as_slice() {
+                [layer, head] => Some((layer.as_u64()? as usize, head.as_u64()? as usize)),
+                _ => None,
             }
         };
-        let heads: Vec<(usize, usize)> = peft
-            .config
-            .get("heads")
-            .and_then(Value::as_array)
-            .map(|heads| {
-                heads
-                    .iter()
-                    .filter_map(|pair| {
-                        Some((pair.get(0)?.as_u64()? as usize, pair.get(1)?.as_u64()? as usize))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let heads: Vec<(usize, usize)> = match peft.config.get("heads") {
+            Some(Value::Array(heads)) => heads
+                .iter()
+                .map(|p| pair(p).ok_or_else(|| field(format!("heads: {p} is not a [layer, head] pair"))))
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(field(format!("heads must be a list of [layer, head] pairs, found {other:?}")))
+            }
+        };
         let mut adapter = Self::offsets(&heads, model, 0).map_err(|e| tensors::bad(peft, e.to_string()))?;
         adapter.stage = stage;
-        adapter.l1 = peft.config.get("l1").and_then(Value::as_f64).unwrap_or(0.0) as f32;
+        adapter.l1 = fields::number(&peft.config, "l1").map_err(field)?.unwrap_or(0.0) as f32;
         let all = read(peft, KEY, &[heads.len(), c.head_dim])?;
         for (row, v) in all.chunks_exact(c.head_dim).zip(adapter.heads.values_mut()) {
             *v = tensor2(row.to_vec(), [1, c.head_dim], model.device());

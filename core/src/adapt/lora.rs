@@ -9,6 +9,7 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
 
+use super::fields;
 use super::registry::{
     peft_type, BuildContext, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
 };
@@ -538,9 +539,10 @@ impl Method for LoraAdapter {
 }
 
 pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
-    if json.get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
+    if fields::flag(json, "fan_in_fan_out")? == Some(true) {
         return Err("fan_in_fan_out weights (fan_in_fan_out = true) are not supported".into());
     }
+    // PEFT writes `init_lora_weights` as true/false or a method's name.
     if let Some(init) = json.get("init_lora_weights").and_then(Value::as_str) {
         let init = init.to_ascii_lowercase();
         if ["pissa", "olora", "corda", "loftq"].iter().any(|m| init.starts_with(m)) {
@@ -549,51 +551,27 @@ pub(crate) fn parse_config(json: &Value) -> Result<LoraConfig, String> {
             ));
         }
     }
-    if let Some(bias) = json.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
+    if let Some(bias) = fields::text(json, "bias")?.filter(|b| *b != "none") {
         return Err(format!("bias = '{bias}' is not supported (only 'none')"));
     }
-    let rank = match json.get("r") {
-        Some(Value::Number(n)) => n.as_u64().filter(|&r| r > 0).map(|r| r as usize),
-        _ => None,
-    }
-    .ok_or_else(|| format!("r must be a positive integer, found {}", shown(json.get("r"))))?;
-    let alpha = number_field(json, "lora_alpha", 8.0)? as f32;
+    let rank = fields::count(json, "r")?.filter(|&r| r > 0).ok_or_else(|| {
+        format!("r must be a positive integer, found {}", json.get("r").unwrap_or(&Value::Null))
+    })?;
+    let alpha = fields::number(json, "lora_alpha")?.unwrap_or(8.0) as f32;
     if !alpha.is_finite() {
         return Err(format!("lora_alpha {alpha} is not finite"));
     }
-    let dropout = number_field(json, "lora_dropout", 0.0)? as f32;
+    let dropout = fields::number(json, "lora_dropout")?.unwrap_or(0.0) as f32;
     if !(0.0..1.0).contains(&dropout) {
         return Err(format!("lora_dropout {dropout} is not in [0, 1)"));
     }
-    let use_rslora = match json.get("use_rslora") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(format!("use_rslora {other} is not true or false")),
-    };
+    let use_rslora = fields::flag(json, "use_rslora")?.unwrap_or(false);
     let targets = super::parse_targets(json, "target_modules")?;
     if targets.is_empty() {
         return Err("target_modules names no module".into());
     }
-    let freeze_a = match json.get("adaptkit_freeze_a") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(format!("adaptkit_freeze_a {other} is not true or false")),
-    };
+    let freeze_a = fields::flag(json, "adaptkit_freeze_a")?.unwrap_or(false);
     Ok(LoraConfig { rank, alpha, dropout, use_rslora, targets, init: LoraInit::Kaiming, freeze_a })
-}
-
-/// A config field that must be a number when present (`default` when absent or null): a string
-/// or a list is an error naming the field, not the default.
-fn number_field(json: &Value, key: &str, default: f64) -> Result<f64, String> {
-    match json.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("{key} {n} is not a number")),
-        Some(other) => Err(format!("{key} must be a number, found {other}")),
-    }
-}
-
-fn shown(value: Option<&Value>) -> String {
-    value.map_or("nothing".into(), Value::to_string)
 }
 
 /// `base_model.model.model.layers.{i}.{self_attn|mlp}.{x}_proj.lora_{A|B}.weight`.

@@ -252,6 +252,9 @@ impl Merger<'_> {
         let (cols, rows) = (info.dims[0] as usize, info.dims.get(1).copied().unwrap_or(1) as usize);
         let mut weights = QuantMatrix::new(info.ty, rows, cols, data)?.dequantize();
         let changed = self.adapters.merge_weight(layer, projection, &mut weights)?;
+        if changed && weights.iter().any(|w| !w.is_finite()) {
+            return Err(Error::NonFiniteOutput { what: format!("the merged tensor '{}'", info.name) });
+        }
         let bias = self.adapters.merge_bias(layer, projection, &weights)?;
         let weight = if changed { Some(quant::quantize(ty, &weights)?) } else { None };
         Ok(Merged { weight, bias })

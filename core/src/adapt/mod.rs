@@ -4,6 +4,7 @@
 
 pub mod dept;
 pub mod dora;
+mod fields;
 pub mod generative;
 pub mod ia3;
 pub mod lofit;

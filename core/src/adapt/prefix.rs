@@ -12,6 +12,7 @@
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
+use super::fields;
 use super::registry::{
     peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
 };
@@ -101,14 +102,16 @@ impl PrefixAdapter {
     pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
-        let m = peft.config.get("num_virtual_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let m = fields::count(&peft.config, "num_virtual_tokens")
+            .map_err(|m| tensors::bad(peft, m))?
+            .unwrap_or(0);
         if m == 0 || m > c.context_len {
             return Err(tensors::bad(
                 peft,
                 format!("num_virtual_tokens {m} must be in 1..={}", c.context_len),
             ));
         }
-        if peft.config.get("prefix_projection").and_then(Value::as_bool) == Some(true) {
+        if fields::flag(&peft.config, "prefix_projection").map_err(|m| tensors::bad(peft, m))? == Some(true) {
             return Err(tensors::bad(
                 peft,
                 "prefix_projection = true is not supported (save the adapter without it)",

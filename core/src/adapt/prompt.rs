@@ -6,6 +6,7 @@
 use burn::tensor::Tensor;
 use serde_json::{json, Value};
 
+use super::fields;
 use super::registry::{
     peft_type, BuildContext, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
 };
@@ -162,15 +163,15 @@ pub(crate) fn initial_prompt(
 /// The `prompt_embeddings` of a saved prompt-tuning (or DePT) adapter.
 pub(crate) fn read_prompt(peft: &PeftDir, model: &Llama) -> Result<Tensor<2>, Error> {
     let c = model.config();
-    let m = peft.config.get("num_virtual_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let field = |result: Result<Option<usize>, String>| result.map_err(|m| tensors::bad(peft, m));
+    let m = field(fields::count(&peft.config, "num_virtual_tokens"))?.unwrap_or(0);
     if m == 0 || m > c.context_len {
         return Err(tensors::bad(
             peft,
             format!("num_virtual_tokens {m} must be in 1..={} (the model's context)", c.context_len),
         ));
     }
-    if let Some(n) = peft.config.get("num_transformer_submodules").and_then(Value::as_u64).filter(|&n| n != 1)
-    {
+    if let Some(n) = field(fields::count(&peft.config, "num_transformer_submodules"))?.filter(|&n| n != 1) {
         return Err(tensors::bad(
             peft,
             format!("num_transformer_submodules {n}: only decoder-only models (1)"),

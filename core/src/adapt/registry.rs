@@ -10,6 +10,7 @@ use core::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 use super::lora::LoraInit;
 use super::Method;
@@ -370,6 +371,22 @@ pub struct MethodOptions {
 }
 
 impl MethodOptions {
+    /// Every option `method` takes, as given or else its default, by name (targets in the
+    /// model's order): what a resumed run must match.
+    pub fn resolved(&self, method: MethodKind) -> BTreeMap<&'static str, String> {
+        let mut canonical = self.clone();
+        if let Some(targets) = canonical.targets.as_mut() {
+            targets.sort();
+            targets.dedup();
+        }
+        method
+            .spec()
+            .options
+            .iter()
+            .map(|o| (o.option.name(), o.option.given(&canonical).unwrap_or_else(|| o.default.to_string())))
+            .collect()
+    }
+
     /// Refuses options `method` does not take and values out of range, naming the option.
     pub fn check(&self, method: MethodKind) -> Result<(), Error> {
         for option in MethodOption::ALL {

@@ -45,7 +45,7 @@ pub(crate) fn read(peft: &PeftDir, name: &str, shape: &[usize]) -> Result<Vec<f3
 /// Tensor `name` of a saved adapter as f32, refused when any value is NaN or infinite: such an
 /// adapter would turn every output it touches into NaN (or empty generations) without an error.
 pub(crate) fn finite_values(peft: &PeftDir, name: &str) -> Result<Vec<f32>, Error> {
-    let values = peft.tensors.tensor_f32(name)?;
+    let values = peft.tensors.tensor_f32(name).map_err(|e| bad(peft, e.to_string()))?;
     match values.iter().position(|v| !v.is_finite()) {
         Some(at) => Err(bad(peft, format!("tensor '{name}' holds {} at index {at}", values[at]))),
         None => Ok(values),

@@ -97,6 +97,33 @@ pub fn map_file_stamped(path: &Path) -> io::Result<(crate::bytes::SharedBytes, F
     }
 }
 
+/// The text of the file at `path`, which must be UTF-8: bytes that are not are an error giving
+/// the line, column and byte offset of the first (a data file in another encoding would
+/// otherwise train on replacement characters, or fail without saying where).
+#[cfg(feature = "std")]
+pub fn read_text(path: &Path) -> Result<alloc::string::String, crate::Error> {
+    let bytes = std::fs::read(path).map_err(|source| crate::Error::Io { path: path.to_path_buf(), source })?;
+    alloc::string::String::from_utf8(bytes).map_err(|e| {
+        let (valid, bytes) = (e.utf8_error().valid_up_to(), e.as_bytes());
+        let line_start = bytes[..valid].iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+        let line = 1 + bytes[..valid].iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + alloc::string::String::from_utf8_lossy(&bytes[line_start..valid]).chars().count();
+        crate::Error::InvalidArgument(alloc::format!(
+            "{}: not UTF-8 text: byte 0x{:02x} at line {line}, column {column} (byte offset {valid}); save it as UTF-8",
+            path.display(),
+            bytes[valid]
+        ))
+    })
+}
+
+/// Whether `name` is one of [`write_atomic`]'s temp files (`.NAME.N.tmp`).
+pub fn is_atomic_temp(name: &str) -> bool {
+    let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else { return false };
+    inner
+        .rsplit_once('.')
+        .is_some_and(|(file, n)| !file.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Writes a file so that readers see the old contents or the complete new ones, never a torn
 /// file (a crash mid-write of a model or adapter must not leave a half file under its name):
 /// `write` fills a temp file in the same directory (a rename cannot cross file systems), which

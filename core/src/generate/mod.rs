@@ -247,7 +247,9 @@ async fn next_token(
     let logits = model.device_logits(hidden, at..at + 1)?.inner().reshape([vocab]).narrow(0, 0, text_vocab);
     let needed = sampler.candidates_needed(history).filter(|&k| k < text_vocab && !is_host(model.device()));
     let Some(k) = needed else {
-        return Ok(sampler.sample(&read_f32(logits).await?, history));
+        let logits = read_f32(logits).await?;
+        finite_logits(logits.iter())?;
+        return Ok(sampler.sample(&logits, history));
     };
     let (values, indices) = logits.clone().topk_with_indices(k, 0);
     let ids = read_i64(indices).await?;
@@ -263,7 +265,17 @@ async fn next_token(
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [penalized.len()]), model.device());
         candidates.extend(penalized.into_iter().zip(read_f32(logits.select(0, ids)).await?));
     }
+    finite_logits(candidates.iter().map(|(_, logit)| logit))?;
     Ok(sampler.sample_from(&mut candidates, history))
+}
+
+/// Refuses to sample from logits that are NaN or infinite (an adapter or scale out of range):
+/// no token would be a choice, only noise.
+fn finite_logits<'a>(mut logits: impl Iterator<Item = &'a f32>) -> Result<(), Error> {
+    match logits.any(|l| !l.is_finite()) {
+        true => Err(Error::NonFiniteOutput { what: "the next-token logits".into() }),
+        false => Ok(()),
+    }
 }
 
 #[cfg(test)]

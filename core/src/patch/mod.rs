@@ -110,7 +110,7 @@ mod std_only {
                 values.push(Values {
                     name: t.name.clone(),
                     shape: t.shape.clone(),
-                    values: peft.tensors.tensor_f32(&t.name)?,
+                    values: peft.tensors.tensor_f32(&t.name).map_err(|e| bad(&label, e.to_string()))?,
                 });
             }
             let training = match std::fs::read(dir.join(TRAINING_FILE)) {
@@ -236,9 +236,16 @@ mod std_only {
                 field("base").cloned().ok_or_else(|| bad(label, "metadata has no base-model fingerprint"))?,
             )
             .map_err(|e| bad(label, format!("base-model fingerprint: {e}")))?;
-            let scale = field("scale").and_then(Value::as_f64).unwrap_or(1.0) as f32;
+            // A scale that is there must be a number: `null` or a string is not 1.
+            let scale = match meta.get("scale") {
+                None => 1.0,
+                Some(value) => value
+                    .as_f64()
+                    .ok_or_else(|| bad(label, format!("metadata field 'scale' is {value}, not a number")))?
+                    as f32,
+            };
             if !scale.is_finite() {
-                return Err(bad(label, format!("scale {scale} is not finite")));
+                return Err(bad(label, format!("metadata field 'scale' ({scale} as f32) is not finite")));
             }
             let patch = Self {
                 method,

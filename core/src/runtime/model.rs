@@ -319,7 +319,8 @@ impl Model {
                 }
                 on_event(event);
             })
-            .await?;
+            .await
+            .map_err(|e| self.naming_attached(e))?;
         let prefill = prefilled.map_or(0.0, |t| (t - start).as_secs_f64());
         let decode = first_token.map_or(0.0, |t| (last_token - t).as_secs_f64());
         let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -379,8 +380,10 @@ impl Model {
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
         let adapters = self.adapter_set();
-        let p = self.engine.perplexity_after(prefix, text, seq, adapters.as_ref(), cancel, on_progress)?;
-        Ok(PerplexityReport::of(p, seq))
+        self.perplexity_report(
+            self.engine.perplexity_after(prefix, text, seq, adapters.as_ref(), cancel, on_progress),
+            seq,
+        )
     }
 
     /// [`perplexity`](Self::perplexity), awaiting the read-backs (the browser's GPU path).
@@ -392,8 +395,10 @@ impl Model {
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
         let adapters = self.adapter_set();
-        let p = self.engine.perplexity_async(text, seq, adapters.as_ref(), cancel, on_progress).await?;
-        Ok(PerplexityReport::of(p, seq))
+        self.perplexity_report(
+            self.engine.perplexity_async(text, seq, adapters.as_ref(), cancel, on_progress).await,
+            seq,
+        )
     }
 
     pub(crate) fn perplexity_with(
@@ -404,7 +409,37 @@ impl Model {
         cancel: &CancelToken,
         on_progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PerplexityReport, Error> {
-        Ok(PerplexityReport::of(self.engine.perplexity(text, seq, adapters, cancel, on_progress)?, seq))
+        self.perplexity_report(self.engine.perplexity(text, seq, adapters, cancel, on_progress), seq)
+    }
+
+    fn perplexity_report(
+        &self,
+        perplexity: Result<crate::engine::Perplexity, Error>,
+        seq: usize,
+    ) -> Result<PerplexityReport, Error> {
+        Ok(PerplexityReport::of(perplexity.map_err(|e| self.naming_attached(e))?, seq))
+    }
+
+    /// `error`, naming the attached adapters and their scales when it is an output they made
+    /// non-finite.
+    fn naming_attached(&self, error: Error) -> Error {
+        let Error::NonFiniteOutput { what } = error else { return error };
+        let attached: Vec<String> = self
+            .attached()
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} at scale {}",
+                    a.adapter.method(),
+                    a.adapter.info().label,
+                    a.scale * a.adapter.info().scale
+                )
+            })
+            .collect();
+        match attached.is_empty() {
+            true => Error::NonFiniteOutput { what },
+            false => Error::NonFiniteOutput { what: format!("{what} (with {})", attached.join(", ")) },
+        }
     }
 
     /// Loads an adapter made for this model. A patch is checked first: its signature (required

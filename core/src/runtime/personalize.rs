@@ -38,8 +38,6 @@ pub const MAX_CONTEXT_TOKENS: usize = 1 << 20;
 
 const METADATA_KEY: &str = "adaptkit_generator";
 const CONTEXT_KEY: &str = "adaptkit_context";
-/// The settings of a generator training run, beside its checkpoint.
-const RUN_SETTINGS: &str = "generator-run.json";
 
 /// Where a generator comes from.
 pub enum GeneratorSource {
@@ -332,20 +330,10 @@ impl Model {
             "generator": config,
             "options": GeneratorTrainOptions { steps: 0, ..options.clone() },
             "documents": documents.len(),
-        })
-        .to_string()
-        .into_bytes();
+        });
         if let Some(store) = store {
-            match store.read(RUN_SETTINGS)? {
-                Some(saved) if saved != settings => {
-                    return Err(Error::InvalidArgument(format!(
-                        "the checkpoint in {} is of a run with other settings or data; start in an empty directory",
-                        store.locate(RUN_SETTINGS)
-                    )))
-                }
-                Some(_) => {}
-                None => store.write(RUN_SETTINGS, &settings)?,
-            }
+            // What a run killed mid-write left in the store is not needed to resume it.
+            store.sweep()?;
         }
         let engine = self.engine();
         engine.run(|engine| {
@@ -355,11 +343,13 @@ impl Model {
                 *p = p.clone().require_grad();
             }
             let key = crate::train::checkpoint::KEY;
-            let resume = match store.map(|s| s.read(key)).transpose()?.flatten() {
-                Some(bytes) => Some(crate::train::checkpoint::load(bytes, key, &mut generator)?),
-                None => None,
+            let resume = match store.map(|s| Ok::<_, Error>((s.read(key)?, s.locate(key)))).transpose()? {
+                Some((Some(bytes), label)) => {
+                    Some(crate::train::checkpoint::load(bytes, &label, &mut generator, &settings)?)
+                }
+                _ => None,
             };
-            let checkpointing = Checkpointing { resume, save: store.map(|s| (s, key, 25)) };
+            let checkpointing = Checkpointing { resume, save: store.map(|s| (s, key, 25)), settings };
             let report = wait(fit_generator(
                 model,
                 &mut generator,

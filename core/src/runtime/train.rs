@@ -164,13 +164,19 @@ impl Dataset {
         Self { name: name.into(), text: text.into(), format }
     }
 
-    /// Reads a file (`.jsonl`/`.json`: JSON lines; anything else: text).
+    /// Reads a file: `.jsonl`/`.json` as JSON lines; `.txt`, `.text`, `.md`, `.rst` or no
+    /// extension as text, which must be UTF-8; any other extension is refused.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let format = Format::of(path).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: not a data format adaptkit reads: give .txt (plain text, documents separated by blank lines) or .jsonl (one JSON object per line)",
+                path.display()
+            ))
+        })?;
+        let text = crate::format::read_text(path)?;
         let name =
             path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Self { name, text, format: Format::of(path) })
+        Ok(Self { name, text, format })
     }
 
     /// Its windows of `seq` tokens, `held_out` of them held out.
@@ -409,6 +415,8 @@ impl Model {
         cancel: &CancelToken,
         on_event: &mut (dyn FnMut(TrainEvent) + Send),
     ) -> Result<Trained, Error> {
+        // What a run killed mid-write left in the store is not needed to resume it.
+        store.sweep()?;
         let engine = self.engine();
         let lr = config.lr();
         let ctx = build_context(engine, config);
@@ -476,9 +484,14 @@ impl Model {
         let resume = if config.resume {
             let bytes = store.read(checkpoint::KEY)?.ok_or_else(|| Error::Adapter {
                 path: store.locate(checkpoint::KEY),
-                message: "no checkpoint to resume from".into(),
+                message: "no checkpoint to resume from: the run stopped before its first checkpoint, or never ran here; start it without resume".into(),
             })?;
-            Some(checkpoint::load(bytes, &store.locate(checkpoint::KEY), adapter.as_mut())?)
+            Some(checkpoint::load(
+                bytes,
+                &store.locate(checkpoint::KEY),
+                adapter.as_mut(),
+                &run_settings(config),
+            )?)
         } else {
             None
         };
@@ -493,8 +506,11 @@ impl Model {
         }
         on_event(TrainEvent::Stage { name: "train", steps: config.steps });
         let mut throughput = Throughput::default();
-        let checkpointing =
-            Checkpointing { resume, save: Some((store, checkpoint::KEY, config.checkpoint_every)) };
+        let checkpointing = Checkpointing {
+            resume,
+            save: Some((store, checkpoint::KEY, config.checkpoint_every)),
+            settings: run_settings(config),
+        };
         let report =
             train::fit(engine.model(), &mut adapter, windows, &options, checkpointing, cancel, &mut |step| {
                 on_event(TrainEvent::Step { step, tokens_per_s: throughput.after(step) });
@@ -516,13 +532,13 @@ impl Model {
             "tokens": report.tokens,
             "batch": plan.batch * plan.accumulate,
             "seq": config.seq,
-            "lr": lr,
+            "lr": decimal(lr),
             "lr_schedule": config.lr_schedule,
             "data": data.train.name,
             "data_bytes": data.train.text.len(),
             "train_windows": windows.train.len(),
-            "eval_loss": report.eval_loss,
-            "eval_loss_before": report.eval_loss_before,
+            "eval_loss": report.eval_loss.map(decimal),
+            "eval_loss_before": report.eval_loss_before.map(decimal),
         });
         let trainable_parameters = parameter_count(adapter.as_ref());
         let report = TrainingReport {
@@ -551,6 +567,29 @@ impl Model {
         let adapter = self.adapter(adapter.as_ref(), format!("trained {}", config.method), Some(record));
         Ok(Trained { adapter, report })
     }
+}
+
+/// `x` as the shortest decimal that reads back as it: the adapter's record then reads back
+/// from its JSON as it was written (a long decimal may come back an ulp off).
+fn decimal(x: f32) -> Value {
+    x.to_string().parse::<f64>().map_or(Value::Null, Value::from)
+}
+
+/// The settings a run's checkpoints carry and a resume must match: those that shape the
+/// adapter (the method and every option it takes), the windows and their order (`seq`,
+/// packing, batch, seed) and the optimizer's state (weight decay). Steps, the learning rate
+/// and its schedule, evaluation, checkpointing and memory settings may change on resume.
+fn run_settings(config: &TrainConfig) -> Value {
+    json!({
+        "method": config.method.name(),
+        "options": config.options.resolved(config.method),
+        "seq": config.seq,
+        "packing": config.packing,
+        "batch": config.batch,
+        "accumulate": config.accumulate,
+        "seed": config.seed,
+        "weight_decay": config.weight_decay,
+    })
 }
 
 /// Tokens per second over the steps after a stage's first (its warm-up, and the evaluations

@@ -63,11 +63,14 @@ pub enum Format {
 }
 
 impl Format {
-    /// `.jsonl` / `.json` are JSON lines; anything else is text.
-    pub fn of(path: &std::path::Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("jsonl" | "json") => Self::JsonLines,
-            _ => Self::Text,
+    /// `.jsonl` / `.json` are JSON lines; `.txt`, `.text`, `.md`, `.rst` and files without an
+    /// extension are text; anything else (`.csv`, `.parquet`, …) is `None`, not text by guess.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        match path.extension().map(|e| e.to_str().map(str::to_ascii_lowercase)) {
+            Some(Some(e)) if e == "jsonl" || e == "json" => Some(Self::JsonLines),
+            None => Some(Self::Text),
+            Some(Some(e)) if ["txt", "text", "md", "rst"].contains(&e.as_str()) => Some(Self::Text),
+            _ => None,
         }
     }
 }

@@ -100,7 +100,7 @@ impl GeneratorTrainOptions {
 }
 
 /// Held-out mean losses of completion and reconstruction rows, with and without the generator.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GeneratorEval {
     pub step: usize,
     pub completion_base: f32,
@@ -262,16 +262,21 @@ pub async fn fit_generator(
             held_out.len()
         )));
     }
-    let Checkpointing { resume, save } = checkpointing;
+    let Checkpointing { resume, save, settings } = checkpointing;
     let mut state = resume.unwrap_or_else(|| TrainState::new(0, options.weight_decay));
     state.planned_steps = options.steps;
     let schedule = super::LrSchedule::CosineWithMinLr;
-    let mut evaluations = vec![evaluate(model, generator, &held_out, options, state.step).await?];
-    let (mut train_loss, mut tokens) = (f32::NAN, 0);
+    // A resumed run continues its record of evaluations.
+    let mut evaluations: Vec<GeneratorEval> =
+        serde_json::from_value(state.history.clone()).unwrap_or_default();
+    if evaluations.is_empty() {
+        evaluations.push(evaluate(model, generator, &held_out, options, state.step).await?);
+        state.history = serde_json::to_value(&evaluations).unwrap_or_default();
+    }
     for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
             if let Some((store, key, _)) = save {
-                store.write(key, &checkpoint::to_bytes(generator, &state).await?)?;
+                store.write(key, &checkpoint::to_bytes(generator, &state, &settings).await?)?;
             }
             return Err(Error::Cancelled);
         }
@@ -291,7 +296,7 @@ pub async fn fit_generator(
         generator.set_contexts(None)?;
         let (loss, grads) = result?;
         let mut grads: BTreeMap<String, Tensor<2>> = grads;
-        train_loss = read_f32(loss).await?[0];
+        let train_loss = read_f32(loss).await?[0];
         let grad_norm = clip_grad_norm(&mut grads, options.max_grad_norm).await?;
         if !train_loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::NonFiniteLoss { step, loss: train_loss, grad_norm });
@@ -299,14 +304,18 @@ pub async fn fit_generator(
         let lr = schedule.rate(options.lr, step, options.steps, options.warmup, 0.1);
         state.optimizer.step(generator, &grads, lr);
         state.step = step;
-        tokens += row_tokens.len();
+        state.tokens += row_tokens.len();
+        state.train_loss = Some(train_loss);
         let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
         let eval = if due { Some(evaluate(model, generator, &held_out, options, step).await?) } else { None };
-        evaluations.extend(eval);
+        if let Some(eval) = eval {
+            evaluations.push(eval);
+            state.history = serde_json::to_value(&evaluations).unwrap_or_default();
+        }
         let checkpoint =
             save.filter(|(_, _, every)| *every > 0 && (step % *every == 0 || step == options.steps));
         if let Some((store, key, _)) = checkpoint {
-            store.write(key, &checkpoint::to_bytes(generator, &state).await?)?;
+            store.write(key, &checkpoint::to_bytes(generator, &state, &settings).await?)?;
         }
         on_step(&GeneratorStep {
             step,
@@ -314,14 +323,19 @@ pub async fn fit_generator(
             loss: train_loss,
             lr,
             grad_norm,
-            tokens,
+            tokens: state.tokens,
             eval,
             checkpointed: checkpoint.is_some(),
         });
         crate::device::release_untracked_graphs(model.device());
     }
     evaluations.push(evaluate(model, generator, &held_out, options, state.step).await?);
-    Ok(GeneratorTrainReport { steps: state.step, train_loss, evaluations, tokens })
+    Ok(GeneratorTrainReport {
+        steps: state.step,
+        train_loss: state.train_loss.unwrap_or(f32::NAN),
+        evaluations,
+        tokens: state.tokens,
+    })
 }
 
 /// Mean held-out losses over `options.eval_samples` fixed samples (the same at every

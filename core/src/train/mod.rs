@@ -22,12 +22,14 @@ use crate::model::linear::read_f32;
 use crate::model::{soft_prompt_len, Adapters, Llama, NoAdapters};
 use crate::store::Store;
 
-/// Where a run starts (`resume`: a state from [`checkpoint::load`]) and where it saves
-/// (`save`: a store, the key, and every how many steps).
+/// Where a run starts (`resume`: a state from [`checkpoint::load`]), where it saves (`save`: a
+/// store, the key, and every how many steps) and the run's settings its checkpoints carry
+/// (what a resume must match, see [`checkpoint::load`]).
 #[derive(Default)]
 pub struct Checkpointing<'a> {
     pub resume: Option<TrainState>,
     pub save: Option<(&'a dyn Store, &'a str, usize)>,
+    pub settings: serde_json::Value,
 }
 
 /// Everything a run needs to continue exactly where it stopped (with the adapter itself).
@@ -41,8 +43,13 @@ pub struct TrainState {
     pub next: usize,
     pub order: Vec<usize>,
     pub optimizer: AdamW,
-    /// The run's planned steps, which shape its learning-rate schedule (0: not recorded).
+    /// The run's planned steps, which shape its learning-rate schedule.
     pub planned_steps: usize,
+    /// Tokens trained on since the run began, and the last step's loss.
+    pub tokens: usize,
+    pub train_loss: Option<f32>,
+    /// What the trainer reports across a resume (its evaluations so far), as it records it.
+    pub history: serde_json::Value,
 }
 
 impl TrainState {
@@ -54,6 +61,9 @@ impl TrainState {
             order: (0..windows).collect(),
             optimizer: AdamW::new(weight_decay),
             planned_steps: 0,
+            tokens: 0,
+            train_loss: None,
+            history: serde_json::Value::Null,
         }
     }
 }
@@ -153,7 +163,7 @@ impl TrainOptions {
 }
 
 /// Mean losses at one point of a run.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
     pub step: usize,
     /// On the held-out windows (`None` without any).
@@ -222,6 +232,7 @@ pub const FORGETTING_LIMIT: f32 = 0.05;
 ///   saving) and returns [`Error::Cancelled`].
 /// - A loss or gradient that is not finite stops the run with [`Error::NonFiniteLoss`] before
 ///   the update, leaving the last checkpoint as it was.
+///
 /// Async because each step's loss and gradient norm are read back from the device: awaited in
 /// the browser, blocked on natively ([`crate::device::wait`]).
 pub async fn fit(
@@ -248,32 +259,56 @@ pub async fn fit(
         return Err(Error::ContextOverflow { tokens: long, context });
     }
     let fresh = TrainState::new(windows.train.len(), options.weight_decay);
-    let Checkpointing { resume, save } = checkpointing;
+    let Checkpointing { resume, save, settings } = checkpointing;
+    let resumed = resume.is_some();
     let mut state = resume.unwrap_or(fresh);
     state.planned_steps = options.steps;
     let n = windows.train.len();
-    let permutation = state.next <= n && state.order.iter().all(|&i| i < n);
-    if state.order.len() != n || !permutation {
+    if state.order.len() != n {
         return Err(Error::InvalidArgument(format!(
-            "the checkpoint was made on {} training windows, this data has {}",
+            "the checkpoint was made on {} training windows, this data has {n}: resume with the same data and seq",
             state.order.len(),
-            windows.train.len()
         )));
     }
-    // The base model, against which forgetting is measured.
-    let general_loss_base = mean_loss(model, &NoAdapters, &windows.general).await?;
-    let mut evaluations =
-        vec![evaluate(model, adapter.as_ref(), state.step, windows, general_loss_base).await?];
+    if let Some(bad) = state.order.iter().find(|&&i| i >= n).or((state.next > n).then_some(&state.next)) {
+        return Err(Error::InvalidArgument(format!(
+            "the checkpoint's window order points at window {bad} of {n}: it is damaged"
+        )));
+    }
+    // A resumed run continues its record: the evaluations so far and the base model's
+    // general-text loss (against which forgetting is measured).
+    let history: History = serde_json::from_value(state.history.clone()).unwrap_or_default();
+    let general_loss_base = match history.evaluations.is_empty() {
+        true => mean_loss(model, &NoAdapters, &windows.general).await?,
+        false => history.general_loss_base,
+    };
+    let mut evaluations = history.evaluations;
+    let at_start = match (evaluations.is_empty(), resumed && options.patience.is_some()) {
+        (true, _) => {
+            let first = evaluate(model, adapter.as_ref(), state.step, windows, general_loss_base).await?;
+            evaluations.push(first);
+            Some(first)
+        }
+        // Early stopping compares against the adapter as resumed.
+        (false, true) => {
+            Some(evaluate(model, adapter.as_ref(), state.step, windows, general_loss_base).await?)
+        }
+        (false, false) => None,
+    };
+    let record = |evaluations: &[Evaluation]| {
+        serde_json::to_value(History { evaluations: evaluations.to_vec(), general_loss_base })
+            .unwrap_or_default()
+    };
+    state.history = record(&evaluations);
     // The best held-out loss so far, its step and adapter, and evaluations since it.
     let snapshot = |adapter: &dyn Method| options.patience.map(|_| detached(adapter));
-    let mut best =
-        (evaluations[0].held_out.unwrap_or(f32::INFINITY), state.step, snapshot(adapter.as_ref()), 0);
+    let start_loss = at_start.and_then(|e| e.held_out).unwrap_or(f32::INFINITY);
+    let mut best = (start_loss, state.step, snapshot(adapter.as_ref()), 0);
     let mut last_step = state.step;
-    let (mut train_loss, mut tokens) = (f32::NAN, 0);
     for step in state.step + 1..=options.steps {
         if cancel.is_cancelled() {
             if let Some((store, key, _)) = save {
-                store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state).await?)?;
+                store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state, &settings).await?)?;
             }
             return Err(Error::Cancelled);
         }
@@ -301,9 +336,10 @@ pub async fn fit(
                 };
                 summed.insert(name, total);
             }
-            tokens += batch.tokens.len();
+            state.tokens += batch.tokens.len();
         }
-        train_loss = read_f32(Tensor::cat(losses, 0)).await?.iter().sum::<f32>() / options.accumulate as f32;
+        let train_loss =
+            read_f32(Tensor::cat(losses, 0)).await?.iter().sum::<f32>() / options.accumulate as f32;
         let mut grads: BTreeMap<String, Tensor<2>> =
             summed.into_iter().map(|(name, g)| (name, g.div_scalar(options.accumulate as f32))).collect();
         let grad_norm = clip_grad_norm(&mut grads, options.max_grad_norm.unwrap_or(f32::INFINITY)).await?;
@@ -313,6 +349,7 @@ pub async fn fit(
         let lr = options.learning_rate(step);
         state.optimizer.step(adapter.as_mut(), &grads, lr);
         state.step = step;
+        state.train_loss = Some(train_loss);
         last_step = step;
         let due = options.eval_every > 0 && step % options.eval_every == 0 && step < options.steps;
         let eval = if due {
@@ -320,9 +357,13 @@ pub async fn fit(
         } else {
             None
         };
+        if let Some(eval) = eval {
+            evaluations.push(eval);
+            state.history = record(&evaluations);
+        }
         let checkpoint = save.filter(|(_, _, every)| *every > 0 && step % *every == 0);
         if let Some((store, key, _)) = checkpoint {
-            store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state).await?)?;
+            store.write(key, &checkpoint::to_bytes(adapter.as_ref(), &state, &settings).await?)?;
         }
         let checkpointed = checkpoint.is_some();
         on_step(&StepReport {
@@ -331,12 +372,11 @@ pub async fn fit(
             loss: train_loss,
             lr,
             grad_norm,
-            tokens,
+            tokens: state.tokens,
             eval,
             checkpointed,
         });
         let Some(eval) = eval else { continue };
-        evaluations.push(eval);
         let held_out = eval.held_out.unwrap_or(f32::INFINITY);
         if held_out < best.0 {
             best = (held_out, step, snapshot(adapter.as_ref()), 0);
@@ -361,14 +401,21 @@ pub async fn fit(
     evaluations.push(last);
     Ok(TrainReport {
         steps: last_step,
-        train_loss,
+        train_loss: state.train_loss.unwrap_or(f32::NAN),
         eval_loss_before: evaluations[0].held_out,
         eval_loss: last.held_out,
         general_loss_base,
         evaluations,
         best_step,
-        tokens,
+        tokens: state.tokens,
     })
+}
+
+/// What [`fit`] keeps in [`TrainState::history`] across a resume.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct History {
+    evaluations: Vec<Evaluation>,
+    general_loss_base: Option<f32>,
 }
 
 /// The next `options.batch` training windows in the run's shuffled order, concatenated.
