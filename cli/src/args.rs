@@ -25,6 +25,10 @@ pub struct ModelArgs {
     /// hardware GPU when there is one, else the CPU, saying why).
     #[arg(long, default_value = "cpu", value_parser = parse::<DeviceChoice>)]
     pub device: DeviceChoice,
+    /// Decode on integer (i8) activations where the CPU has kernels for them, as llama.cpp
+    /// does: about 1.4x faster decode, at about 1-2% higher perplexity than f32 activations.
+    #[arg(long)]
+    pub int8_activations: bool,
 }
 
 /// A flag's value parsed by the library (clap's message names the flag and the value).
@@ -63,6 +67,7 @@ impl ModelArgs {
             device: self.device,
             trainable,
             cache: Some(Arc::new(FileStore::new(fetch::home()))),
+            integer_activations: self.int8_activations,
         }
     }
 

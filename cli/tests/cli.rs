@@ -505,6 +505,17 @@ fn bench_reports_inference_and_training_figures() {
     for key in ["prefill_tok_s", "decode_tok_s", "peak_rss_mb", "train_tok_s", "train_peak_rss_mb"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
+    assert!(!report["decode_kernel"].as_str().unwrap().contains("i8"), "f32 activations by default");
+    // Integer activations where the CPU has kernels for them, named in the report.
+    let args = ["bench", "--model", &model, "--gen-tokens", "4", "--repeats", "1", "--train-steps", "0"];
+    let int8 = last_json(&adaptkit(&[&args[..], &["--int8-activations", "--json"]].concat()));
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    let kernels = std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c");
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    let kernels = false;
+    assert_eq!(int8["decode_kernel"].as_str().unwrap().contains("i8 activations"), kernels, "{int8}");
     assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--gen-tokens", "1"]), "--gen-tokens");
 }
 

@@ -49,6 +49,7 @@ impl OpenOptions {
             },
             trainable: self.trainable,
             cache: self.cache.as_ref().map(|s| Arc::clone(&s.store)),
+            integer_activations: false,
         }
     }
 }

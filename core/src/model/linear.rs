@@ -46,6 +46,12 @@ impl QuantLinear {
         &self.weight.host
     }
 
+    /// Decode on integer activations (see [`QuantMatrix::with_integer_activations`]); before
+    /// the first product on a GPU, whose copy this drops.
+    pub fn use_integer_activations(&mut self) {
+        self.weight = FrozenWeight::new(self.weight.host.clone().with_integer_activations());
+    }
+
     pub fn out_features(&self) -> usize {
         self.weight.host.rows()
     }

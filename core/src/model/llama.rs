@@ -62,6 +62,26 @@ impl Llama {
         self.output.weight()
     }
 
+    /// The model with decode's products on integer activations where the weights' formats and
+    /// the CPU have kernels for them (llama.cpp's way; prefill, training and GPUs are unchanged).
+    pub fn with_integer_activations(mut self) -> Self {
+        self.output.use_integer_activations();
+        for block in &mut self.blocks {
+            for linear in [
+                &mut block.attn_q,
+                &mut block.attn_k,
+                &mut block.attn_v,
+                &mut block.attn_output,
+                &mut block.ffn_gate,
+                &mut block.ffn_up,
+                &mut block.ffn_down,
+            ] {
+                linear.use_integer_activations();
+            }
+        }
+        self
+    }
+
     pub fn new_cache(&self, batch: usize) -> KvCache {
         KvCache::new(&self.config, batch)
     }

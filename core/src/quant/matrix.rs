@@ -4,6 +4,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use super::int8::{Activations, Int8Kind};
 use super::simd::{self, Isa};
 use super::{byte_len, FormatOps, GgmlType, QuantError};
 use crate::bytes::SharedBytes;
@@ -34,6 +35,9 @@ pub struct QuantMatrix {
     data: SharedBytes,
     ops: &'static FormatOps,
     isa: Isa,
+    /// Set when decode's products run on integer activations (the format and the ISA have
+    /// kernels for them, see [`super::int8`]).
+    int8: Option<Int8Kind>,
 }
 
 impl QuantMatrix {
@@ -48,7 +52,7 @@ impl QuantMatrix {
         if data.len() != expected {
             return Err(QuantError::ByteLength { ty, values, expected, actual: data.len() });
         }
-        Ok(Self { ty, rows, cols, row_bytes, data, ops, isa: Isa::detect() })
+        Ok(Self { ty, rows, cols, row_bytes, data, ops, isa: Isa::detect(), int8: None })
     }
 
     /// Quantizes the row-major `values` (`rows * cols` of them) into a new matrix.
@@ -77,13 +81,25 @@ impl QuantMatrix {
 
     /// The instruction set the kernels use here, e.g. `"avx2+fma"` or `"scalar"`.
     pub fn kernel(&self) -> &'static str {
-        self.isa.name()
+        match self.int8 {
+            Some(_) => self.isa.int8_name(),
+            None => self.isa.name(),
+        }
     }
 
     /// The same matrix on the portable scalar kernels, which are the reference the SIMD ones
     /// are tested against: for comparing speed, or ruling a kernel out when results look off.
     pub fn with_reference_kernels(mut self) -> Self {
         self.isa = Isa::Scalar;
+        self.int8 = None;
+        self
+    }
+
+    /// The same matrix with decode on integer activations where the format and this machine
+    /// have kernels for them (see [`super::int8`]): llama.cpp's speed, at a small cost in
+    /// accuracy against the f32-activation reference, which stays the default here.
+    pub fn with_integer_activations(mut self) -> Self {
+        self.int8 = Int8Kind::of(self.ty).filter(|_| self.isa.has_int8());
         self
     }
 
@@ -104,11 +120,23 @@ impl QuantMatrix {
         Ok(())
     }
 
-    /// One token: each quantized row is dotted with `x` directly, unpacked in registers.
+    /// One token: each quantized row is dotted with `x` directly, unpacked in registers; on
+    /// integer activations where the format and ISA have kernels for them.
     fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        let rows_per_task = (TASK_VALUES / self.cols).max(1);
+        if let Some(kind) = self.int8 {
+            let a = Activations::quantize(x);
+            for_each_chunk_mut(y, rows_per_task, |i, out| {
+                let start = i * rows_per_task * self.row_bytes;
+                let rows = &self.data[start..start + out.len() * self.row_bytes];
+                // SAFETY: `new` checked that each row is `row_bytes` of whole `kind` blocks
+                // holding `cols` values, and `a` quantizes the `cols` values of `x`.
+                unsafe { simd::dot_rows_int8(self.isa, kind, rows, &a, out) }
+            });
+            return;
+        }
         let xsum: Vec<f32> =
             if self.ops.xsums { x.chunks_exact(32).map(|c| c.iter().sum()).collect() } else { Vec::new() };
-        let rows_per_task = (TASK_VALUES / self.cols).max(1);
         for_each_chunk_mut(y, rows_per_task, |i, out| {
             let start = i * rows_per_task * self.row_bytes;
             let rows = &self.data[start..start + out.len() * self.row_bytes];

@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 mod float;
+mod int8;
 mod k_scales;
 mod levels;
 mod matrix;

@@ -33,6 +33,8 @@ pub struct OpenOptions {
     pub trainable: bool,
     /// Where fingerprints are cached across runs (`None`: computed once per opened model).
     pub cache: Option<Arc<dyn Store>>,
+    /// Decode on integer activations (see [`EngineOptions::integer_activations`]).
+    pub integer_activations: bool,
 }
 
 impl PerplexityReport {
@@ -43,7 +45,12 @@ impl PerplexityReport {
 
 impl OpenOptions {
     fn engine(&self) -> EngineOptions {
-        EngineOptions { threads: self.threads, trainable: self.trainable, device: self.device }
+        EngineOptions {
+            threads: self.threads,
+            trainable: self.trainable,
+            device: self.device,
+            integer_activations: self.integer_activations,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use core::arch::x86::*;
 use core::arch::x86_64::*;
 
 use super::Simd;
+use crate::quant::int8::{Activations, Int8Kind};
 use crate::quant::Format;
 
 /// Proof that AVX2, FMA and F16C are present.
@@ -44,6 +45,81 @@ pub(super) unsafe fn gemm(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm_acc(s: Avx2, ops: super::AccOperands, out: &mut [f32]) {
     super::gemm_acc_with(s, ops, out)
+}
+
+/// # Safety
+/// As [`super::dot_rows_int8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows_int8(s: Avx2, kind: Int8Kind, rows: &[u8], a: &Activations, out: &mut [f32]) {
+    let row_bytes = rows.len() / out.len().max(1);
+    for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+        *o = match kind {
+            Int8Kind::Q4_0 => nibble_row::<18, false>(s, row, a),
+            Int8Kind::Q4_1 => nibble_row::<20, true>(s, row, a),
+            Int8Kind::Q8_0 => q8_row(s, row, a),
+        };
+    }
+}
+
+/// A row of 4-bit blocks (`BYTES` each: the f16 scale, with `MIN` an f16 minimum, then 16
+/// bytes of nibbles) dotted with `a`. The 32 levels of a block go into one register as
+/// unsigned bytes, and one `maddubs` multiplies them with the 32 signed activation levels
+/// (at most 2·15·127 per pair of lanes: no i16 saturation).
+#[inline(always)]
+unsafe fn nibble_row<const BYTES: usize, const MIN: bool>(s: Avx2, row: &[u8], a: &Activations) -> f32 {
+    let (low, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+    let quants = if MIN { 4 } else { 2 };
+    let block = |b: usize| -> __m256 {
+        let p = row.as_ptr().add(b * BYTES);
+        let packed = _mm_loadu_si128(p.add(quants).cast());
+        let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
+        let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
+        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
+        let dw = s.splat_f16(p);
+        let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(a.d.get_unchecked(b)));
+        // The offset term, `m · Σx` (Q4_1) or `-8·d · Σx` (Q4_0), an eighth in each lane (exact:
+        // a power of two), so that the final horizontal sum counts it once.
+        let offset = if MIN { s.splat_f16(p.add(2)) } else { _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)) };
+        let offset = _mm256_mul_ps(offset, _mm256_set1_ps(0.125 * *a.sum.get_unchecked(b)));
+        _mm256_fmadd_ps(dot, scale, offset)
+    };
+    s.hsum(sum_blocks(row.len() / BYTES, block))
+}
+
+/// A row of Q8_0 blocks (f16 scale, 32 i8 levels) dotted with `a`: `maddubs` takes one unsigned
+/// operand, so the weights' magnitudes meet the activations carrying the weights' signs.
+#[inline(always)]
+unsafe fn q8_row(s: Avx2, row: &[u8], a: &Activations) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let block = |b: usize| -> __m256 {
+        let p = row.as_ptr().add(b * 34);
+        let w = _mm256_loadu_si256(p.add(2).cast());
+        let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
+        let dot =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+        _mm256_mul_ps(
+            _mm256_cvtepi32_ps(dot),
+            _mm256_mul_ps(s.splat_f16(p), _mm256_broadcast_ss(a.d.get_unchecked(b))),
+        )
+    };
+    s.hsum(sum_blocks(row.len() / 34, block))
+}
+
+/// `Σ block(b)` over `blocks` blocks, even and odd blocks into two accumulators so that
+/// consecutive blocks' adds do not wait on each other (one chain measured 1.4x slower).
+#[inline(always)]
+unsafe fn sum_blocks(blocks: usize, block: impl Fn(usize) -> __m256) -> __m256 {
+    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    while b + 1 < blocks {
+        even = _mm256_add_ps(even, block(b));
+        odd = _mm256_add_ps(odd, block(b + 1));
+        b += 2;
+    }
+    if b < blocks {
+        even = _mm256_add_ps(even, block(b));
+    }
+    _mm256_add_ps(even, odd)
 }
 
 // SAFETY (every method): an `Avx2` exists only where the features are present.

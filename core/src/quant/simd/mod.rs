@@ -4,6 +4,7 @@
 //! generic kernels inline. A value of an ISA type is the proof that the ISA is present: only
 //! detection constructs one, so the trait methods can be safe.
 
+use super::int8::{Activations, Int8Kind};
 use super::Format;
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -159,6 +160,24 @@ impl Isa {
         all
     }
 
+    /// [`name`](Self::name) with decode on integer activations.
+    pub fn int8_name(self) -> &'static str {
+        match self {
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2(_) => "avx2+fma, i8 activations",
+            other => other.name(),
+        }
+    }
+
+    /// Whether this instruction set has integer kernels for decode ([`dot_rows_int8`]).
+    pub fn has_int8(self) -> bool {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if let Isa::Avx2(_) = self {
+            return true;
+        }
+        false
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -191,6 +210,24 @@ pub(crate) unsafe fn dot_rows<F: Format>(isa: Isa, rows: &[u8], x: &[f32], xsum:
         Isa::Neon(s) => neon::dot_rows::<F>(s, rows, x, xsum, out),
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         Isa::Simd128(s) => wasm::dot_rows::<F>(s, rows, x, xsum, out),
+    }
+}
+
+/// `out[r] = dot(row r of rows, a)` for `out.len()` consecutive rows of `kind` blocks, with
+/// integer products (see [`super::int8`]) where [`Isa::has_int8`], else the scalar reference.
+///
+/// # Safety
+/// `rows` holds `out.len()` rows of whole `kind` blocks of `a.q.len()` values each.
+pub(crate) unsafe fn dot_rows_int8(isa: Isa, kind: Int8Kind, rows: &[u8], a: &Activations, out: &mut [f32]) {
+    match isa {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Isa::Avx2(s) => avx2::dot_rows_int8(s, kind, rows, a, out),
+        _ => {
+            let row_bytes = rows.len() / out.len().max(1);
+            for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+                *o = super::int8::dot_row_ref(kind, row, a);
+            }
+        }
     }
 }
 
