@@ -10,9 +10,12 @@ use super::Simd;
 use crate::quant::int8::{Activations, Int8Kind};
 use crate::quant::Format;
 
-/// Proof that AVX2, FMA and F16C are present.
+/// Proof that AVX2, FMA and F16C are present, and whether AVX-VNNI is (its `vpdpbusd` sums a
+/// block's byte products into i32 in one instruction).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+pub(crate) struct Avx2 {
+    vnni: bool,
+}
 
 impl Avx2 {
     pub fn detect() -> Option<Self> {
@@ -22,7 +25,21 @@ impl Avx2 {
             && std::is_x86_feature_detected!("f16c");
         #[cfg(not(feature = "std"))]
         let present = cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
-        present.then_some(Avx2(()))
+        #[cfg(feature = "std")]
+        let vnni = std::is_x86_feature_detected!("avxvnni");
+        #[cfg(not(feature = "std"))]
+        let vnni = cfg!(target_feature = "avxvnni");
+        present.then_some(Avx2 { vnni })
+    }
+
+    /// The same ISA without AVX-VNNI (for testing both paths on a machine that has it).
+    #[cfg(test)]
+    pub fn without_vnni(self) -> Self {
+        Avx2 { vnni: false }
+    }
+
+    pub fn has_vnni(self) -> bool {
+        self.vnni
     }
 }
 
@@ -49,32 +66,72 @@ pub(super) unsafe fn gemm_acc(s: Avx2, ops: super::AccOperands, out: &mut [f32])
 
 /// # Safety
 /// As [`super::dot_rows_int8`].
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_rows_int8(s: Avx2, kind: Int8Kind, rows: &[u8], a: &Activations, out: &mut [f32]) {
+    match s.vnni {
+        true => dot_rows_int8_vnni(s, kind, rows, a, out),
+        false => dot_rows_int8_avx2(s, kind, rows, a, out),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_int8_avx2(s: Avx2, kind: Int8Kind, rows: &[u8], a: &Activations, out: &mut [f32]) {
+    dot_rows_int8_with::<false>(s, kind, rows, a, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_rows_int8_vnni(s: Avx2, kind: Int8Kind, rows: &[u8], a: &Activations, out: &mut [f32]) {
+    dot_rows_int8_with::<true>(s, kind, rows, a, out)
+}
+
+/// The body of the two entry points above, inlined into each with its target features.
+#[inline(always)]
+unsafe fn dot_rows_int8_with<const VNNI: bool>(
+    s: Avx2,
+    kind: Int8Kind,
+    rows: &[u8],
+    a: &Activations,
+    out: &mut [f32],
+) {
     let row_bytes = rows.len() / out.len().max(1);
     for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
         *o = match kind {
-            Int8Kind::Q4_0 => nibble_row::<18, false>(s, row, a),
-            Int8Kind::Q4_1 => nibble_row::<20, true>(s, row, a),
-            Int8Kind::Q8_0 => q8_row(s, row, a),
+            Int8Kind::Q4_0 => nibble_row::<18, false, VNNI>(s, row, a),
+            Int8Kind::Q4_1 => nibble_row::<20, true, VNNI>(s, row, a),
+            Int8Kind::Q8_0 => q8_row::<VNNI>(s, row, a),
         };
+    }
+}
+
+/// `Σ w[i]·x[i]` over 32 unsigned bytes `w` and signed bytes `x`, as eight i32 partial sums:
+/// `vpdpbusd` with AVX-VNNI, else `maddubs` (pairs to i16; the callers' operands cannot
+/// saturate it) and `madd` with ones (to i32).
+#[inline(always)]
+unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, x: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 }
 
 /// A row of 4-bit blocks (`BYTES` each: the f16 scale, with `MIN` an f16 minimum, then 16
 /// bytes of nibbles) dotted with `a`. The 32 levels of a block go into one register as
-/// unsigned bytes, and one `maddubs` multiplies them with the 32 signed activation levels
-/// (at most 2·15·127 per pair of lanes: no i16 saturation).
+/// unsigned bytes and meet the 32 signed activation levels in one integer dot (with `maddubs`,
+/// at most 2·15·127 per pair of lanes: no i16 saturation).
 #[inline(always)]
-unsafe fn nibble_row<const BYTES: usize, const MIN: bool>(s: Avx2, row: &[u8], a: &Activations) -> f32 {
-    let (low, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+unsafe fn nibble_row<const BYTES: usize, const MIN: bool, const VNNI: bool>(
+    s: Avx2,
+    row: &[u8],
+    a: &Activations,
+) -> f32 {
+    let low = _mm256_set1_epi8(0x0f);
     let quants = if MIN { 4 } else { 2 };
     let block = |b: usize| -> __m256 {
         let p = row.as_ptr().add(b * BYTES);
         let packed = _mm_loadu_si128(p.add(quants).cast());
         let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
         let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
-        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
+        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(w, x));
         let dw = s.splat_f16(p);
         let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(a.d.get_unchecked(b)));
         // The offset term, `m · Σx` (Q4_1) or `-8·d · Σx` (Q4_0), an eighth in each lane (exact:
@@ -86,17 +143,15 @@ unsafe fn nibble_row<const BYTES: usize, const MIN: bool>(s: Avx2, row: &[u8], a
     s.hsum(sum_blocks(row.len() / BYTES, block))
 }
 
-/// A row of Q8_0 blocks (f16 scale, 32 i8 levels) dotted with `a`: `maddubs` takes one unsigned
+/// A row of Q8_0 blocks (f16 scale, 32 i8 levels) dotted with `a`: the dot takes one unsigned
 /// operand, so the weights' magnitudes meet the activations carrying the weights' signs.
 #[inline(always)]
-unsafe fn q8_row(s: Avx2, row: &[u8], a: &Activations) -> f32 {
-    let ones = _mm256_set1_epi16(1);
+unsafe fn q8_row<const VNNI: bool>(s: Avx2, row: &[u8], a: &Activations) -> f32 {
     let block = |b: usize| -> __m256 {
         let p = row.as_ptr().add(b * 34);
         let w = _mm256_loadu_si256(p.add(2).cast());
         let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
-        let dot =
-            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+        let dot = dot_u8_i8::<VNNI>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
         _mm256_mul_ps(
             _mm256_cvtepi32_ps(dot),
             _mm256_mul_ps(s.splat_f16(p), _mm256_broadcast_ss(a.d.get_unchecked(b))),

@@ -149,6 +149,21 @@ impl Isa {
         }
     }
 
+    /// Every integer-kernel variant usable here: [`all`](Self::all), and AVX2 without AVX-VNNI
+    /// where the CPU has it.
+    #[cfg(test)]
+    pub fn all_int8() -> alloc::vec::Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut all = Self::all();
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if let Isa::Avx2(s) = Isa::detect() {
+            if s.has_vnni() {
+                all.push(Isa::Avx2(s.without_vnni()));
+            }
+        }
+        all
+    }
+
     /// Every instruction set usable here, the scalar reference first.
     #[cfg(test)]
     pub fn all() -> alloc::vec::Vec<Isa> {
@@ -163,6 +178,8 @@ impl Isa {
     /// [`name`](Self::name) with decode on integer activations.
     pub fn int8_name(self) -> &'static str {
         match self {
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2(s) if s.has_vnni() => "avx2+fma+avx-vnni, i8 activations",
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Isa::Avx2(_) => "avx2+fma, i8 activations",
             other => other.name(),
