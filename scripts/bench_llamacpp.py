@@ -2,7 +2,7 @@
 """llama.cpp peer benchmark (through llama-cpp-python), driven by scripts/bench-llamacpp.sh.
 
 Measures, on one GGUF, with n_threads=2 and a single sequence (batch 1):
-  prefill_tok_s  tokens/s of one llama_decode over a PROMPT_TOKENS-token prompt
+  prefill_tok_s  tokens/s of one llama_decode over a PROMPT_TOKENS-token prompt (--prompt N)
   decode_tok_s   tokens/s over GEN_TOKENS greedy steps (argmax over the logits, one token each)
   peak_rss_mb    peak resident set size (MiB, ru_maxrss) of the process that loaded the model
                  and ran both phases
@@ -59,12 +59,14 @@ def child(args):
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=args.model, n_ctx=512, n_batch=512, n_ubatch=512,
+    # The context holds the prompt and the generated tokens; one batch takes the whole prompt.
+    n_ctx = max(512, args.prompt + args.gen)
+    llm = Llama(model_path=args.model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                 n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     ids = llm.tokenize(PROMPT_TEXT.encode(), add_bos=False, special=False)
-    while len(ids) < PROMPT_TOKENS:
+    while len(ids) < args.prompt:
         ids = ids + ids
-    prompt = ids[:PROMPT_TOKENS]
+    prompt = ids[:args.prompt]
 
     def run():
         llm.reset()
@@ -87,7 +89,7 @@ def child(args):
 
     prefill_s, decode_s, out = run()
     print(json.dumps({
-        "prefill_tok_s": PROMPT_TOKENS / prefill_s,
+        "prefill_tok_s": args.prompt / prefill_s,
         "decode_tok_s": args.gen / decode_s,
         "prefill_s": prefill_s,
         "decode_s": decode_s,
@@ -132,7 +134,7 @@ def check_golden(model, path, threads):
 def one_run(args):
     """Run the child in a fresh process; return its result and its peak RSS in MiB."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", args.model,
-           "--threads", str(args.threads), "--gen", str(args.gen)]
+           "--threads", str(args.threads), "--gen", str(args.gen), "--prompt", str(args.prompt)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     out = proc.stdout.read()
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -150,6 +152,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--gen", type=int, default=GEN_TOKENS)
+    ap.add_argument("--prompt", type=int, default=PROMPT_TOKENS, help="prompt tokens")
     ap.add_argument("--check-golden", metavar="LOGITS_JSON")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -180,7 +183,7 @@ def main():
         "decode_tok_s": round(statistics.median(r["decode_tok_s"] for r in runs), 2),
         "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1),
         "threads": args.threads,
-        "prompt_tokens": PROMPT_TOKENS,
+        "prompt_tokens": args.prompt,
         "gen_tokens": args.gen,
         "runs": args.runs,
         "model": os.path.basename(args.model),
