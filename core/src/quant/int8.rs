@@ -65,10 +65,11 @@ impl Int8Kind {
 
     pub fn block_bytes(self) -> usize {
         match self {
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q8_0 => 34,
+            Self::Q4_0 => GgmlType::Q4_0,
+            Self::Q4_1 => GgmlType::Q4_1,
+            Self::Q8_0 => GgmlType::Q8_0,
         }
+        .block_bytes()
     }
 }
 

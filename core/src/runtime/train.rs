@@ -481,17 +481,13 @@ impl Model {
             adapter = trainable((stage.next)(&record, &ctx)?);
             stage_record = Some(record);
         }
+        let settings = run_settings(config);
         let resume = if config.resume {
             let bytes = store.read(checkpoint::KEY)?.ok_or_else(|| Error::Adapter {
                 path: store.locate(checkpoint::KEY),
                 message: "no checkpoint to resume from: the run stopped before its first checkpoint, or never ran here; start it without resume".into(),
             })?;
-            Some(checkpoint::load(
-                bytes,
-                &store.locate(checkpoint::KEY),
-                adapter.as_mut(),
-                &run_settings(config),
-            )?)
+            Some(checkpoint::load(bytes, &store.locate(checkpoint::KEY), adapter.as_mut(), &settings)?)
         } else {
             None
         };
@@ -506,11 +502,8 @@ impl Model {
         }
         on_event(TrainEvent::Stage { name: "train", steps: config.steps });
         let mut throughput = Throughput::default();
-        let checkpointing = Checkpointing {
-            resume,
-            save: Some((store, checkpoint::KEY, config.checkpoint_every)),
-            settings: run_settings(config),
-        };
+        let checkpointing =
+            Checkpointing { resume, save: Some((store, checkpoint::KEY, config.checkpoint_every)), settings };
         let report =
             train::fit(engine.model(), &mut adapter, windows, &options, checkpointing, cancel, &mut |step| {
                 on_event(TrainEvent::Step { step, tokens_per_s: throughput.after(step) });
