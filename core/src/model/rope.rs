@@ -28,8 +28,8 @@ impl Rope {
     }
 
     /// cos and sin tables for positions `start..start+len`, each angle repeated for both
-    /// members of its pair, shaped `[1, 1, len, head_dim]` to broadcast over
-    /// `[batch, heads, len, head_dim]`; and the pair rotation `R` for [`apply`].
+    /// members of its pair and the sine signed for [`apply`]'s pair swap, shaped
+    /// `[1, 1, len, head_dim]` to broadcast over `[batch, heads, len, head_dim]`.
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> RopeTables {
         let d = self.head_dim;
         let mut cos = Vec::with_capacity(len * d);
@@ -38,36 +38,28 @@ impl Rope {
             for &f in &self.inv_freq {
                 let (s, c) = ((pos as f32 * f) as f64).sin_cos();
                 cos.extend([c as f32; 2]);
-                sin.extend([s as f32; 2]);
+                sin.extend([-s as f32, s as f32]);
             }
         }
-        // (x R)[2i] = -x[2i+1], (x R)[2i+1] = x[2i]: the rotation by 90 degrees of every pair.
-        let mut rotation = vec![0.0f32; d * d];
-        for i in 0..d / 2 {
-            rotation[(2 * i + 1) * d + 2 * i] = -1.0;
-            rotation[(2 * i) * d + 2 * i + 1] = 1.0;
-        }
         let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, len, d]), device);
-        RopeTables {
-            cos: table(cos),
-            sin: table(sin),
-            rotation: Tensor::from_data(TensorData::new(rotation, [1, 1, d, d]), device),
-        }
+        RopeTables { cos: table(cos), signed_sin: table(sin) }
     }
 }
 
 pub struct RopeTables {
     cos: Tensor<4>,
-    sin: Tensor<4>,
-    rotation: Tensor<4>,
+    /// `-sin` at the first member of each pair, `sin` at the second.
+    signed_sin: Tensor<4>,
 }
 
-/// Rotates `x: [batch, heads, len, head_dim]`: `x cos + (x R) sin`, four ops instead of slicing
-/// and re-interleaving the pairs (decode runs this twice per layer per token).
+/// Rotates `x: [batch, heads, len, head_dim]`: each pair `(a, b)` becomes
+/// `(a cos - b sin, b cos + a sin)`, i.e. `x cos + swap(x) signed_sin` where `swap` exchanges the
+/// members of every pair. The swap is a flip of a size-2 axis (a view on the CPU, its own
+/// gradient), where a `head_dim x head_dim` rotation matrix cost a matrix product per pass.
 pub fn apply(x: Tensor<4>, tables: &RopeTables) -> Tensor<4> {
-    let [b, h, _, d] = x.dims();
-    let rotated = x.clone().matmul(tables.rotation.clone().expand([b, h, d, d]));
-    x * tables.cos.clone() + rotated * tables.sin.clone()
+    let [b, h, t, d] = x.dims();
+    let swapped = x.clone().reshape([b, h, t, d / 2, 2]).flip([4]).reshape([b, h, t, d]);
+    x * tables.cos.clone() + swapped * tables.signed_sin.clone()
 }
 
 /// Which way [`permute_rotary_rows`] goes.
@@ -105,4 +97,68 @@ pub fn permute_rotary_rows(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::model::linear::host_f32;
+
+    /// Pair `i` of position `pos` rotated by `pos * inv_freq[i]`, written out.
+    fn rotated(x: &[f32], len: usize, start: usize, rope: &Rope, angle_sign: f32) -> Vec<f32> {
+        let d = rope.head_dim;
+        let mut out = x.to_vec();
+        for (row, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let t = (row.as_ptr() as usize - x.as_ptr() as usize) / 4 / d % len;
+            for (i, f) in rope.inv_freq.iter().enumerate() {
+                let (s, c) = (f64::from(angle_sign) * ((start + t) as f32 * f) as f64).sin_cos();
+                let (a, b) = (f64::from(row[2 * i]), f64::from(row[2 * i + 1]));
+                out[2 * i] = (a * c - b * s) as f32;
+                out[2 * i + 1] = (b * c + a * s) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn apply_rotates_each_pair_and_its_gradient_rotates_back() {
+        let config = LlamaConfig {
+            architecture: "llama".into(),
+            n_layers: 1,
+            d_model: 48,
+            n_heads: 3,
+            n_kv_heads: 3,
+            head_dim: 16,
+            ffn_dim: 8,
+            vocab_size: 8,
+            context_len: 64,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rms_eps: 1e-5,
+            tied_embeddings: true,
+        };
+        let rope = Rope::new(&config);
+        let (b, h, len, d, start) = (2, 3, 5, 16, 7);
+        let values: Vec<f32> = (0..b * h * len * d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let upstream: Vec<f32> = (0..b * h * len * d).map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0).collect();
+        let device = Device::flex().autodiff();
+        let x =
+            Tensor::<4>::from_data(TensorData::new(values.clone(), [b, h, len, d]), &device).require_grad();
+        let y = apply(x.clone(), &rope.tables(start, len, &device));
+        let dy = Tensor::<4>::from_data(TensorData::new(upstream.clone(), [b, h, len, d]), &device);
+        let grads = (y.clone() * dy).sum().backward();
+        let got = host_f32(y).unwrap();
+        let grad = host_f32(x.grad(&grads).unwrap()).unwrap();
+        // A rotation's transpose is the rotation by the opposite angle.
+        for (what, got, want) in [
+            ("value", got, rotated(&values, len, start, &rope, 1.0)),
+            ("gradient", grad, rotated(&upstream, len, start, &rope, -1.0)),
+        ] {
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "{what}[{i}]: {g} vs {w}");
+            }
+        }
+    }
 }
