@@ -8,7 +8,7 @@ use super::int8::{Activations, Int8Kind};
 use super::simd::{self, Isa};
 use super::{byte_len, FormatOps, GgmlType, QuantError};
 use crate::bytes::SharedBytes;
-use crate::parallel::for_each_chunk_mut;
+use crate::parallel::{for_each_chunk_mut, for_each_chunk_mut_spinning};
 
 /// From this many tokens on, each weight row is decoded once to f32 and multiplied with every
 /// token, so the unpacking is paid once per row instead of once per row and token.
@@ -123,10 +123,11 @@ impl QuantMatrix {
     /// One token: each quantized row is dotted with `x` directly, unpacked in registers; on
     /// integer activations where the format and ISA have kernels for them.
     fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        let rows_per_task = (TASK_VALUES / self.cols).max(1);
+        // A multiple of four: the integer kernels take rows four at a time.
+        let rows_per_task = (TASK_VALUES / self.cols).max(1).next_multiple_of(4);
         if let Some(kind) = self.int8 {
             let a = Activations::quantize(x);
-            for_each_chunk_mut(y, rows_per_task, |i, out| {
+            for_each_chunk_mut_spinning(y, rows_per_task, |i, out| {
                 let start = i * rows_per_task * self.row_bytes;
                 let rows = &self.data[start..start + out.len() * self.row_bytes];
                 // SAFETY: `new` checked that each row is `row_bytes` of whole `kind` blocks
@@ -137,7 +138,7 @@ impl QuantMatrix {
         }
         let xsum: Vec<f32> =
             if self.ops.xsums { x.chunks_exact(32).map(|c| c.iter().sum()).collect() } else { Vec::new() };
-        for_each_chunk_mut(y, rows_per_task, |i, out| {
+        for_each_chunk_mut_spinning(y, rows_per_task, |i, out| {
             let start = i * rows_per_task * self.row_bytes;
             let rows = &self.data[start..start + out.len() * self.row_bytes];
             // SAFETY: `new` checked that each row is `row_bytes` of whole blocks holding `cols`

@@ -92,14 +92,70 @@ unsafe fn dot_rows_int8_with<const VNNI: bool>(
     a: &Activations,
     out: &mut [f32],
 ) {
-    let row_bytes = rows.len() / out.len().max(1);
-    for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
-        *o = match kind {
-            Int8Kind::Q4_0 => nibble_row::<18, false, VNNI>(s, row, a),
-            Int8Kind::Q4_1 => nibble_row::<20, true, VNNI>(s, row, a),
-            Int8Kind::Q8_0 => q8_row::<VNNI>(s, row, a),
-        };
+    match kind {
+        Int8Kind::Q4_0 => nibble_rows::<18, false, VNNI>(s, rows, a, out),
+        Int8Kind::Q4_1 => nibble_rows::<20, true, VNNI>(s, rows, a, out),
+        Int8Kind::Q8_0 => {
+            let row_bytes = rows.len() / out.len().max(1);
+            for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+                *o = q8_row::<VNNI>(s, row, a);
+            }
+        }
     }
+}
+
+/// Rows of 4-bit blocks four at a time (each block's activations loaded once for four rows, and
+/// four independent accumulation chains), the last few one at a time.
+#[inline(always)]
+unsafe fn nibble_rows<const BYTES: usize, const MIN: bool, const VNNI: bool>(
+    s: Avx2,
+    rows: &[u8],
+    a: &Activations,
+    out: &mut [f32],
+) {
+    let row_bytes = rows.len() / out.len().max(1);
+    let mut groups = rows.chunks_exact(4 * row_bytes.max(1));
+    let mut outs = out.chunks_exact_mut(4);
+    for (group, o) in (&mut groups).zip(&mut outs) {
+        o.copy_from_slice(&nibble_dots::<BYTES, MIN, VNNI, 4>(s, group, a));
+    }
+    for (row, o) in groups.remainder().chunks_exact(row_bytes.max(1)).zip(outs.into_remainder()) {
+        *o = nibble_dots::<BYTES, MIN, VNNI, 1>(s, row, a)[0];
+    }
+}
+
+/// `R` consecutive rows of 4-bit blocks (`BYTES` each: the f16 scale, with `MIN` an f16
+/// minimum, then 16 bytes of nibbles) dotted with `a`. The 32 levels of a block go into one
+/// register as unsigned bytes and meet the 32 signed activation levels in one integer dot (with
+/// `maddubs`, at most 2·15·127 per pair of lanes: no i16 saturation).
+#[inline(always)]
+unsafe fn nibble_dots<const BYTES: usize, const MIN: bool, const VNNI: bool, const R: usize>(
+    s: Avx2,
+    rows: &[u8],
+    a: &Activations,
+) -> [f32; R] {
+    let low = _mm256_set1_epi8(0x0f);
+    let quants = if MIN { 4 } else { 2 };
+    let row_bytes = rows.len() / R;
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..row_bytes / BYTES {
+        let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
+        let ad = _mm256_broadcast_ss(a.d.get_unchecked(b));
+        // The offset term, `m · Σx` (Q4_1) or `-8·d · Σx` (Q4_0), an eighth in each lane (exact:
+        // a power of two), so that the final horizontal sum counts it once.
+        let eighth_sum = _mm256_set1_ps(0.125 * *a.sum.get_unchecked(b));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let p = rows.as_ptr().add(r * row_bytes + b * BYTES);
+            let packed = _mm_loadu_si128(p.add(quants).cast());
+            let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
+            let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(w, x));
+            let dw = s.splat_f16(p);
+            let offset = if MIN { s.splat_f16(p.add(2)) } else { _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)) };
+            let block = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, ad), _mm256_mul_ps(offset, eighth_sum));
+            *acc = _mm256_add_ps(*acc, block);
+        }
+    }
+    acc.map(|acc| s.hsum(acc))
 }
 
 /// `Σ w[i]·x[i]` over 32 unsigned bytes `w` and signed bytes `x`, as eight i32 partial sums:
@@ -112,35 +168,6 @@ unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, x: __m256i) -> __m256i {
     } else {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
-}
-
-/// A row of 4-bit blocks (`BYTES` each: the f16 scale, with `MIN` an f16 minimum, then 16
-/// bytes of nibbles) dotted with `a`. The 32 levels of a block go into one register as
-/// unsigned bytes and meet the 32 signed activation levels in one integer dot (with `maddubs`,
-/// at most 2·15·127 per pair of lanes: no i16 saturation).
-#[inline(always)]
-unsafe fn nibble_row<const BYTES: usize, const MIN: bool, const VNNI: bool>(
-    s: Avx2,
-    row: &[u8],
-    a: &Activations,
-) -> f32 {
-    let low = _mm256_set1_epi8(0x0f);
-    let quants = if MIN { 4 } else { 2 };
-    let block = |b: usize| -> __m256 {
-        let p = row.as_ptr().add(b * BYTES);
-        let packed = _mm_loadu_si128(p.add(quants).cast());
-        let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
-        let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b).cast());
-        let dot = _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(w, x));
-        let dw = s.splat_f16(p);
-        let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(a.d.get_unchecked(b)));
-        // The offset term, `m · Σx` (Q4_1) or `-8·d · Σx` (Q4_0), an eighth in each lane (exact:
-        // a power of two), so that the final horizontal sum counts it once.
-        let offset = if MIN { s.splat_f16(p.add(2)) } else { _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)) };
-        let offset = _mm256_mul_ps(offset, _mm256_set1_ps(0.125 * *a.sum.get_unchecked(b)));
-        _mm256_fmadd_ps(dot, scale, offset)
-    };
-    s.hsum(sum_blocks(row.len() / BYTES, block))
 }
 
 /// A row of Q8_0 blocks (f16 scale, 32 i8 levels) dotted with `a`: the dot takes one unsigned

@@ -1,0 +1,187 @@
+//! Data parallelism without global state: an engine owns a `Threads` pool and runs its work
+//! inside `install`; kernels split work with `for_each_chunk_mut`, which uses whichever pool is
+//! installed, or with `for_each_chunk_mut_spinning` for the short loops of a decode step, which
+//! uses the installed pool's spinning [`team`]. On wasm32 (no threads without atomics) and
+//! without `std` everything runs on the calling thread.
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+mod team;
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+use rayon::prelude::*;
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+use team::Team;
+
+#[cfg(feature = "std")]
+/// A fixed-size worker pool owned by one engine (never the process-wide global pool).
+pub struct Threads {
+    #[cfg(not(target_arch = "wasm32"))]
+    pool: rayon::ThreadPool,
+    /// Started on first use (an engine that never decodes never starts it); `None` with one
+    /// thread, or when its threads could not be started (rayon then does its loops).
+    #[cfg(not(target_arch = "wasm32"))]
+    team: std::sync::OnceLock<Option<Team>>,
+    count: usize,
+}
+
+#[cfg(feature = "std")]
+impl Threads {
+    /// `count == 0` means one worker per available core.
+    pub fn new(count: usize) -> Result<Self, std::io::Error> {
+        let count = if count == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            count
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(count)
+                .thread_name(|i| format!("adaptkit-{i}"))
+                .build()
+                .map_err(std::io::Error::other)?;
+            Ok(Self { pool, team: std::sync::OnceLock::new(), count })
+        }
+        // No threads on wasm32: one worker, whatever was asked.
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = count;
+            Ok(Self { count: 1 })
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Runs `work` with this pool (and its team) as the current one.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.pool.install(|| {
+            let team =
+                self.team.get_or_init(|| (self.count > 1).then(|| Team::new(self.count - 1).ok()).flatten());
+            let _current = CurrentTeam::enter(team.as_ref());
+            work()
+        });
+        #[cfg(target_arch = "wasm32")]
+        work()
+    }
+}
+
+/// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized piece of `out`, in parallel on the
+/// installed pool (sequentially inside a team's loop on one of its helpers).
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    work: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    if !team::on_helper() {
+        out.par_chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+        return;
+    }
+    out.chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| work(i, c));
+}
+
+/// [`for_each_chunk_mut`] for short loops that come many times a second (the products of a
+/// decode step): on the installed pool's spinning team when this thread has one, the chunks
+/// handed out one at a time to whichever thread is free; elsewhere (a team already busy, a
+/// thread outside `install`) as [`for_each_chunk_mut`].
+pub fn for_each_chunk_mut_spinning<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    work: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    if let Some(team) = CurrentTeam::get() {
+        let chunk_len = chunk_len.max(1);
+        let (len, chunks) = (out.len(), out.len().div_ceil(chunk_len));
+        let base = SendPtr(out.as_mut_ptr());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let job = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= chunks {
+                break;
+            }
+            let start = i * chunk_len;
+            // SAFETY: each index is claimed once, so the chunks handed out are disjoint parts of
+            // `out`, which outlives the loop.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
+            work(i, chunk);
+        };
+        if team.run(job).is_ok() {
+            return;
+        }
+    }
+    for_each_chunk_mut(out, chunk_len, work)
+}
+
+/// A pointer to `out`'s elements that the team's threads may share.
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+struct SendPtr<T>(*mut T);
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+impl<T> SendPtr<T> {
+    /// The element `i` places on (a method, so closures capture the wrapper, not the pointer).
+    fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: the threads write disjoint chunks (see `for_each_chunk_mut_spinning`).
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+std::thread_local! {
+    /// The team of the pool whose `install` this thread is inside (null: none).
+    static CURRENT_TEAM: core::cell::Cell<*const Team> = const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Makes a team this thread's current one until dropped, then restores the previous one.
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+struct CurrentTeam(*const Team);
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+impl CurrentTeam {
+    fn enter(team: Option<&Team>) -> Self {
+        let team = team.map_or(core::ptr::null(), |t| t as *const Team);
+        Self(CURRENT_TEAM.with(|current| current.replace(team)))
+    }
+
+    fn get<'a>() -> Option<&'a Team> {
+        // SAFETY: set only by `enter` for the duration of an `install` on the `Threads` that owns
+        // the team, which outlives it.
+        CURRENT_TEAM.with(|current| unsafe { current.get().as_ref() })
+    }
+}
+
+#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+impl Drop for CurrentTeam {
+    fn drop(&mut self) {
+        CURRENT_TEAM.with(|current| current.set(self.0));
+    }
+}
+
+/// [`for_each_chunk_mut`] over two slices at once: `work(i, a_chunk, b_chunk)` for the `i`-th
+/// `a_len`-sized piece of `a` and `b_len`-sized piece of `b`.
+pub fn for_each_chunk_pair_mut<T: Send, U: Send>(
+    a: &mut [T],
+    a_len: usize,
+    b: &mut [U],
+    b_len: usize,
+    work: impl Fn(usize, &mut [T], &mut [U]) + Send + Sync,
+) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    if !team::on_helper() {
+        a.par_chunks_mut(a_len.max(1))
+            .zip(b.par_chunks_mut(b_len.max(1)))
+            .enumerate()
+            .for_each(|(i, (a, b))| work(i, a, b));
+        return;
+    }
+    a.chunks_mut(a_len.max(1))
+        .zip(b.chunks_mut(b_len.max(1)))
+        .enumerate()
+        .for_each(|(i, (a, b))| work(i, a, b));
+}
