@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# adaptkit against its peers on the same GGUF, in one run, on the same 2 threads: llama.cpp for
-# prefill tok/s of a 128-token prompt, decode tok/s over 128 greedy tokens and peak RSS;
+# adaptkit against its peers on the same GGUF, in one run, on the same 2 threads: llama.cpp (two
+# builds: the pip build, and clang with -march=native and AMX, LLAMACPP_BUILD=clang in
+# scripts/bench-llamacpp.sh) for prefill tok/s of a 128-token prompt, decode tok/s over 128
+# greedy tokens (adaptkit with f32 and with i8 activations) and peak RSS;
 # PyTorch + PEFT (fp32) for LoRA training tok/s (r=8, all projections, batch 4 x 128) and its
 # peak RSS, against adaptkit with and without activation checkpointing; then, with GPU=1,
 # adaptkit on this machine's GPU (`bench --device gpu`, with GPU_ARGS, e.g. "--gen-tokens 16
@@ -20,7 +22,11 @@ ours=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$t
 # Training again with activation checkpointing (inference repeated briefly; its figures unused).
 recompute=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" \
   --checkpoint-activations --repeats 1 --gen-tokens 2 --json | tail -1)
+# Decode again on integer activations (no training).
+int8=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" \
+  --int8-activations --train-steps 0 --json | tail -1)
 peer=$(scripts/bench-llamacpp.sh "$model" | tail -1)
+clang=$(LLAMACPP_BUILD=clang scripts/bench-llamacpp.sh "$model" | tail -1)
 torch=$("$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
 gpu='{}'
 if [ "${GPU:-0}" = 1 ]; then
@@ -30,19 +36,24 @@ if [ "${GPU:-0}" = 1 ]; then
 fi
 echo "$ours"
 echo "$recompute"
+echo "$int8"
 echo "$peer"
+echo "$clang"
 echo "$torch"
 echo "$gpu"
-python3 - "$ours" "$peer" "$torch" "$recompute" "$gpu" <<'PY'
+python3 - "$ours" "$peer" "$torch" "$recompute" "$gpu" "$int8" "$clang" <<'PY'
 import json, sys
-ours, peer, torch, recompute, gpu = (json.loads(a) for a in sys.argv[1:])
+ours, peer, torch, recompute, gpu, int8, clang = (json.loads(a) for a in sys.argv[1:])
 print(f"\n{ours['threads']} threads, batch 1, {ours['prompt_tokens']}-token prompt, {ours['gen_tokens']} generated tokens\n")
-print("| | adaptkit | llama.cpp | ratio |")
-print("|---|---|---|---|")
-for key, label, unit in [("prefill_tok_s", "prefill", "tok/s"), ("decode_tok_s", "decode", "tok/s"),
-                         ("peak_rss_mb", "peak RSS", "MiB")]:
-    a, b = ours[key], peer[key]
-    print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+print(f"llama.cpp builds: pip = {peer['build']}; clang = {clang['build']}\n")
+print("| | adaptkit | llama.cpp (pip) | llama.cpp (clang) | vs pip | vs clang |")
+print("|---|---|---|---|---|---|")
+for run, key, label, unit in [(ours, "prefill_tok_s", "prefill", "tok/s"),
+                              (ours, "decode_tok_s", "decode, f32 activations", "tok/s"),
+                              (int8, "decode_tok_s", "decode, i8 activations", "tok/s"),
+                              (ours, "peak_rss_mb", "peak RSS", "MiB")]:
+    a, b, c = run[key], peer[key], clang[key]
+    print(f"| {label} ({unit}) | {a:.1f} | {b:.1f} | {c:.1f} | {a / b:.2f}x | {a / c:.2f}x |")
 print(f"\nLoRA training: {ours['train_config']}\n")
 print("| | adaptkit | PyTorch + PEFT (fp32) | ratio |")
 print("|---|---|---|---|")

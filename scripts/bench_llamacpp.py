@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--gen", type=int, default=GEN_TOKENS)
     ap.add_argument("--prompt", type=int, default=PROMPT_TOKENS, help="prompt tokens")
     ap.add_argument("--check-golden", metavar="LOGITS_JSON")
+    ap.add_argument("--build", default="unknown", help="how llama.cpp was built (reported)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -179,6 +180,7 @@ def main():
     result = {
         "peer": "llama.cpp",
         "version": f"llama-cpp-python {llama_cpp.__version__}",
+        "build": args.build,
         "prefill_tok_s": round(statistics.median(r["prefill_tok_s"] for r in runs), 2),
         "decode_tok_s": round(statistics.median(r["decode_tok_s"] for r in runs), 2),
         "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1),

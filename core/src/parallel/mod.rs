@@ -17,7 +17,7 @@ use team::Team;
 pub struct Threads {
     #[cfg(not(target_arch = "wasm32"))]
     pool: rayon::ThreadPool,
-    /// Started on first use (an engine that never decodes never starts it); `None` with one
+    /// Started by the first `install` (an engine that only loads never starts it); `None` with one
     /// thread, or when its threads could not be started (rayon then does its loops).
     #[cfg(not(target_arch = "wasm32"))]
     team: std::sync::OnceLock<Option<Team>>,
