@@ -40,7 +40,7 @@ case "$build" in
     CMAKE_ARGS_PIN="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_AMX_TILE=$amx -DGGML_AMX_INT8=$amx -DGGML_AMX_BF16=$amx -DCMAKE_C_FLAGS=-O3 -DCMAKE_CXX_FLAGS=-O3"
     compilers=(env CC=clang CXX=clang++)
     compiler_version="$(clang --version | head -1)"
-    label="clang: -march=native, -O3, AMX $amx"
+    label="clang: -march=native, -O3, AMX requested: $amx"
     ;;
   *) echo "LLAMACPP_BUILD is pip or clang, not $build" >&2; exit 2 ;;
 esac
