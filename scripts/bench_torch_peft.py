@@ -1,9 +1,9 @@
 """PyTorch + transformers + PEFT peer for the training figure of `adaptkit bench`: the same model
 (the GGUF dequantized to fp32 by transformers), LoRA r=8 alpha=16 on all seven projections,
-batch 4 x 128 tokens, AdamW lr 1e-4, gradient clipping at 1.0, 2 threads; one warm-up step,
+batch 4 x SEQ tokens (128 by default), AdamW lr 1e-4, gradient clipping at 1.0, 2 threads; one warm-up step,
 then the mean over 3 timed steps. Prints one JSON object as its last line.
 
-Usage: "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py [MODEL.gguf]
+Usage: "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py [MODEL.gguf [SEQ]]
 """
 import json
 import resource
@@ -17,7 +17,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-BATCH, SEQ, STEPS = 4, 128, 3
+BATCH, STEPS = 4, 3
+SEQ = int(sys.argv[2]) if len(sys.argv) > 2 else 128
 
 torch.set_num_threads(2)
 torch.manual_seed(0)

@@ -19,10 +19,13 @@ pub struct BenchArgs {
     /// Timed runs after one warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Timed LoRA training steps (r=8, all seven projections, batch 4 x 128) after one warm-up
-    /// step; 0 skips training.
+    /// Timed LoRA training steps (r=8, all seven projections, batch 4 x --train-seq) after one
+    /// warm-up step; 0 skips training.
     #[arg(long, default_value_t = 3)]
     train_steps: usize,
+    /// Tokens per training sequence (the batch is 4 sequences).
+    #[arg(long, default_value_t = 128)]
+    train_seq: usize,
     /// Train with activation checkpointing (see `train --checkpoint-activations`).
     #[arg(long)]
     checkpoint_activations: bool,
@@ -36,6 +39,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         gen_tokens: args.gen_tokens,
         repeats: args.repeats,
         train_steps: args.train_steps,
+        train_seq: args.train_seq,
         checkpoint_activations: args.checkpoint_activations,
     };
     let source = ModelSource::Path(args.model.path()?);

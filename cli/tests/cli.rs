@@ -498,6 +498,8 @@ fn bench_reports_inference_and_training_figures() {
         "1",
         "--train-steps",
         "1",
+        "--train-seq",
+        "32",
         "--threads",
         "2",
         "--json",
@@ -505,6 +507,7 @@ fn bench_reports_inference_and_training_figures() {
     for key in ["prefill_tok_s", "decode_tok_s", "peak_rss_mb", "train_tok_s", "train_peak_rss_mb"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
+    assert!(report["train_config"].as_str().unwrap().contains("batch 4 x 32 tokens"), "{report}");
     assert!(!report["decode_kernel"].as_str().unwrap().contains("i8"), "f32 activations by default");
     // Integer activations where the CPU has kernels for them, named in the report.
     let args = ["bench", "--model", &model, "--gen-tokens", "4", "--repeats", "1", "--train-steps", "0"];
@@ -517,6 +520,7 @@ fn bench_reports_inference_and_training_figures() {
     let kernels = false;
     assert_eq!(int8["decode_kernel"].as_str().unwrap().contains("i8 activations"), kernels, "{int8}");
     assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--gen-tokens", "1"]), "--gen-tokens");
+    assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--train-seq", "1"]), "--train-seq");
 }
 
 /// A short general-English text (unrelated to the sample notes) for the forgetting watch.

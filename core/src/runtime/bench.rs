@@ -22,9 +22,8 @@ and the market filled with the smell of salt, bread and coffee. A child counted 
 sea wall while her grandfather mended a net, telling her how the storm of 1987 had carried \
 away the old lighthouse keeper's cottage. ";
 
-/// The training benchmark's shape (the same as `scripts/bench_torch_peft.py`).
+/// The training benchmark's batch (the same as `scripts/bench_torch_peft.py`).
 const TRAIN_BATCH: usize = 4;
-const TRAIN_SEQ: usize = 128;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -34,6 +33,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Timed LoRA training steps after one warm-up step; 0 skips training.
     pub train_steps: usize,
+    /// Tokens per training sequence (the batch is 4 of them).
+    pub train_seq: usize,
     pub checkpoint_activations: bool,
 }
 
@@ -44,6 +45,7 @@ impl Default for BenchOptions {
             gen_tokens: 128,
             repeats: 3,
             train_steps: 3,
+            train_seq: 128,
             checkpoint_activations: false,
         }
     }
@@ -68,7 +70,7 @@ pub struct BenchReport {
     /// for reuse, so this is close to the peak); `None` on the CPU.
     pub gpu_reserved_mb: Option<f64>,
     pub train_gpu_reserved_mb: Option<f64>,
-    pub train_config: &'static str,
+    pub train_config: String,
     pub checkpoint_activations: bool,
 }
 
@@ -92,6 +94,13 @@ pub fn bench(
     }
     if options.repeats == 0 {
         return Err(Error::option("repeats", 0, "must be at least 1"));
+    }
+    if options.train_steps > 0 && options.train_seq < 2 {
+        return Err(Error::option(
+            "train_seq",
+            options.train_seq,
+            "must be at least 2 (a token and its target)",
+        ));
     }
     let model = Model::open(source.clone(), &OpenOptions { trainable: false, ..open.clone() })?;
     let mut ids = Vec::new();
@@ -146,7 +155,10 @@ pub fn bench(
         train_peak_rss_mb: train_tok_s.and(peak_rss_mb()),
         gpu_reserved_mb: gpu_reserved,
         train_gpu_reserved_mb: train_gpu,
-        train_config: "LoRA r=8 alpha=16 on q,k,v,o,gate,up,down; batch 4 x 128 tokens; AdamW",
+        train_config: format!(
+            "LoRA r=8 alpha=16 on q,k,v,o,gate,up,down; batch {TRAIN_BATCH} x {} tokens; AdamW",
+            options.train_seq
+        ),
         checkpoint_activations: options.checkpoint_activations,
     })
 }
@@ -165,7 +177,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Training tokens/s of LoRA r=8 on every projection, batch 4 x 128, over `train_steps` steps
+/// Training tokens/s of LoRA r=8 on every projection, batch 4 x `train_seq`, over `train_steps` steps
 /// after a warm-up step, and the GPU memory it took.
 fn train_speed(
     source: ModelSource,
@@ -175,9 +187,10 @@ fn train_speed(
     on_progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(f64, Option<f64>), Error> {
     let model = Model::open(source, &OpenOptions { trainable: true, ..open.clone() })?;
+    let seq = options.train_seq;
     let window = |i: usize| Window {
-        tokens: (0..TRAIN_SEQ).map(|j| text_ids[(i * 7 + j) % text_ids.len()]).collect(),
-        targets: vec![true; TRAIN_SEQ],
+        tokens: (0..seq).map(|j| text_ids[(i * 7 + j) % text_ids.len()]).collect(),
+        targets: vec![true; seq],
     };
     let windows =
         Windows { train: (0..TRAIN_BATCH).map(window).collect(), held_out: Vec::new(), general: Vec::new() };
@@ -212,7 +225,7 @@ fn train_speed(
                 let now = Instant::now();
                 let start = *first.get_or_insert(now);
                 if step.step > 1 {
-                    rate = ((step.step - 1) * TRAIN_BATCH * TRAIN_SEQ) as f64 / (now - start).as_secs_f64();
+                    rate = ((step.step - 1) * TRAIN_BATCH * seq) as f64 / (now - start).as_secs_f64();
                 }
                 on_progress(&format!("train step {}/{}: loss {:.3}", step.step, step.steps, step.loss));
             },
