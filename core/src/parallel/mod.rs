@@ -10,7 +10,7 @@ mod team;
 #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
 use rayon::prelude::*;
 #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-use team::Team;
+use team::{CurrentTeam, Team};
 
 #[cfg(feature = "std")]
 /// A fixed-size worker pool owned by one engine (never the process-wide global pool).
@@ -93,74 +93,10 @@ pub fn for_each_chunk_mut_spinning<T: Send>(
     work: impl Fn(usize, &mut [T]) + Send + Sync,
 ) {
     #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-    if let Some(team) = CurrentTeam::get() {
-        let chunk_len = chunk_len.max(1);
-        let (len, chunks) = (out.len(), out.len().div_ceil(chunk_len));
-        let base = SendPtr(out.as_mut_ptr());
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let job = || loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= chunks {
-                break;
-            }
-            let start = i * chunk_len;
-            // SAFETY: each index is claimed once, so the chunks handed out are disjoint parts of
-            // `out`, which outlives the loop.
-            let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
-            work(i, chunk);
-        };
-        if team.run(job).is_ok() {
-            return;
-        }
+    if team::for_each_chunk_mut(out, chunk_len, &work) {
+        return;
     }
     for_each_chunk_mut(out, chunk_len, work)
-}
-
-/// A pointer to `out`'s elements that the team's threads may share.
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-struct SendPtr<T>(*mut T);
-
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-impl<T> SendPtr<T> {
-    /// The element `i` places on (a method, so closures capture the wrapper, not the pointer).
-    fn at(&self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-}
-
-// SAFETY: the threads write disjoint chunks (see `for_each_chunk_mut_spinning`).
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-unsafe impl<T: Send> Sync for SendPtr<T> {}
-
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-std::thread_local! {
-    /// The team of the pool whose `install` this thread is inside (null: none).
-    static CURRENT_TEAM: core::cell::Cell<*const Team> = const { core::cell::Cell::new(core::ptr::null()) };
-}
-
-/// Makes a team this thread's current one until dropped, then restores the previous one.
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-struct CurrentTeam(*const Team);
-
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-impl CurrentTeam {
-    fn enter(team: Option<&Team>) -> Self {
-        let team = team.map_or(core::ptr::null(), |t| t as *const Team);
-        Self(CURRENT_TEAM.with(|current| current.replace(team)))
-    }
-
-    fn get<'a>() -> Option<&'a Team> {
-        // SAFETY: set only by `enter` for the duration of an `install` on the `Threads` that owns
-        // the team, which outlives it.
-        CURRENT_TEAM.with(|current| unsafe { current.get().as_ref() })
-    }
-}
-
-#[cfg(all(feature = "std", not(target_arch = "wasm32")))]
-impl Drop for CurrentTeam {
-    fn drop(&mut self) {
-        CURRENT_TEAM.with(|current| current.set(self.0));
-    }
 }
 
 /// [`for_each_chunk_mut`] over two slices at once: `work(i, a_chunk, b_chunk)` for the `i`-th

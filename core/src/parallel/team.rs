@@ -206,6 +206,73 @@ impl Drop for Team {
     }
 }
 
+/// Runs `work(i, chunk)` for each `chunk_len`-sized piece of `out` on this thread's current
+/// team, the chunks handed out one at a time to whichever thread is free; `false` (nothing run)
+/// when this thread has no team or its team is busy.
+pub(super) fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk_len: usize,
+    work: &(impl Fn(usize, &mut [T]) + Sync),
+) -> bool {
+    let Some(team) = CurrentTeam::get() else { return false };
+    let chunk_len = chunk_len.max(1);
+    let (len, chunks) = (out.len(), out.len().div_ceil(chunk_len));
+    let base = SendPtr(out.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    let job = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            break;
+        }
+        let start = i * chunk_len;
+        // SAFETY: each index is claimed once, so the chunks handed out are disjoint parts of
+        // `out`, which outlives the loop.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(start), chunk_len.min(len - start)) };
+        work(i, chunk);
+    };
+    team.run(job).is_ok()
+}
+
+/// A pointer to `out`'s elements that the team's threads may share.
+struct SendPtr<T>(*mut T);
+
+impl<T> SendPtr<T> {
+    /// The element `i` places on (a method, so closures capture the wrapper, not the pointer).
+    fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: the threads write disjoint chunks (see `for_each_chunk_mut`).
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+std::thread_local! {
+    /// The team of the pool whose `install` this thread is inside (null: none).
+    static CURRENT_TEAM: core::cell::Cell<*const Team> = const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Makes a team this thread's current one until dropped, then restores the previous one.
+pub(super) struct CurrentTeam(*const Team);
+
+impl CurrentTeam {
+    pub(super) fn enter(team: Option<&Team>) -> Self {
+        let team = team.map_or(core::ptr::null(), |t| t as *const Team);
+        Self(CURRENT_TEAM.with(|current| current.replace(team)))
+    }
+
+    fn get<'a>() -> Option<&'a Team> {
+        // SAFETY: set only by `enter` for the duration of an `install` on the `Threads` that owns
+        // the team, which outlives it.
+        CURRENT_TEAM.with(|current| unsafe { current.get().as_ref() })
+    }
+}
+
+impl Drop for CurrentTeam {
+    fn drop(&mut self) {
+        CURRENT_TEAM.with(|current| current.set(self.0));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
