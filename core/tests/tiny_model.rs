@@ -5,10 +5,10 @@
 
 use adaptkit::adapt::merge::MergedType;
 use adaptkit::adapt::{AdapterSet, LoraAdapter, LoraConfig, Method};
-use adaptkit::burn::tensor::Device;
+use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::format::safetensors::{Dtype, SafetensorsFile};
-use adaptkit::model::{KvCache, Llama, LlamaConfig, NoAdapters, Projection};
+use adaptkit::model::{Adapters, HostDecoder, KvCache, Llama, LlamaConfig, NoAdapters, Projection};
 use adaptkit::quant::{self, GgmlType};
 use adaptkit::train::{collect_grads, loss_and_gradients, masked_next_token_loss, next_token_loss, AdamW};
 use adaptkit::Error;
@@ -98,6 +98,75 @@ fn a_batch_equals_its_rows_run_alone() {
     let alone = [all_logits(&model, a), all_logits(&model, b)].concat();
     let diff = max_diff(&batched, &alone);
     assert!(diff < 1e-4, "max |logit diff| {diff}");
+}
+
+/// Key/value prefixes of every layer (a soft prompt that acts on no token), for the host decoder.
+struct KvPrefix(Vec<(Tensor<3>, Tensor<3>)>);
+
+impl Adapters for KvPrefix {
+    fn prefix_kv(&self, layer: usize) -> Option<(Tensor<3>, Tensor<3>)> {
+        self.0.get(layer).cloned()
+    }
+
+    fn acts_on_tokens(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn host_decode_equals_the_burn_graph() {
+    let dir = tempdir();
+    let weights = Weights::random(12);
+    let mut rng = Rng(13);
+    let mut random = |n: usize| (0..n).map(|_| rng.next()).collect::<Vec<f32>>();
+    let prefix_len = 3;
+    let shape = [prefix_len, KV_HEADS, HEAD_DIM];
+    let tensor = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, shape), &Device::flex());
+    let prefix = KvPrefix(
+        (0..LAYERS)
+            .map(|_| (tensor(random(shape.iter().product())), tensor(random(shape.iter().product()))))
+            .collect(),
+    );
+    for (ty, integer) in
+        [(GgmlType::Q4_1, false), (GgmlType::Q4_1, true), (GgmlType::Q8_0, true), (GgmlType::F16, false)]
+    {
+        let path = dir.join(&format!("{ty}.gguf"));
+        weights.write_gguf(&path, ty, None);
+        let model = load_gguf(&path);
+        let model = if integer { model.with_integer_activations() } else { model };
+        let adapters: [&dyn Adapters; 2] = [&NoAdapters, &prefix];
+        for adapters in adapters {
+            let mut graph = model.new_cache(1);
+            model.forward_adapted(&TOKENS[..4], 1, &mut graph, adapters).unwrap();
+            // Room for two positions more than cached: the rest makes the host cache grow.
+            let expected = graph.len() + 2;
+            let mut host = HostDecoder::continuing(&model, &graph, adapters, expected).unwrap().unwrap();
+            let mut worst = 0f32;
+            for &t in &TOKENS[4..] {
+                let hidden = model.forward_adapted(&[t], 1, &mut graph, adapters).unwrap();
+                let want = model.logits(hidden, 0..1).unwrap();
+                let got = host.step(t).unwrap();
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                worst = worst.max(max_diff(got, &want) / scale);
+            }
+            assert_eq!(host.len(), graph.len());
+            eprintln!(
+                "{ty} (integer activations: {integer}), prefix: {}: max relative diff {worst:.2e}",
+                graph.prompt_len()
+            );
+            // On integer activations a last-bit difference in a product's input can move a
+            // value across a rounding step of its 8-bit quantization (1/254 of its block's
+            // largest value), which both paths then carry on.
+            let tolerance = if integer { 1e-2 } else { 1e-5 };
+            assert!(worst < tolerance, "{ty}: host decode differs from the burn graph by {worst:.2e}");
+        }
+    }
+    // Adapters that act on every token keep the burn graph.
+    weights.write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let lora = LoraAdapter::new(LoraConfig::new(4, 8.0, vec![Projection::Q]), &model, 7).unwrap();
+    let cache = model.new_cache(1);
+    assert!(HostDecoder::continuing(&model, &cache, &lora, 8).unwrap().is_none());
 }
 
 #[test]

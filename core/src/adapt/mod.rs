@@ -380,6 +380,10 @@ impl Adapters for AdapterSet {
         let tokens: Vec<_> = self.active().filter_map(|(member, _)| member.virtual_tokens()).collect();
         (!tokens.is_empty()).then(|| Tensor::cat(tokens, 0))
     }
+
+    fn acts_on_tokens(&self) -> bool {
+        self.active().any(|(member, _)| member.acts_on_tokens())
+    }
 }
 
 /// PEFT's `target_modules`: a list of module names (`q_proj`, …).

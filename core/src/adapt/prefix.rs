@@ -142,6 +142,10 @@ impl Adapters for PrefixAdapter {
         let shape = [self.len(), self.kv_heads, self.head_dim];
         Some((k.clone().reshape(shape), v.clone().reshape(shape)))
     }
+
+    fn acts_on_tokens(&self) -> bool {
+        false
+    }
 }
 
 impl Method for PrefixAdapter {

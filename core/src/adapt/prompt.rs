@@ -184,6 +184,10 @@ impl Adapters for PromptAdapter {
     fn virtual_tokens(&self) -> Option<Tensor<2>> {
         self.embeddings.clone()
     }
+
+    fn acts_on_tokens(&self) -> bool {
+        false
+    }
 }
 
 impl Method for PromptAdapter {

@@ -12,7 +12,7 @@ use crate::control::CancelToken;
 use crate::device::{is_host, release_untracked_graphs};
 use crate::error::Error;
 use crate::model::linear::{read_f32, read_i64};
-use crate::model::{soft_prompt_len, Adapters, Llama};
+use crate::model::{soft_prompt_len, Adapters, HostDecoder, KvCache, Llama};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -121,6 +121,11 @@ pub async fn generate(
     let mut token =
         next_token(model, hidden, prompt.len() - 1, tokenizer.vocab_size(), &mut sampler, &history).await?;
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
+    let expected = (soft_prompt + prompt.len()).saturating_add(options.max_tokens);
+    let mut decode = match HostDecoder::continuing(model, &cache, adapters, expected)? {
+        Some(host) => Decode::Host(host),
+        None => Decode::Graph(cache),
+    };
 
     let mut decoder = StreamDecoder::new(true);
     let mut text = StopStrings::new(&options.stop_strings);
@@ -147,9 +152,20 @@ pub async fn generate(
         if soft_prompt + history.len() >= context {
             break StopReason::ContextFull;
         }
-        let hidden = model.forward_adapted(&[token], 1, &mut cache, adapters)?;
-        token = next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history).await?;
-        release_untracked_graphs(model.device());
+        token = match &mut decode {
+            Decode::Host(host) => {
+                let logits = &host.step(token)?[..tokenizer.vocab_size().min(model.config().vocab_size)];
+                finite_logits(logits.iter())?;
+                sampler.sample(logits, &history)
+            }
+            Decode::Graph(cache) => {
+                let hidden = model.forward_adapted(&[token], 1, cache, adapters)?;
+                let token =
+                    next_token(model, hidden, 0, tokenizer.vocab_size(), &mut sampler, &history).await?;
+                release_untracked_graphs(model.device());
+                token
+            }
+        };
     };
     if stop != StopReason::StopString {
         let rest = decoder.finish(tokenizer)?;
@@ -160,6 +176,13 @@ pub async fn generate(
     }
     let tokens = history.split_off(prompt.len());
     Ok(Generation { text: text.into_text(), tokens, prompt_tokens: prompt.len(), stop })
+}
+
+/// How tokens after the prompt run: on the host without burn where the model and adapters
+/// allow it ([`HostDecoder`]), else through the burn graph and its cache.
+enum Decode<'m> {
+    Host(HostDecoder<'m>),
+    Graph(KvCache),
 }
 
 /// Releases streamed text once it cannot be the start of a stop string, and cuts the text at

@@ -1,6 +1,7 @@
 //! The Llama-family decoder on burn: config, weights, attention with a KV cache.
 
 pub mod config;
+mod host_decode;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
@@ -9,6 +10,7 @@ pub mod rope;
 pub mod sites;
 
 pub use config::{LlamaConfig, RopeScaling};
+pub use host_decode::HostDecoder;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
 pub use sites::{soft_prompt_len, Adapters, NoAdapters, Projection};

@@ -46,6 +46,30 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// cos and sin of each pair's angle at position `pos` (`head_dim / 2` each), rounded as in
+    /// [`tables`](Self::tables), for [`rotate_pairs`].
+    pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        for ((f, c), s) in self.inv_freq.iter().zip(cos.iter_mut()).zip(sin.iter_mut()) {
+            let (sine, cosine) = ((pos as f32 * f) as f64).sin_cos();
+            (*c, *s) = (cosine as f32, sine as f32);
+        }
+    }
+}
+
+/// [`apply`] on the host for one position: every `head_dim`-sized head of `x` rotated pair by
+/// pair, `(a, b) -> (a cos - b sin, b cos + a sin)`, with [`Rope::angles`]' `cos` and `sin`.
+pub fn rotate_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(2 * cos.len()) {
+        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (a, b) = (pair[0], pair[1]);
+            // As `apply` rounds: the two products first, then their sum.
+            pair[0] = a * c + b * -s;
+            pair[1] = b * c + a * s;
+        }
+    }
+}
+
 pub struct RopeTables {
     cos: Tensor<4>,
     /// `-sin` at the first member of each pair, `sin` at the second.

@@ -155,6 +155,19 @@ pub trait Adapters: Send + Sync {
     fn virtual_tokens(&self) -> Option<Tensor<2>> {
         None
     }
+
+    /// Whether a per-token site ([`token_embeddings`], [`linear_input`], [`linear_output`]) may
+    /// change a pass. `false` promises that the adapters act through the soft prompt alone, which
+    /// lets decode run after it on the host without burn ([`HostDecoder`]); the default, `true`,
+    /// is always correct.
+    ///
+    /// [`token_embeddings`]: Adapters::token_embeddings
+    /// [`linear_input`]: Adapters::linear_input
+    /// [`linear_output`]: Adapters::linear_output
+    /// [`HostDecoder`]: super::HostDecoder
+    fn acts_on_tokens(&self) -> bool {
+        true
+    }
 }
 
 /// Positions the adapters' soft prompt takes in the cache (key/value prefix and virtual tokens).
@@ -166,4 +179,8 @@ pub fn soft_prompt_len(adapters: &dyn Adapters) -> usize {
 /// The plain model.
 pub struct NoAdapters;
 
-impl Adapters for NoAdapters {}
+impl Adapters for NoAdapters {
+    fn acts_on_tokens(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,319 @@
+//! Decode on the host without burn: one token through every block in plain loops over buffers
+//! allocated once per session, the products in the quantized kernels on the engine's team. For a
+//! single token burn's graph is ~70 small ops per layer, run one at a time on one thread, each
+//! allocating its output — a fifth of a decode step of SmolLM2-135M on two threads (`perf`). The
+//! burn graph stays the path for prefill, training, GPUs and adapters that act on every token;
+//! this one takes over after the prefill and equals it (`tests`, and `tiny_model.rs`).
+
+use super::kv_cache::KvCache;
+use super::linear::{host_f32, QuantLinear};
+use super::rope::rotate_pairs;
+use super::sites::Adapters;
+use super::Llama;
+use crate::device::is_host;
+use crate::error::Error;
+use crate::parallel::for_each_chunk_mut_spinning;
+use crate::quant::QuantMatrix;
+
+/// Positions the cache grows by at least, once the expected ones are filled.
+const GROWTH: usize = 128;
+
+/// The decode state of one sequence: its keys and values on the host and the step's buffers.
+pub struct HostDecoder<'m> {
+    model: &'m Llama,
+    layers: Vec<HostBlock<'m>>,
+    output_norm: Vec<f32>,
+    output: HostLinear<'m>,
+    cache: HostKvCache,
+    buffers: Buffers,
+}
+
+/// A block's norm weights and projections, read once from the model's tensors.
+struct HostBlock<'m> {
+    attn_norm: Vec<f32>,
+    q: HostLinear<'m>,
+    k: HostLinear<'m>,
+    v: HostLinear<'m>,
+    o: HostLinear<'m>,
+    ffn_norm: Vec<f32>,
+    gate: HostLinear<'m>,
+    up: HostLinear<'m>,
+    down: HostLinear<'m>,
+}
+
+struct HostLinear<'m> {
+    weight: &'m QuantMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+impl<'m> HostLinear<'m> {
+    fn new(linear: &'m QuantLinear) -> Result<Self, Error> {
+        let bias = linear.bias().map(|b| host_f32(b.clone())).transpose()?;
+        Ok(Self { weight: linear.weight(), bias })
+    }
+
+    /// `y = W x (+ bias)` for one token.
+    fn apply(&self, x: &[f32], y: &mut [f32]) -> Result<(), Error> {
+        self.weight.matmul(x, 1, y)?;
+        if let Some(bias) = &self.bias {
+            y.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+        Ok(())
+    }
+}
+
+/// Keys and values of every layer, `[kv_heads, capacity, head_dim]` each, so that a head's
+/// positions are contiguous for attention.
+struct HostKvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    kv_heads: usize,
+    head_dim: usize,
+    len: usize,
+    capacity: usize,
+}
+
+/// Everything a step writes, sized once.
+struct Buffers {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Per query head: its scores over the cached positions, then its `head_dim` outputs; one
+    /// slice so that heads go to the team's threads as chunks.
+    heads: Vec<f32>,
+    context: Vec<f32>,
+    residual: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl<'m> HostDecoder<'m> {
+    /// The decoder that continues the sequence in `cache` (batch 1), with room for `expected`
+    /// cached positions in all (it grows beyond them up to the context), or `None` where this
+    /// path does not apply: the model is on a GPU, or `adapters` act on every token.
+    pub fn continuing(
+        model: &'m Llama,
+        cache: &KvCache,
+        adapters: &dyn Adapters,
+        expected: usize,
+    ) -> Result<Option<Self>, Error> {
+        if !is_host(model.device()) || adapters.acts_on_tokens() || cache.batch() != 1 {
+            return Ok(None);
+        }
+        let c = &model.config;
+        let capacity = expected.max(1).clamp(cache.len(), c.context_len);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for block in &model.blocks {
+            layers.push(HostBlock {
+                attn_norm: host_f32(block.attn_norm.clone())?,
+                q: HostLinear::new(&block.attn_q)?,
+                k: HostLinear::new(&block.attn_k)?,
+                v: HostLinear::new(&block.attn_v)?,
+                o: HostLinear::new(&block.attn_output)?,
+                ffn_norm: host_f32(block.ffn_norm.clone())?,
+                gate: HostLinear::new(&block.ffn_gate)?,
+                up: HostLinear::new(&block.ffn_up)?,
+                down: HostLinear::new(&block.ffn_down)?,
+            });
+        }
+        let (kv, hd) = (c.n_kv_heads, c.head_dim);
+        let mut host_cache = HostKvCache {
+            keys: Vec::new(),
+            values: Vec::new(),
+            kv_heads: kv,
+            head_dim: hd,
+            len: cache.len(),
+            capacity,
+        };
+        for layer in 0..c.n_layers {
+            let mut keys = vec![0.0; kv * capacity * hd];
+            let mut values = vec![0.0; kv * capacity * hd];
+            if let Some((k, v)) = cache.layer(layer) {
+                // `[1, kv_heads, len, head_dim]` into the first `len` rows of each head.
+                for (cached, host) in [(host_f32(k)?, &mut keys), (host_f32(v)?, &mut values)] {
+                    for (from, to) in
+                        cached.chunks_exact(cache.len() * hd).zip(host.chunks_exact_mut(capacity * hd))
+                    {
+                        to[..from.len()].copy_from_slice(from);
+                    }
+                }
+            }
+            host_cache.keys.push(keys);
+            host_cache.values.push(values);
+        }
+        let buffers = Buffers {
+            x: vec![0.0; c.d_model],
+            normed: vec![0.0; c.d_model],
+            q: vec![0.0; c.n_heads * hd],
+            k: vec![0.0; kv * hd],
+            v: vec![0.0; kv * hd],
+            heads: vec![0.0; c.n_heads * (capacity + hd)],
+            context: vec![0.0; c.n_heads * hd],
+            residual: vec![0.0; c.d_model],
+            gate: vec![0.0; c.ffn_dim],
+            up: vec![0.0; c.ffn_dim],
+            cos: vec![0.0; hd / 2],
+            sin: vec![0.0; hd / 2],
+            logits: vec![0.0; c.vocab_size],
+        };
+        Ok(Some(Self {
+            model,
+            layers,
+            output_norm: host_f32(model.output_norm.clone())?,
+            output: HostLinear::new(&model.output)?,
+            cache: host_cache,
+            buffers,
+        }))
+    }
+
+    /// Positions cached so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.cache.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+
+    /// Runs `token` at the next position and returns the next-token logits (`vocab_size`).
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+        let c = &self.model.config;
+        if token as usize >= c.vocab_size {
+            return Err(Error::InvalidArgument(format!(
+                "token id {token} is outside the vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let pos = self.cache.len;
+        if pos >= c.context_len {
+            return Err(Error::ContextOverflow { tokens: pos + 1, context: c.context_len });
+        }
+        if pos == self.cache.capacity {
+            let capacity = (2 * pos).next_multiple_of(GROWTH).min(c.context_len);
+            self.cache.grow(capacity);
+            self.buffers.heads = vec![0.0; c.n_heads * (capacity + c.head_dim)];
+        }
+        let b = &mut self.buffers;
+        self.model.token_embedding.get_rows(&[token], &mut b.x)?;
+        self.model.rope.angles(pos, &mut b.cos, &mut b.sin);
+        for (layer, block) in self.layers.iter().enumerate() {
+            rms_norm(&b.x, &block.attn_norm, c.rms_eps, &mut b.normed);
+            block.q.apply(&b.normed, &mut b.q)?;
+            block.k.apply(&b.normed, &mut b.k)?;
+            block.v.apply(&b.normed, &mut b.v)?;
+            rotate_pairs(&mut b.q, &b.cos, &b.sin);
+            rotate_pairs(&mut b.k, &b.cos, &b.sin);
+            self.cache.store(layer, pos, &b.k, &b.v);
+            attend(&self.cache, layer, pos + 1, &b.q, &mut b.heads);
+            let stride = self.cache.capacity + c.head_dim;
+            for (head, out) in b.heads.chunks_exact(stride).zip(b.context.chunks_exact_mut(c.head_dim)) {
+                out.copy_from_slice(&head[self.cache.capacity..]);
+            }
+            block.o.apply(&b.context, &mut b.residual)?;
+            b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
+
+            rms_norm(&b.x, &block.ffn_norm, c.rms_eps, &mut b.normed);
+            block.gate.apply(&b.normed, &mut b.gate)?;
+            block.up.apply(&b.normed, &mut b.up)?;
+            for (g, u) in b.gate.iter_mut().zip(&b.up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            block.down.apply(&b.gate, &mut b.residual)?;
+            b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
+        }
+        self.cache.len += 1;
+        rms_norm(&b.x, &self.output_norm, c.rms_eps, &mut b.normed);
+        self.output.apply(&b.normed, &mut b.logits)?;
+        Ok(&b.logits)
+    }
+}
+
+impl HostKvCache {
+    /// Moves every head's rows to a layout of `capacity` positions.
+    fn grow(&mut self, capacity: usize) {
+        let head_dim = self.head_dim;
+        let (old, live) = (self.capacity * head_dim, self.len * head_dim);
+        for cache in self.keys.iter_mut().chain(&mut self.values) {
+            let mut grown = vec![0.0; self.kv_heads * capacity * head_dim];
+            for (from, to) in cache.chunks_exact(old).zip(grown.chunks_exact_mut(capacity * head_dim)) {
+                to[..live].copy_from_slice(&from[..live]);
+            }
+            *cache = grown;
+        }
+        self.capacity = capacity;
+    }
+
+    fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let head_dim = self.head_dim;
+        for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
+            for (head, row) in new.chunks_exact(head_dim).enumerate() {
+                let at = (head * self.capacity + pos) * head_dim;
+                cache[at..at + head_dim].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// Attention of one token's query heads `q` over the first `len` cached positions of `layer`;
+/// query head `h` reads kv head `h / (heads / kv_heads)`. Each head's chunk of `out` receives
+/// its scores, then its `head_dim` outputs; heads go to the team's threads.
+fn attend(cache: &HostKvCache, layer: usize, len: usize, q: &[f32], out: &mut [f32]) {
+    let head_dim = cache.head_dim;
+    let groups = q.len() / head_dim / cache.kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let span = cache.capacity * head_dim;
+    for_each_chunk_mut_spinning(out, cache.capacity + head_dim, |head, chunk| {
+        let (scores, context) = chunk.split_at_mut(cache.capacity);
+        let kv = head / groups;
+        let keys = &cache.keys[layer][kv * span..][..len * head_dim];
+        let values = &cache.values[layer][kv * span..][..len * head_dim];
+        let query = &q[head * head_dim..][..head_dim];
+        let scores = &mut scores[..len];
+        for (score, key) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
+            *score = dot(query, key) * scale;
+        }
+        softmax(scores);
+        context.fill(0.0);
+        for (&p, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+            context.iter_mut().zip(value).for_each(|(c, v)| *c += p * v);
+        }
+    });
+}
+
+/// `x · y` in eight independent sums, which the compiler keeps in one vector register.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut sums = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            sums[i] += a[i] * b[i];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inverse = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inverse);
+}
+
+/// `out = x / rms(x) * weight`, as [`super::llama::rms_norm`] computes it.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inverse = 1.0 / (mean_square + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inverse * w;
+    }
+}
