@@ -98,6 +98,7 @@ unsafe fn dot_rows_int8_with<const VNNI: bool>(
         Int8Kind::Q8_0 => {
             let row_bytes = rows.len() / out.len().max(1);
             for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+                super::prefetch_ahead(s, row);
                 *o = q8_row::<VNNI>(s, row, a);
             }
         }
@@ -117,6 +118,7 @@ unsafe fn nibble_rows<const BYTES: usize, const MIN: bool, const VNNI: bool>(
     let mut groups = rows.chunks_exact(4 * row_bytes.max(1));
     let mut outs = out.chunks_exact_mut(4);
     for (group, o) in (&mut groups).zip(&mut outs) {
+        super::prefetch_ahead(s, group);
         o.copy_from_slice(&nibble_dots::<BYTES, MIN, VNNI, 4>(s, group, a));
     }
     for (row, o) in groups.remainder().chunks_exact(row_bytes.max(1)).zip(outs.into_remainder()) {
@@ -240,6 +242,11 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn prefetch(self, p: *const u8) {
+        // SAFETY: a prefetch reads nothing and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
     #[inline(always)]
     fn hsum(self, a: __m256) -> f32 {

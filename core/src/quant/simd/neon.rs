@@ -78,6 +78,13 @@ impl Simd for Neon {
         unsafe { F8(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
     }
     #[inline(always)]
+    fn prefetch(self, p: *const u8) {
+        // SAFETY: `prfm` reads nothing and never faults, whatever the address.
+        unsafe {
+            core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+        }
+    }
+    #[inline(always)]
     fn hsum(self, a: F8) -> f32 {
         unsafe { vaddvq_f32(vaddq_f32(a.0, a.1)) }
     }
