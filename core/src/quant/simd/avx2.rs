@@ -10,11 +10,13 @@ use super::Simd;
 use crate::quant::int8::{Activations, Int8Kind};
 use crate::quant::Format;
 
-/// Proof that AVX2, FMA and F16C are present, and whether AVX-VNNI is (its `vpdpbusd` sums a
-/// block's byte products into i32 in one instruction).
+/// Proof that AVX2, FMA and F16C are present, whether AVX-VNNI is (its `vpdpbusd` sums a
+/// block's byte products into i32 in one instruction), and whether AVX-512F is (the matrix
+/// products then run on sixteen lanes, see [`Avx512`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2 {
     vnni: bool,
+    avx512: bool,
 }
 
 impl Avx2 {
@@ -29,17 +31,69 @@ impl Avx2 {
         let vnni = std::is_x86_feature_detected!("avxvnni");
         #[cfg(not(feature = "std"))]
         let vnni = cfg!(target_feature = "avxvnni");
-        present.then_some(Avx2 { vnni })
+        #[cfg(feature = "std")]
+        let avx512 = std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(feature = "std"))]
+        let avx512 = cfg!(target_feature = "avx512f");
+        present.then_some(Avx2 { vnni, avx512 })
     }
 
     /// The same ISA without AVX-VNNI (for testing both paths on a machine that has it).
     #[cfg(test)]
     pub fn without_vnni(self) -> Self {
-        Avx2 { vnni: false }
+        Avx2 { vnni: false, ..self }
+    }
+
+    /// The same ISA without AVX-512 (for testing both product widths on a machine that has it).
+    #[cfg(test)]
+    pub fn without_avx512(self) -> Self {
+        Avx2 { avx512: false, ..self }
     }
 
     pub fn has_vnni(self) -> bool {
         self.vnni
+    }
+
+    pub fn has_avx512(self) -> bool {
+        self.avx512
+    }
+}
+
+/// AVX-512F's sixteen f32 lanes, for the matrix products; made only where [`Avx2`] found it.
+#[derive(Clone, Copy)]
+struct Avx512;
+
+// SAFETY (every method): an `Avx512` is made only inside the entry points compiled for it.
+impl super::Fma for Avx512 {
+    type F = __m512;
+    const LANES: usize = 16;
+    #[inline(always)]
+    fn zero(self) -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, v: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn hsum(self, a: __m512) -> f32 {
+        unsafe { _mm512_reduce_add_ps(a) }
     }
 }
 
@@ -52,16 +106,40 @@ pub(super) unsafe fn dot_rows<F: Format>(s: Avx2, rows: &[u8], x: &[f32], xsum: 
 
 /// # Safety
 /// As [`super::gemm`], whose checks the caller has made.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    match s.avx512 {
+        true => gemm_avx512(w, x, k, tokens, out),
+        false => gemm_avx2(s, w, x, k, tokens, out),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_avx2(s: Avx2, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
     super::gemm_with(s, w, x, k, tokens, out)
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_avx512(w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    super::gemm_with(Avx512, w, x, k, tokens, out)
 }
 
 /// # Safety
 /// As [`super::gemm_acc`], whose checks the caller has made.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn gemm_acc(s: Avx2, ops: super::AccOperands, out: &mut [f32]) {
+    match s.avx512 {
+        true => gemm_acc_avx512(ops, out),
+        false => gemm_acc_avx2(s, ops, out),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_acc_avx2(s: Avx2, ops: super::AccOperands, out: &mut [f32]) {
     super::gemm_acc_with(s, ops, out)
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_acc_avx512(ops: super::AccOperands, out: &mut [f32]) {
+    super::gemm_acc_with(Avx512, ops, out)
 }
 
 /// # Safety

@@ -117,6 +117,59 @@ pub(crate) trait Simd: Copy {
     }
 }
 
+/// The f32 vocabulary of the matrix-product kernels ([`gemm`], [`gemm_acc`]), at any vector
+/// width: every [`Simd`] ISA with its eight lanes, and AVX-512's sixteen, which the row kernels
+/// do not use (their blocks are laid out for eight) but the products, limited by FMA throughput
+/// alone, run twice as wide on.
+pub(crate) trait Fma: Copy {
+    type F: Copy;
+    const LANES: usize;
+    fn zero(self) -> Self::F;
+    fn splat(self, v: f32) -> Self::F;
+    /// # Safety
+    /// `p` points at `LANES` readable f32.
+    unsafe fn load(self, p: *const f32) -> Self::F;
+    /// # Safety
+    /// `p` points at `LANES` writable f32.
+    unsafe fn store(self, p: *mut f32, v: Self::F);
+    fn add(self, a: Self::F, b: Self::F) -> Self::F;
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    fn hsum(self, a: Self::F) -> f32;
+}
+
+impl<S: Simd> Fma for S {
+    type F = S::F;
+    const LANES: usize = 8;
+    #[inline(always)]
+    fn zero(self) -> S::F {
+        Simd::zero(self)
+    }
+    #[inline(always)]
+    fn splat(self, v: f32) -> S::F {
+        Simd::splat(self, v)
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> S::F {
+        Simd::load(self, p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: S::F) {
+        Simd::store(self, p, v)
+    }
+    #[inline(always)]
+    fn add(self, a: S::F, b: S::F) -> S::F {
+        Simd::add(self, a, b)
+    }
+    #[inline(always)]
+    fn fma(self, a: S::F, b: S::F, c: S::F) -> S::F {
+        Simd::fma(self, a, b, c)
+    }
+    #[inline(always)]
+    fn hsum(self, a: S::F) -> f32 {
+        Simd::hsum(self, a)
+    }
+}
+
 /// The instruction set a matrix's kernels run on, chosen once when the matrix is built.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Isa {
@@ -179,6 +232,12 @@ impl Isa {
         if !matches!(best, Isa::Scalar) {
             all.push(best);
         }
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if let Isa::Avx2(s) = best {
+            if s.has_avx512() {
+                all.push(Isa::Avx2(s.without_avx512()));
+            }
+        }
         all
     }
 
@@ -205,6 +264,8 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2(s) if s.has_avx512() => "avx2+fma, avx-512 products",
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Isa::Avx2(_) => "avx2+fma",
             #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
@@ -344,29 +405,29 @@ pub(crate) fn gemm_acc(isa: Isa, ops: AccOperands, out: &mut [f32]) {
     }
 }
 
-/// The body of the ISA entry points of [`gemm_acc`]: tiles of 6 tokens by 16 columns keep
-/// twelve accumulators in registers, loading two weight vectors and broadcasting six values
-/// per step; columns past the last multiple of 8 are summed as scalars.
+/// The body of the ISA entry points of [`gemm_acc`]: tiles of 6 tokens by 2 vectors of columns
+/// keep twelve accumulators in registers, loading two weight vectors and broadcasting six values
+/// per step; columns past the last multiple of the vector width are summed as scalars.
 #[inline(always)]
-unsafe fn gemm_acc_with<S: Simd>(s: S, ops: AccOperands, out: &mut [f32]) {
+pub(super) unsafe fn gemm_acc_with<S: Fma>(s: S, ops: AccOperands, out: &mut [f32]) {
     const T: usize = 6;
     let AccOperands { a, lda, w, n, tokens } = ops;
     let width = out.len() / tokens.max(1);
     let (a, w, o) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
-    let body = width / 8 * 8;
+    let body = width / S::LANES * S::LANES;
     let mut t = 0;
     while t < tokens {
         let tn = if tokens - t >= T { T } else { 1 };
         let mut c = 0;
         while c < body {
-            let cn = if body - c >= 16 { 2 } else { 1 };
+            let cn = if body - c >= 2 * S::LANES { 2 } else { 1 };
             match (tn, cn) {
                 (T, 2) => acc_tile::<S, T, 2>(s, a, lda, w, n, width, t, c, o),
                 (T, _) => acc_tile::<S, T, 1>(s, a, lda, w, n, width, t, c, o),
                 (_, 2) => acc_tile::<S, 1, 2>(s, a, lda, w, n, width, t, c, o),
                 _ => acc_tile::<S, 1, 1>(s, a, lda, w, n, width, t, c, o),
             }
-            c += 8 * cn;
+            c += S::LANES * cn;
         }
         for t in t..t + tn {
             for c in body..width {
@@ -383,7 +444,7 @@ unsafe fn gemm_acc_with<S: Simd>(s: S, ops: AccOperands, out: &mut [f32]) {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn acc_tile<S: Simd, const T: usize, const C: usize>(
+unsafe fn acc_tile<S: Fma, const T: usize, const C: usize>(
     s: S,
     a: *const f32,
     lda: usize,
@@ -396,7 +457,7 @@ unsafe fn acc_tile<S: Simd, const T: usize, const C: usize>(
 ) {
     let mut acc = [[s.zero(); C]; T];
     for r in 0..n {
-        let wv: [S::F; C] = core::array::from_fn(|v| s.load(w.add(r * width + c0 + 8 * v)));
+        let wv: [S::F; C] = core::array::from_fn(|v| s.load(w.add(r * width + c0 + S::LANES * v)));
         for (t, acc) in acc.iter_mut().enumerate() {
             let av = s.splat(*a.add((t0 + t) * lda + r));
             for (acc, wv) in acc.iter_mut().zip(wv) {
@@ -406,7 +467,7 @@ unsafe fn acc_tile<S: Simd, const T: usize, const C: usize>(
     }
     for (t, acc) in acc.iter().enumerate() {
         for (v, acc) in acc.iter().enumerate() {
-            let p = out.add((t0 + t) * width + c0 + 8 * v);
+            let p = out.add((t0 + t) * width + c0 + S::LANES * v);
             s.store(p, s.add(s.load(p), *acc));
         }
     }
@@ -418,7 +479,7 @@ unsafe fn acc_tile<S: Simd, const T: usize, const C: usize>(
 /// tokens. Tokens are the outer loop, so a token triple stays in L1 while all the (L1-sized)
 /// decoded rows pass it.
 #[inline(always)]
-unsafe fn gemm_with<S: Simd>(s: S, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+pub(super) unsafe fn gemm_with<S: Fma>(s: S, w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
     const R: usize = 4;
     const T: usize = 3;
     let rows = out.len() / tokens;
@@ -443,7 +504,7 @@ unsafe fn gemm_with<S: Simd>(s: S, w: &[f32], x: &[f32], k: usize, tokens: usize
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const R: usize, const T: usize>(
+unsafe fn tile<S: Fma, const R: usize, const T: usize>(
     s: S,
     w: *const f32,
     x: *const f32,
@@ -454,7 +515,7 @@ unsafe fn tile<S: Simd, const R: usize, const T: usize>(
     out: *mut f32,
 ) {
     let mut acc = [[s.zero(); T]; R];
-    let body = k / 8 * 8;
+    let body = k / S::LANES * S::LANES;
     let mut c = 0;
     while c < body {
         let xv: [S::F; T] = core::array::from_fn(|t| s.load(x.add((t0 + t) * k + c)));
@@ -464,7 +525,7 @@ unsafe fn tile<S: Simd, const R: usize, const T: usize>(
                 *a = s.fma(wv, xv, *a);
             }
         }
-        c += 8;
+        c += S::LANES;
     }
     for (r, acc) in acc.iter().enumerate() {
         let wr = w.add((r0 + r) * k);
