@@ -8,7 +8,9 @@ use adaptkit::adapt::{AdapterSet, LoraAdapter, LoraConfig, Method};
 use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::format::gguf::GgufFile;
 use adaptkit::format::safetensors::{Dtype, SafetensorsFile};
-use adaptkit::model::{Adapters, HostDecoder, KvCache, Llama, LlamaConfig, NoAdapters, Projection};
+use adaptkit::model::{
+    Adapters, HostDecoder, KvCache, Llama, LlamaConfig, LowRankOutput, NoAdapters, Projection,
+};
 use adaptkit::quant::{self, GgmlType};
 use adaptkit::train::{collect_grads, loss_and_gradients, masked_next_token_loss, next_token_loss, AdamW};
 use adaptkit::Error;
@@ -108,8 +110,17 @@ impl Adapters for KvPrefix {
         self.0.get(layer).cloned()
     }
 
-    fn acts_on_tokens(&self) -> bool {
-        false
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        Ok(Some(Vec::new()))
+    }
+}
+
+/// An adapter that changes every projection's output in a way that is not a low-rank change.
+struct OnEveryToken;
+
+impl Adapters for OnEveryToken {
+    fn linear_output(&self, _: usize, _: Projection, _: &Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+        y.mul_scalar(1.01)
     }
 }
 
@@ -127,6 +138,8 @@ fn host_decode_equals_the_burn_graph() {
             .map(|_| (tensor(random(shape.iter().product())), tensor(random(shape.iter().product()))))
             .collect(),
     );
+    Lora::random(21, 4, false).write_peft(&dir.join("first"));
+    Lora::random(22, 2, false).write_peft(&dir.join("second"));
     for (ty, integer) in
         [(GgmlType::Q4_1, false), (GgmlType::Q4_1, true), (GgmlType::Q8_0, true), (GgmlType::F16, false)]
     {
@@ -134,8 +147,24 @@ fn host_decode_equals_the_burn_graph() {
         weights.write_gguf(&path, ty, None);
         let model = load_gguf(&path);
         let model = if integer { model.with_integer_activations() } else { model };
-        let adapters: [&dyn Adapters; 2] = [&NoAdapters, &prefix];
-        for adapters in adapters {
+        let lora = |name: &str| LoraAdapter::load(&dir.join(name), &model).unwrap();
+        let mut set = AdapterSet::new();
+        set.push(Box::new(lora("first")) as Box<dyn Method>, 1.0).unwrap();
+        set.push(Box::new(lora("second")) as Box<dyn Method>, -0.5).unwrap();
+        // PiSSA acts as `s·(B·A − B₀·A₀)`: grown by a tenth, A and B make it nonzero.
+        let config = LoraConfig::new(4, 8.0, vec![Projection::Q, Projection::Down]);
+        let mut pissa = LoraAdapter::new_pissa(config, &model, 5).unwrap();
+        for (_, t) in pissa.parameters_mut() {
+            *t = t.clone().mul_scalar(1.1);
+        }
+        let adapters: [(&str, &dyn Adapters); 5] = [
+            ("none", &NoAdapters),
+            ("prefix", &prefix),
+            ("lora", &lora("first")),
+            ("set", &set),
+            ("pissa", &pissa),
+        ];
+        for (name, adapters) in adapters {
             let mut graph = model.new_cache(1);
             model.forward_adapted(&TOKENS[..4], 1, &mut graph, adapters).unwrap();
             // Room for two positions more than cached: the rest makes the host cache grow.
@@ -150,23 +179,20 @@ fn host_decode_equals_the_burn_graph() {
                 worst = worst.max(max_diff(got, &want) / scale);
             }
             assert_eq!(host.len(), graph.len());
-            eprintln!(
-                "{ty} (integer activations: {integer}), prefix: {}: max relative diff {worst:.2e}",
-                graph.prompt_len()
-            );
+            eprintln!("{ty} (integer activations: {integer}), {name}: max relative diff {worst:.2e}");
             // On integer activations a last-bit difference in a product's input can move a
             // value across a rounding step of its 8-bit quantization (1/254 of its block's
             // largest value), which both paths then carry on.
             let tolerance = if integer { 1e-2 } else { 1e-5 };
-            assert!(worst < tolerance, "{ty}: host decode differs from the burn graph by {worst:.2e}");
+            assert!(
+                worst < tolerance,
+                "{ty}, {name}: host decode differs from the burn graph by {worst:.2e}"
+            );
         }
+        // Adapters that act on tokens otherwise keep the burn graph.
+        let cache = model.new_cache(1);
+        assert!(HostDecoder::continuing(&model, &cache, &OnEveryToken, 8).unwrap().is_none());
     }
-    // Adapters that act on every token keep the burn graph.
-    weights.write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
-    let model = load_gguf(&dir.join("m.gguf"));
-    let lora = LoraAdapter::new(LoraConfig::new(4, 8.0, vec![Projection::Q]), &model, 7).unwrap();
-    let cache = model.new_cache(1);
-    assert!(HostDecoder::continuing(&model, &cache, &lora, 8).unwrap().is_none());
 }
 
 #[test]

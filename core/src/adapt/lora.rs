@@ -17,8 +17,9 @@ use super::tensors::{self, rotary_rows, saved, tensor2, untracked, values, Rng, 
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
+use crate::model::linear::host_f32;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, Projection};
 use crate::parallel::for_each_chunk_mut;
 use crate::quant::QuantMatrix;
 
@@ -476,6 +477,26 @@ impl Adapters for LoraAdapter {
             Some(delta) => y + delta,
             None => y,
         }
+    }
+
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        if self.dropout_seed.is_some() && self.config.dropout > 0.0 {
+            return Ok(None);
+        }
+        let scale = self.config.scale();
+        let mut outputs = Vec::new();
+        for (&(layer, projection), pair) in &self.pairs {
+            let host = |pair: &Pair, scale| -> Result<LowRankOutput, Error> {
+                let (a, b) = (host_f32(pair.a.clone())?, host_f32(pair.b.clone())?);
+                Ok(LowRankOutput { layer, projection, a, b, scale })
+            };
+            outputs.push(host(pair, scale)?);
+            // PiSSA's `- s·B₀·A₀` (see `delta`).
+            if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
+                outputs.push(host(start, -scale)?);
+            }
+        }
+        Ok(Some(outputs))
     }
 }
 

@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::linear::read_f32;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, Projection};
 
 /// What every adaptation method offers beyond acting on the forward pass: its parameters for
 /// the optimizer and checkpoints, saving, and merging where that is exact.
@@ -381,8 +381,14 @@ impl Adapters for AdapterSet {
         (!tokens.is_empty()).then(|| Tensor::cat(tokens, 0))
     }
 
-    fn acts_on_tokens(&self) -> bool {
-        self.active().any(|(member, _)| member.acts_on_tokens())
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        let mut all = Vec::new();
+        for (member, scale) in self.active() {
+            let Some(outputs) = member.host_low_rank()? else { return Ok(None) };
+            // `interpolate` adds `scale` times each member's change to the output.
+            all.extend(outputs.into_iter().map(|o| LowRankOutput { scale: o.scale * scale, ..o }));
+        }
+        Ok(Some(all))
     }
 }
 

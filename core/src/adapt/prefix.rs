@@ -21,7 +21,7 @@ use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, NoAdapters};
+use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, NoAdapters};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "prefix",
@@ -143,8 +143,8 @@ impl Adapters for PrefixAdapter {
         Some((k.clone().reshape(shape), v.clone().reshape(shape)))
     }
 
-    fn acts_on_tokens(&self) -> bool {
-        false
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        Ok(Some(Vec::new()))
     }
 }
 

@@ -14,7 +14,7 @@ use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, LlamaConfig};
+use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "prompt",
@@ -185,8 +185,8 @@ impl Adapters for PromptAdapter {
         self.embeddings.clone()
     }
 
-    fn acts_on_tokens(&self) -> bool {
-        false
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        Ok(Some(Vec::new()))
     }
 }
 

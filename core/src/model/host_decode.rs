@@ -1,14 +1,16 @@
 //! Decode on the host without burn: one token through every block in plain loops over buffers
-//! allocated once per session, the products in the quantized kernels on the engine's team. For a
-//! single token burn's graph is ~70 small ops per layer, run one at a time on one thread, each
-//! allocating its output — a fifth of a decode step of SmolLM2-135M on two threads (`perf`). The
-//! burn graph stays the path for prefill, training, GPUs and adapters that act on every token;
-//! this one takes over after the prefill and equals it (`tests`, and `tiny_model.rs`).
+//! allocated once per session, the products in the quantized kernels on the engine's team, and
+//! LoRA-style adapters as their low-rank changes ([`Adapters::host_low_rank`]). For a single
+//! token burn's graph is ~70 small ops per layer (more with adapters), run one at a time on one
+//! thread, each allocating its output — a fifth of a decode step of SmolLM2-135M on two threads
+//! (`perf`). The burn graph stays the path for prefill, training, GPUs and adapters that act on
+//! tokens in other ways; this one takes over after the prefill and equals it
+//! (`tiny_model::host_decode_equals_the_burn_graph`).
 
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
 use super::rope::rotate_pairs;
-use super::sites::Adapters;
+use super::sites::{Adapters, LowRankOutput, Projection};
 use super::Llama;
 use crate::device::is_host;
 use crate::error::Error;
@@ -41,22 +43,69 @@ struct HostBlock<'m> {
     down: HostLinear<'m>,
 }
 
+/// A projection as decode runs it: the frozen weight, its bias, the adapters' low-rank changes.
 struct HostLinear<'m> {
     weight: &'m QuantMatrix,
     bias: Option<Vec<f32>>,
+    low_rank: Vec<LowRank>,
+}
+
+/// A [`LowRankOutput`] with `B` transposed to `[rank, out]`, so that adding `B·(A·x)` runs
+/// along whole rows (rank 8-16 rows of `B` were too short to vectorize).
+struct LowRank {
+    a: Vec<f32>,
+    b_transposed: Vec<f32>,
+    scale: f32,
 }
 
 impl<'m> HostLinear<'m> {
-    fn new(linear: &'m QuantLinear) -> Result<Self, Error> {
+    /// `linear` with the changes in `low_rank` that belong to it (checked against its shape).
+    fn new(
+        linear: &'m QuantLinear,
+        layer: usize,
+        projection: Option<Projection>,
+        low_rank: &mut Vec<LowRankOutput>,
+    ) -> Result<Self, Error> {
         let bias = linear.bias().map(|b| host_f32(b.clone())).transpose()?;
-        Ok(Self { weight: linear.weight(), bias })
+        let (ours, others) =
+            low_rank.drain(..).partition(|o| Some(o.projection) == projection && o.layer == layer);
+        *low_rank = others;
+        let (rows, cols) = (linear.out_features(), linear.in_features());
+        for o in &ours {
+            let rank = o.a.len() / cols.max(1);
+            if rank == 0 || o.a.len() != rank * cols || o.b.len() != rows * rank {
+                return Err(Error::InvalidArgument(format!(
+                    "a low-rank change of {:?} in layer {layer} has A of {} and B of {} values, not a rank's multiple of {cols} and {rows}",
+                    o.projection,
+                    o.a.len(),
+                    o.b.len()
+                )));
+            }
+        }
+        let low_rank = ours
+            .into_iter()
+            .map(|o| {
+                let rank = o.a.len() / cols;
+                let b_transposed =
+                    (0..rank).flat_map(|k| o.b.iter().skip(k).step_by(rank).copied()).collect();
+                LowRank { a: o.a, b_transposed, scale: o.scale }
+            })
+            .collect();
+        Ok(Self { weight: linear.weight(), bias, low_rank })
     }
 
-    /// `y = W x (+ bias)` for one token.
-    fn apply(&self, x: &[f32], y: &mut [f32]) -> Result<(), Error> {
+    /// `y = W x (+ bias) (+ Σ scale·B·A·x)` for one token; `scratch` holds the largest rank.
+    fn apply(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) -> Result<(), Error> {
         self.weight.matmul(x, 1, y)?;
         if let Some(bias) = &self.bias {
             y.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+        for change in &self.low_rank {
+            scratch.clear();
+            scratch.extend(change.a.chunks_exact(x.len()).map(|a| dot(a, x) * change.scale));
+            for (&t, b) in scratch.iter().zip(change.b_transposed.chunks_exact(y.len())) {
+                y.iter_mut().zip(b).for_each(|(y, b)| *y += t * b);
+            }
         }
         Ok(())
     }
@@ -90,36 +139,47 @@ struct Buffers {
     cos: Vec<f32>,
     sin: Vec<f32>,
     logits: Vec<f32>,
+    /// `A·x` of a low-rank change.
+    low_rank: Vec<f32>,
 }
 
 impl<'m> HostDecoder<'m> {
     /// The decoder that continues the sequence in `cache` (batch 1), with room for `expected`
     /// cached positions in all (it grows beyond them up to the context), or `None` where this
-    /// path does not apply: the model is on a GPU, or `adapters` act on every token.
+    /// path does not apply: the model is on a GPU, or `adapters` act on tokens other than by
+    /// low-rank changes of the projections' outputs.
     pub fn continuing(
         model: &'m Llama,
         cache: &KvCache,
         adapters: &dyn Adapters,
         expected: usize,
     ) -> Result<Option<Self>, Error> {
-        if !is_host(model.device()) || adapters.acts_on_tokens() || cache.batch() != 1 {
+        if !is_host(model.device()) || cache.batch() != 1 {
             return Ok(None);
         }
+        let Some(mut low_rank) = adapters.host_low_rank()? else { return Ok(None) };
         let c = &model.config;
         let capacity = expected.max(1).clamp(cache.len(), c.context_len);
         let mut layers = Vec::with_capacity(c.n_layers);
-        for block in &model.blocks {
+        for (layer, block) in model.blocks.iter().enumerate() {
+            let mut linear = |p: Projection| HostLinear::new(block.linear(p), layer, Some(p), &mut low_rank);
             layers.push(HostBlock {
                 attn_norm: host_f32(block.attn_norm.clone())?,
-                q: HostLinear::new(&block.attn_q)?,
-                k: HostLinear::new(&block.attn_k)?,
-                v: HostLinear::new(&block.attn_v)?,
-                o: HostLinear::new(&block.attn_output)?,
+                q: linear(Projection::Q)?,
+                k: linear(Projection::K)?,
+                v: linear(Projection::V)?,
+                o: linear(Projection::O)?,
                 ffn_norm: host_f32(block.ffn_norm.clone())?,
-                gate: HostLinear::new(&block.ffn_gate)?,
-                up: HostLinear::new(&block.ffn_up)?,
-                down: HostLinear::new(&block.ffn_down)?,
+                gate: linear(Projection::Gate)?,
+                up: linear(Projection::Up)?,
+                down: linear(Projection::Down)?,
             });
+        }
+        if let Some(stray) = low_rank.first() {
+            return Err(Error::InvalidArgument(format!(
+                "a low-rank change of {:?} in layer {}, which this model of {} layers lacks",
+                stray.projection, stray.layer, c.n_layers
+            )));
         }
         let (kv, hd) = (c.n_kv_heads, c.head_dim);
         let mut host_cache = HostKvCache {
@@ -160,12 +220,13 @@ impl<'m> HostDecoder<'m> {
             cos: vec![0.0; hd / 2],
             sin: vec![0.0; hd / 2],
             logits: vec![0.0; c.vocab_size],
+            low_rank: Vec::new(),
         };
         Ok(Some(Self {
             model,
             layers,
             output_norm: host_f32(model.output_norm.clone())?,
-            output: HostLinear::new(&model.output)?,
+            output: HostLinear::new(&model.output, 0, None, &mut Vec::new())?,
             cache: host_cache,
             buffers,
         }))
@@ -203,9 +264,9 @@ impl<'m> HostDecoder<'m> {
         self.model.rope.angles(pos, &mut b.cos, &mut b.sin);
         for (layer, block) in self.layers.iter().enumerate() {
             rms_norm(&b.x, &block.attn_norm, c.rms_eps, &mut b.normed);
-            block.q.apply(&b.normed, &mut b.q)?;
-            block.k.apply(&b.normed, &mut b.k)?;
-            block.v.apply(&b.normed, &mut b.v)?;
+            block.q.apply(&b.normed, &mut b.q, &mut b.low_rank)?;
+            block.k.apply(&b.normed, &mut b.k, &mut b.low_rank)?;
+            block.v.apply(&b.normed, &mut b.v, &mut b.low_rank)?;
             rotate_pairs(&mut b.q, &b.cos, &b.sin);
             rotate_pairs(&mut b.k, &b.cos, &b.sin);
             self.cache.store(layer, pos, &b.k, &b.v);
@@ -214,21 +275,21 @@ impl<'m> HostDecoder<'m> {
             for (head, out) in b.heads.chunks_exact(stride).zip(b.context.chunks_exact_mut(c.head_dim)) {
                 out.copy_from_slice(&head[self.cache.capacity..]);
             }
-            block.o.apply(&b.context, &mut b.residual)?;
+            block.o.apply(&b.context, &mut b.residual, &mut b.low_rank)?;
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
 
             rms_norm(&b.x, &block.ffn_norm, c.rms_eps, &mut b.normed);
-            block.gate.apply(&b.normed, &mut b.gate)?;
-            block.up.apply(&b.normed, &mut b.up)?;
+            block.gate.apply(&b.normed, &mut b.gate, &mut b.low_rank)?;
+            block.up.apply(&b.normed, &mut b.up, &mut b.low_rank)?;
             for (g, u) in b.gate.iter_mut().zip(&b.up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            block.down.apply(&b.gate, &mut b.residual)?;
+            block.down.apply(&b.gate, &mut b.residual, &mut b.low_rank)?;
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
         }
         self.cache.len += 1;
         rms_norm(&b.x, &self.output_norm, c.rms_eps, &mut b.normed);
-        self.output.apply(&b.normed, &mut b.logits)?;
+        self.output.apply(&b.normed, &mut b.logits, &mut b.low_rank)?;
         Ok(&b.logits)
     }
 }

@@ -13,4 +13,4 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use host_decode::HostDecoder;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
-pub use sites::{soft_prompt_len, Adapters, NoAdapters, Projection};
+pub use sites::{soft_prompt_len, Adapters, LowRankOutput, NoAdapters, Projection};

@@ -4,6 +4,8 @@
 
 use burn::tensor::Tensor;
 
+use crate::error::Error;
+
 /// A linear projection of a decoder block, by its PEFT target-module name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Projection {
@@ -156,18 +158,27 @@ pub trait Adapters: Send + Sync {
         None
     }
 
-    /// Whether a per-token site ([`token_embeddings`], [`linear_input`], [`linear_output`]) may
-    /// change a pass. `false` promises that the adapters act through the soft prompt alone, which
-    /// lets decode run after it on the host without burn ([`HostDecoder`]); the default, `true`,
-    /// is always correct.
+    /// Everything the adapters do to a token, when that is low-rank changes of projection
+    /// outputs and nothing else: `Some` list of them (empty for adapters that act through the
+    /// soft prompt alone), which the host decoder ([`HostDecoder`]) runs without burn. `None`,
+    /// the default and always correct, says the adapters act on tokens otherwise, or may;
+    /// decode then stays on the burn graph.
     ///
-    /// [`token_embeddings`]: Adapters::token_embeddings
-    /// [`linear_input`]: Adapters::linear_input
-    /// [`linear_output`]: Adapters::linear_output
     /// [`HostDecoder`]: super::HostDecoder
-    fn acts_on_tokens(&self) -> bool {
-        true
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        Ok(None)
     }
+}
+
+/// `scale · B·(A·x)` added to the output of projection `projection` of block `layer` for its
+/// input `x`: `A` is `[rank, in]` and `B` `[out, rank]`, row-major host copies.
+#[derive(Clone, Debug)]
+pub struct LowRankOutput {
+    pub layer: usize,
+    pub projection: Projection,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub scale: f32,
 }
 
 /// Positions the adapters' soft prompt takes in the cache (key/value prefix and virtual tokens).
@@ -180,7 +191,7 @@ pub fn soft_prompt_len(adapters: &dyn Adapters) -> usize {
 pub struct NoAdapters;
 
 impl Adapters for NoAdapters {
-    fn acts_on_tokens(&self) -> bool {
-        false
+    fn host_low_rank(&self) -> Result<Option<Vec<LowRankOutput>>, Error> {
+        Ok(Some(Vec::new()))
     }
 }
