@@ -245,6 +245,8 @@ impl Isa {
     pub fn int8_name(self) -> &'static str {
         match self {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            Isa::Avx2(s) if s.has_avx512_vnni() => "avx-512 vnni, i8 activations",
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Isa::Avx2(s) if s.has_vnni() => "avx2+fma+avx-vnni, i8 activations",
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Isa::Avx2(_) => "avx2+fma, i8 activations",
