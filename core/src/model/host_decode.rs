@@ -15,7 +15,7 @@ use super::Llama;
 use crate::device::is_host;
 use crate::error::Error;
 use crate::parallel::for_each_chunk_mut_spinning;
-use crate::quant::QuantMatrix;
+use crate::quant::{f32_gemm, f32_gemm_acc, AccOperands, QuantMatrix};
 
 /// Positions the cache grows by at least, once the expected ones are filled.
 const GROWTH: usize = 128;
@@ -51,7 +51,7 @@ struct HostLinear<'m> {
 }
 
 /// A [`LowRankOutput`] with `B` transposed to `[rank, out]`, so that adding `B·(A·x)` runs
-/// along whole rows (rank 8-16 rows of `B` were too short to vectorize).
+/// along whole rows of `out` values (rows of `B` are only `rank` long).
 struct LowRank {
     a: Vec<f32>,
     b_transposed: Vec<f32>,
@@ -101,11 +101,14 @@ impl<'m> HostLinear<'m> {
             y.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
         }
         for change in &self.low_rank {
-            scratch.clear();
-            scratch.extend(change.a.chunks_exact(x.len()).map(|a| dot(a, x) * change.scale));
-            for (&t, b) in scratch.iter().zip(change.b_transposed.chunks_exact(y.len())) {
-                y.iter_mut().zip(b).for_each(|(y, b)| *y += t * b);
-            }
+            let rank = change.a.len() / x.len();
+            scratch.resize(rank, 0.0);
+            f32_gemm(&change.a, x, x.len(), 1, scratch);
+            scratch.iter_mut().for_each(|t| *t *= change.scale);
+            f32_gemm_acc(
+                AccOperands { a: scratch, lda: rank, w: &change.b_transposed, n: rank, tokens: 1 },
+                y,
+            );
         }
         Ok(())
     }
@@ -129,8 +132,8 @@ struct Buffers {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Per query head: its scores over the cached positions, then its `head_dim` outputs; one
-    /// slice so that heads go to the team's threads as chunks.
+    /// Per kv head: [`attend`]'s scores, probabilities and outputs; one slice so that kv heads
+    /// go to the team's threads as chunks.
     heads: Vec<f32>,
     context: Vec<f32>,
     residual: Vec<f32>,
@@ -212,7 +215,7 @@ impl<'m> HostDecoder<'m> {
             q: vec![0.0; c.n_heads * hd],
             k: vec![0.0; kv * hd],
             v: vec![0.0; kv * hd],
-            heads: vec![0.0; c.n_heads * (capacity + hd)],
+            heads: vec![0.0; kv * attention_chunk(capacity, hd, c.n_heads / kv)],
             context: vec![0.0; c.n_heads * hd],
             residual: vec![0.0; c.d_model],
             gate: vec![0.0; c.ffn_dim],
@@ -257,7 +260,8 @@ impl<'m> HostDecoder<'m> {
         if pos == self.cache.capacity {
             let capacity = (2 * pos).next_multiple_of(GROWTH).min(c.context_len);
             self.cache.grow(capacity);
-            self.buffers.heads = vec![0.0; c.n_heads * (capacity + c.head_dim)];
+            let chunk = attention_chunk(capacity, c.head_dim, c.n_heads / c.n_kv_heads);
+            self.buffers.heads = vec![0.0; c.n_kv_heads * chunk];
         }
         let b = &mut self.buffers;
         self.model.token_embedding.get_rows(&[token], &mut b.x)?;
@@ -271,9 +275,11 @@ impl<'m> HostDecoder<'m> {
             rotate_pairs(&mut b.k, &b.cos, &b.sin);
             self.cache.store(layer, pos, &b.k, &b.v);
             attend(&self.cache, layer, pos + 1, &b.q, &mut b.heads);
-            let stride = self.cache.capacity + c.head_dim;
-            for (head, out) in b.heads.chunks_exact(stride).zip(b.context.chunks_exact_mut(c.head_dim)) {
-                out.copy_from_slice(&head[self.cache.capacity..]);
+            let groups = c.n_heads / c.n_kv_heads;
+            let chunk = attention_chunk(self.cache.capacity, c.head_dim, groups);
+            for (kv, out) in b.heads.chunks_exact(chunk).zip(b.context.chunks_exact_mut(groups * c.head_dim))
+            {
+                out.copy_from_slice(&kv[chunk - out.len()..]);
             }
             block.o.apply(&b.context, &mut b.residual, &mut b.low_rank)?;
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
@@ -320,43 +326,38 @@ impl HostKvCache {
     }
 }
 
-/// Attention of one token's query heads `q` over the first `len` cached positions of `layer`;
-/// query head `h` reads kv head `h / (heads / kv_heads)`. Each head's chunk of `out` receives
-/// its scores, then its `head_dim` outputs; heads go to the team's threads.
+/// Attention of one token's query heads `q` over the first `len` cached positions of `layer`,
+/// kv head by kv head on the team's threads: the `groups` query heads that share a kv head read
+/// its keys and values once, as one product of `groups` tokens (at 2048 positions, reading them
+/// once per query head made attention bound by cache bandwidth). Each kv head's chunk of `out`
+/// ([`attention_chunk`] values) holds its raw scores `[len, groups]`, their probabilities
+/// `[groups, capacity]`, then the query heads' outputs `[groups, head_dim]`.
 fn attend(cache: &HostKvCache, layer: usize, len: usize, q: &[f32], out: &mut [f32]) {
-    let head_dim = cache.head_dim;
+    let (head_dim, capacity) = (cache.head_dim, cache.capacity);
     let groups = q.len() / head_dim / cache.kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let span = cache.capacity * head_dim;
-    for_each_chunk_mut_spinning(out, cache.capacity + head_dim, |head, chunk| {
-        let (scores, context) = chunk.split_at_mut(cache.capacity);
-        let kv = head / groups;
+    let span = capacity * head_dim;
+    for_each_chunk_mut_spinning(out, attention_chunk(capacity, head_dim, groups), |kv, chunk| {
+        let (raw, rest) = chunk.split_at_mut(groups * capacity);
+        let (probabilities, context) = rest.split_at_mut(groups * capacity);
         let keys = &cache.keys[layer][kv * span..][..len * head_dim];
         let values = &cache.values[layer][kv * span..][..len * head_dim];
-        let query = &q[head * head_dim..][..head_dim];
-        let scores = &mut scores[..len];
-        for (score, key) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
-            *score = dot(query, key) * scale;
+        let queries = &q[kv * groups * head_dim..][..groups * head_dim];
+        f32_gemm(keys, queries, head_dim, groups, &mut raw[..len * groups]);
+        for (g, p) in probabilities.chunks_exact_mut(capacity).enumerate() {
+            let p = &mut p[..len];
+            p.iter_mut().enumerate().for_each(|(pos, p)| *p = raw[pos * groups + g] * scale);
+            softmax(p);
         }
-        softmax(scores);
         context.fill(0.0);
-        for (&p, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-            context.iter_mut().zip(value).for_each(|(c, v)| *c += p * v);
-        }
+        let ops = AccOperands { a: probabilities, lda: capacity, w: values, n: len, tokens: groups };
+        f32_gemm_acc(ops, context);
     });
 }
 
-/// `x · y` in eight independent sums, which the compiler keeps in one vector register.
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut sums = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in xc.zip(yc) {
-        for i in 0..8 {
-            sums[i] += a[i] * b[i];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
+/// Values of [`attend`]'s buffer per kv head.
+fn attention_chunk(capacity: usize, head_dim: usize, groups: usize) -> usize {
+    groups * (2 * capacity + head_dim)
 }
 
 fn softmax(x: &mut [f32]) {

@@ -39,6 +39,7 @@ mod simd;
 
 pub use levels::Levels;
 pub use matrix::QuantMatrix;
+pub(crate) use simd::{f32_gemm, f32_gemm_acc, AccOperands};
 
 /// A ggml tensor element type, with the numeric ids GGUF files use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

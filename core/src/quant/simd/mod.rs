@@ -407,6 +407,18 @@ pub(crate) fn gemm_acc(isa: Isa, ops: AccOperands, out: &mut [f32]) {
     }
 }
 
+/// [`gemm`] on this machine's best kernels, for f32 operands outside a matrix (the host
+/// decoder's attention scores, a LoRA's `A·x`).
+pub(crate) fn f32_gemm(w: &[f32], x: &[f32], k: usize, tokens: usize, out: &mut [f32]) {
+    gemm(Isa::detect(), w, x, k, tokens, out)
+}
+
+/// [`gemm_acc`] on this machine's best kernels (the host decoder's attention-weighted values, a
+/// LoRA's `B·(A·x)`).
+pub(crate) fn f32_gemm_acc(ops: AccOperands, out: &mut [f32]) {
+    gemm_acc(Isa::detect(), ops, out)
+}
+
 /// The body of the ISA entry points of [`gemm_acc`]: tiles of 6 tokens by 2 vectors of columns
 /// keep twelve accumulators in registers, loading two weight vectors and broadcasting six values
 /// per step; columns past the last multiple of the vector width are summed as scalars.
@@ -419,13 +431,20 @@ pub(super) unsafe fn gemm_acc_with<S: Fma>(s: S, ops: AccOperands, out: &mut [f3
     let body = width / S::LANES * S::LANES;
     let mut t = 0;
     while t < tokens {
-        let tn = if tokens - t >= T { T } else { 1 };
+        // Three tokens (a kv head's query heads in decode's attention) in one pass too.
+        let tn = match tokens - t {
+            left if left >= T => T,
+            left if left >= 3 => 3,
+            _ => 1,
+        };
         let mut c = 0;
         while c < body {
             let cn = if body - c >= 2 * S::LANES { 2 } else { 1 };
             match (tn, cn) {
                 (T, 2) => acc_tile::<S, T, 2>(s, a, lda, w, n, width, t, c, o),
                 (T, _) => acc_tile::<S, T, 1>(s, a, lda, w, n, width, t, c, o),
+                (3, 2) => acc_tile::<S, 3, 2>(s, a, lda, w, n, width, t, c, o),
+                (3, _) => acc_tile::<S, 3, 1>(s, a, lda, w, n, width, t, c, o),
                 (_, 2) => acc_tile::<S, 1, 2>(s, a, lda, w, n, width, t, c, o),
                 _ => acc_tile::<S, 1, 1>(s, a, lda, w, n, width, t, c, o),
             }
