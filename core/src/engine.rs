@@ -32,7 +32,7 @@ pub struct EngineOptions {
     /// CPU, GPU, or a hardware GPU when there is one.
     pub device: DeviceChoice,
     /// Decode on integer activations where the CPU has kernels for them (llama.cpp's way:
-    /// about 1.4x faster decode here, at about 1-2% higher perplexity than the f32
+    /// about 1.2x faster decode here, at about 1-2% higher perplexity than the f32
     /// activations of the reference, which are the default).
     pub integer_activations: bool,
 }

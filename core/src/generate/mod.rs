@@ -123,7 +123,7 @@ pub async fn generate(
     on_event(GenerationEvent::Prefilled { prompt_tokens: prompt.len() });
     let expected = (soft_prompt + prompt.len()).saturating_add(options.max_tokens);
     let mut decode = match HostDecoder::continuing(model, &cache, adapters, expected)? {
-        Some(host) => Decode::Host(host),
+        Some(host) => Decode::Host(Box::new(host)),
         None => Decode::Graph(cache),
     };
 
@@ -181,7 +181,7 @@ pub async fn generate(
 /// How tokens after the prompt run: on the host without burn where the model and adapters
 /// allow it ([`HostDecoder`]), else through the burn graph and its cache.
 enum Decode<'m> {
-    Host(HostDecoder<'m>),
+    Host(Box<HostDecoder<'m>>),
     Graph(KvCache),
 }
 

@@ -39,6 +39,8 @@ mod simd;
 
 pub use levels::Levels;
 pub use matrix::QuantMatrix;
+// For the host decoder (`model`, which needs `std`).
+#[cfg(feature = "std")]
 pub(crate) use simd::{f32_gemm, f32_gemm_acc, AccOperands};
 
 /// A ggml tensor element type, with the numeric ids GGUF files use.
