@@ -189,9 +189,14 @@ fn host_decode_equals_the_burn_graph() {
                 "{ty}, {name}: host decode differs from the burn graph by {worst:.2e}"
             );
         }
-        // Adapters that act on tokens otherwise keep the burn graph.
-        let cache = model.new_cache(1);
+        // Adapters that act on tokens otherwise keep the burn graph, and so does an empty cache
+        // (the graph's first pass writes the soft prompt).
+        let mut cache = model.new_cache(1);
+        assert!(HostDecoder::continuing(&model, &cache, &NoAdapters, 8).unwrap().is_none());
+        model.forward(&TOKENS[..2], 1, &mut cache).unwrap();
         assert!(HostDecoder::continuing(&model, &cache, &OnEveryToken, 8).unwrap().is_none());
+        cache.truncate(0);
+        assert!(HostDecoder::continuing(&model, &cache, &NoAdapters, 8).unwrap().is_none());
     }
 }
 

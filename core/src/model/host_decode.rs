@@ -75,7 +75,7 @@ impl<'m> HostLinear<'m> {
             let rank = o.a.len() / cols.max(1);
             if rank == 0 || o.a.len() != rank * cols || o.b.len() != rows * rank {
                 return Err(Error::InvalidArgument(format!(
-                    "a low-rank change of {:?} in layer {layer} has A of {} and B of {} values, not a rank's multiple of {cols} and {rows}",
+                    "a low-rank change of {:?} in layer {layer} has {} values in A and {} in B, not rank x {cols} and {rows} x rank",
                     o.projection,
                     o.a.len(),
                     o.b.len()
@@ -94,7 +94,7 @@ impl<'m> HostLinear<'m> {
         Ok(Self { weight: linear.weight(), bias, low_rank })
     }
 
-    /// `y = W x (+ bias) (+ Σ scale·B·A·x)` for one token; `scratch` holds the largest rank.
+    /// `y = W x (+ bias) (+ Σ scale·B·A·x)` for one token; `scratch` receives each `A·x`.
     fn apply(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) -> Result<(), Error> {
         self.weight.matmul(x, 1, y)?;
         if let Some(bias) = &self.bias {
@@ -125,7 +125,7 @@ struct HostKvCache {
     capacity: usize,
 }
 
-/// Everything a step writes, sized once.
+/// Everything a step writes, sized once (the attention buffer again when the cache grows).
 struct Buffers {
     x: Vec<f32>,
     normed: Vec<f32>,
@@ -149,15 +149,16 @@ struct Buffers {
 impl<'m> HostDecoder<'m> {
     /// The decoder that continues the sequence in `cache` (batch 1), with room for `expected`
     /// cached positions in all (it grows beyond them up to the context), or `None` where this
-    /// path does not apply: the model is on a GPU, or `adapters` act on tokens other than by
-    /// low-rank changes of the projections' outputs.
+    /// path does not apply: the model is on a GPU, `adapters` act on tokens other than by
+    /// low-rank changes of the projections' outputs, or `cache` is empty (the graph's first pass
+    /// writes the adapters' soft prompt, which this path does not).
     pub fn continuing(
         model: &'m Llama,
         cache: &KvCache,
         adapters: &dyn Adapters,
         expected: usize,
     ) -> Result<Option<Self>, Error> {
-        if !is_host(model.device()) || cache.batch() != 1 {
+        if !is_host(model.device()) || cache.batch() != 1 || cache.is_empty() {
             return Ok(None);
         }
         let Some(mut low_rank) = adapters.host_low_rank()? else { return Ok(None) };
