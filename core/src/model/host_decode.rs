@@ -7,6 +7,7 @@
 //! tokens in other ways; this one takes over after the prefill and equals it
 //! (`tiny_model::host_decode_equals_the_burn_graph`).
 
+use super::fused::{rms_norm_row, silu};
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
 use super::rope::rotate_pairs;
@@ -268,7 +269,7 @@ impl<'m> HostDecoder<'m> {
         self.model.token_embedding.get_rows(&[token], &mut b.x)?;
         self.model.rope.angles(pos, &mut b.cos, &mut b.sin);
         for (layer, block) in self.layers.iter().enumerate() {
-            rms_norm(&b.x, &block.attn_norm, c.rms_eps, &mut b.normed);
+            rms_norm_row(&b.x, &block.attn_norm, c.rms_eps, &mut b.normed);
             block.q.apply(&b.normed, &mut b.q, &mut b.low_rank)?;
             block.k.apply(&b.normed, &mut b.k, &mut b.low_rank)?;
             block.v.apply(&b.normed, &mut b.v, &mut b.low_rank)?;
@@ -285,17 +286,17 @@ impl<'m> HostDecoder<'m> {
             block.o.apply(&b.context, &mut b.residual, &mut b.low_rank)?;
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
 
-            rms_norm(&b.x, &block.ffn_norm, c.rms_eps, &mut b.normed);
+            rms_norm_row(&b.x, &block.ffn_norm, c.rms_eps, &mut b.normed);
             block.gate.apply(&b.normed, &mut b.gate, &mut b.low_rank)?;
             block.up.apply(&b.normed, &mut b.up, &mut b.low_rank)?;
             for (g, u) in b.gate.iter_mut().zip(&b.up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+                *g = silu(*g) * u;
             }
             block.down.apply(&b.gate, &mut b.residual, &mut b.low_rank)?;
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
         }
         self.cache.len += 1;
-        rms_norm(&b.x, &self.output_norm, c.rms_eps, &mut b.normed);
+        rms_norm_row(&b.x, &self.output_norm, c.rms_eps, &mut b.normed);
         self.output.apply(&b.normed, &mut b.logits, &mut b.low_rank)?;
         Ok(&b.logits)
     }
@@ -370,13 +371,4 @@ fn softmax(x: &mut [f32]) {
     }
     let inverse = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inverse);
-}
-
-/// `out = x / rms(x) * weight`, as [`super::llama::rms_norm`] computes it.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let inverse = 1.0 / (mean_square + eps).sqrt();
-    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * inverse * w;
-    }
 }

@@ -2,14 +2,15 @@
 //! or separate output head. Everything between the frozen quantized linears runs as burn ops, so
 //! the same graph later carries gradients to adapters.
 
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::config::LlamaConfig;
+use super::fused::{self, graph::causal_mask, rms_norm};
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
 use super::rope::{self, Rope, RopeTables};
 use super::sites::{Adapters, NoAdapters, Projection};
+use crate::device::is_host;
 use crate::error::Error;
 use crate::quant::QuantMatrix;
 
@@ -236,7 +237,7 @@ impl Llama {
         let groups = self.config.n_heads / self.config.n_kv_heads;
         Positions {
             rope: self.rope.tables(start, len, &self.device),
-            mask: (len > 1).then(|| causal_mask(start, len, groups, &self.device)),
+            mask: (len > 1 && !is_host(&self.device)).then(|| causal_mask(start, len, groups, &self.device)),
         }
     }
 
@@ -284,6 +285,7 @@ impl Llama {
 /// RoPE tables and causal mask of one pass over a range of positions.
 pub struct Positions {
     rope: RopeTables,
+    /// For the burn graph's attention (GPUs); the fused op on the host masks as it goes.
     mask: Option<Tensor<4>>,
 }
 
@@ -322,16 +324,12 @@ impl Block {
         // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
         // instead of repeating keys and values `groups` times.
         let q = q.reshape([b, kv, groups * t, hd]);
-        let mut scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f32).sqrt());
-        if let Some(mask) = &attn.positions.mask {
-            scores = scores + mask.clone();
-        }
-        let context =
-            softmax(scores, 3).matmul(values).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let context = fused::attention(q, keys, values, groups, attn.positions.mask.as_ref());
+        let context = context.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
         let x = x + linear(Projection::O, context)?;
 
         let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
-        let gated = silu(linear(Projection::Gate, normed.clone())?) * linear(Projection::Up, normed)?;
+        let gated = fused::swiglu(linear(Projection::Gate, normed.clone())?, linear(Projection::Up, normed)?);
         Ok(x + linear(Projection::Down, gated)?)
     }
 }
@@ -348,24 +346,4 @@ impl Block {
             Projection::Down => &self.ffn_down,
         }
     }
-}
-
-pub(crate) fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
-    let d = weight.dims()[0];
-    let inv_rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
-    x * inv_rms * weight.clone().reshape([1, 1, d])
-}
-
-/// Additive mask `[1, 1, groups*len, start+len]`: query `i` (absolute position `start+i`) sees
-/// keys `0..=start+i`.
-fn causal_mask(start: usize, len: usize, groups: usize, device: &Device) -> Tensor<4> {
-    let keys = start + len;
-    let mut mask = vec![0.0f32; groups * len * keys];
-    for g in 0..groups {
-        for i in 0..len {
-            let row = &mut mask[(g * len + i) * keys..][..keys];
-            row[start + i + 1..].fill(f32::NEG_INFINITY);
-        }
-    }
-    Tensor::from_data(TensorData::new(mask, [1, 1, groups * len, keys]), device)
 }

@@ -1,6 +1,7 @@
 //! The Llama-family decoder on burn: config, weights, attention with a KV cache.
 
 pub mod config;
+pub mod fused;
 mod host_decode;
 pub mod kv_cache;
 pub mod linear;

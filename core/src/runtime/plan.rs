@@ -4,16 +4,17 @@
 //!
 //! The prediction is an account of what a step keeps alive, each term with a coefficient fitted
 //! to the measured peak resident memory of real runs on SmolLM2-135M (eleven plans across
-//! methods, batches, lengths and checkpointing, all within 13%, nine within 5%; `cli/tests/cli.rs` checks six of
+//! methods, batches, lengths and checkpointing, all within 7%, eight within 5%; `cli/tests/cli.rs` checks six of
 //! them within 15%; README, "Memory budget"):
 //! - the model: its weight bytes (mapped; a training step touches every page), plus the
 //!   runtime's own fixed cost;
 //! - the adapter: about nine values per trained value (itself, its gradient, AdamW's two
 //!   moments, the accumulated gradient, the clipped copy, the evaluation copy);
 //! - activations: what autodiff keeps per block for backward, in values per token of the
-//!   residual width (`d_model`) and of the MLP width, plus the attention scores
-//!   (`heads x seq x seq` per sequence); with checkpointing, only each block's input plus one
-//!   block's activations while it is recomputed;
+//!   residual width (`d_model`) and of the MLP width, plus per head and position one
+//!   log-sum-exp on the CPU (its fused attention) or the attention scores (`heads x seq x seq`
+//!   per sequence) elsewhere; with checkpointing, only each block's input plus one block's
+//!   activations while it is recomputed;
 //! - the output layer's loss, computed 128 positions at a time over the vocabulary;
 //! - what a method keeps beyond that (PEQA's weight-sized `γ ⊙ S`, DoRA's rescaled outputs,
 //!   [`Method::training_values`]).
@@ -25,6 +26,7 @@
 use serde::Serialize;
 
 use crate::adapt::Method;
+use crate::device::is_host;
 use crate::error::Error;
 use crate::model::Llama;
 
@@ -65,16 +67,20 @@ pub struct Request {
     pub checkpoint_activations: bool,
 }
 
-/// Coefficients of the account above, fitted on SmolLM2-135M Q4_1 (2 threads, x86-64).
+/// Coefficients of the account above, fitted on SmolLM2-135M Q4_1 (2 threads, x86-64; with
+/// the fused RMSNorm, SwiGLU and attention of `model::fused`).
 mod measured {
     /// The runtime's fixed resident cost beyond the weights (tokenizer, code, worker stacks).
     pub const RUNTIME_MB: f64 = 30.0;
     /// Values kept per trained value.
     pub const ADAPTER_VALUES: f64 = 9.0;
     /// Values kept per token and block, in units of `d_model` and of the MLP width.
-    pub const PER_TOKEN_RESIDUAL: f64 = 10.0;
-    pub const PER_TOKEN_MLP: f64 = 5.0;
-    /// Attention values kept per head, query and key.
+    pub const PER_TOKEN_RESIDUAL: f64 = 10.25;
+    pub const PER_TOKEN_MLP: f64 = 2.0;
+    /// Attention values kept per head and query by the CPU's fused attention.
+    pub const PER_QUERY: f64 = 1.0;
+    /// Attention values kept per head, query and key by burn's graph (other devices; fitted
+    /// on the CPU before the fused attention).
     pub const PER_SCORE: f64 = 1.9;
     /// The output layer's loss: positions at a time, and values per position and vocabulary entry.
     pub const LOSS_CHUNK: f64 = 128.0;
@@ -103,9 +109,10 @@ pub fn predict(model: &Llama, adapter: &dyn Method, request: Request) -> f64 {
     let tokens = (request.batch * request.seq) as f64;
     let soft_prompt = crate::model::soft_prompt_len(adapter) as f64;
     let positions = request.seq as f64 + soft_prompt;
+    let per_query = if is_host(model.device()) { PER_QUERY } else { PER_SCORE * positions };
     let block = |layer: usize| {
         tokens * (PER_TOKEN_RESIDUAL * c.d_model as f64 + PER_TOKEN_MLP * c.ffn_dim as f64)
-            + PER_SCORE * (request.batch * c.n_heads) as f64 * positions * positions
+            + per_query * (request.batch * c.n_heads) as f64 * positions
             + adapter.training_values(layer, request.batch * request.seq) as f64
     };
     let activations = if request.checkpoint_activations {

@@ -1,0 +1,96 @@
+//! RMSNorm and SwiGLU on host buffers, row blocks spread over the installed thread pool.
+
+use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut};
+
+/// Rows per task of RMSNorm (of 576 values, about 70 KB of input per task).
+const ROWS_PER_TASK: usize = 32;
+/// Values per task of SwiGLU.
+const VALUES_PER_TASK: usize = 1 << 14;
+
+/// `out = x / rms(x) * weight` for one row; returns `1 / rms(x)`.
+pub(crate) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inverse = 1.0 / (mean_square + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inverse * w;
+    }
+    inverse
+}
+
+/// [`rms_norm_row`] on every `weight.len()`-long row of `x`, each row's `1 / rms` into
+/// `inverse_rms`.
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32], inverse_rms: &mut [f32]) {
+    let d = weight.len();
+    for_each_chunk_pair_mut(y, ROWS_PER_TASK * d, inverse_rms, ROWS_PER_TASK, |task, y, inverse_rms| {
+        let x = &x[task * ROWS_PER_TASK * d..];
+        for ((y, r), x) in y.chunks_exact_mut(d).zip(inverse_rms).zip(x.chunks_exact(d)) {
+            *r = rms_norm_row(x, weight, eps, y);
+        }
+    });
+}
+
+/// The gradients of [`rms_norm`]: with `r = 1 / rms(x)` and `g = dy ⊙ weight`,
+/// `dx = r·g − x·r³·(g·x)/d` per row, and `dw = Σ_rows dy ⊙ x·r`.
+pub(super) fn rms_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    inverse_rms: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+) {
+    let d = weight.len();
+    for_each_chunk_mut(dx, ROWS_PER_TASK * d, |task, dx| {
+        let first = task * ROWS_PER_TASK;
+        for (row, dx) in dx.chunks_exact_mut(d).enumerate() {
+            let at = (first + row) * d;
+            let (x, dy, r) = (&x[at..at + d], &dy[at..at + d], inverse_rms[first + row]);
+            let gx: f32 = dy.iter().zip(weight).zip(x).map(|((g, w), x)| g * w * x).sum();
+            let correction = r * r * r * gx / d as f32;
+            for (((dx, g), w), x) in dx.iter_mut().zip(dy).zip(weight).zip(x) {
+                *dx = r * g * w - x * correction;
+            }
+        }
+    });
+    if let Some(dw) = dw {
+        dw.fill(0.0);
+        for ((x, dy), r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(inverse_rms) {
+            for ((dw, x), g) in dw.iter_mut().zip(x).zip(dy) {
+                *dw += g * x * r;
+            }
+        }
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `x · sigmoid(x)`.
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `y = silu(gate) ⊙ up`.
+pub(super) fn swiglu(gate: &[f32], up: &[f32], y: &mut [f32]) {
+    for_each_chunk_mut(y, VALUES_PER_TASK, |task, y| {
+        let at = task * VALUES_PER_TASK;
+        for ((y, g), u) in y.iter_mut().zip(&gate[at..]).zip(&up[at..]) {
+            *y = silu(*g) * u;
+        }
+    });
+}
+
+/// The gradients of [`swiglu`]: with `s = sigmoid(gate)`,
+/// `d_gate = dy ⊙ up ⊙ s(1 + gate(1 − s))` and `d_up = dy ⊙ gate ⊙ s`.
+pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+    for_each_chunk_pair_mut(d_gate, VALUES_PER_TASK, d_up, VALUES_PER_TASK, |task, d_gate, d_up| {
+        let at = task * VALUES_PER_TASK;
+        let inputs = gate[at..].iter().zip(&up[at..]).zip(&dy[at..]);
+        for ((dg, du), ((g, u), dy)) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(inputs) {
+            let s = sigmoid(*g);
+            *dg = dy * u * s * (1.0 + g * (1.0 - s));
+            *du = dy * g * s;
+        }
+    });
+}

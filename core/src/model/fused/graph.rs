@@ -1,0 +1,40 @@
+//! The fused operators' maths as chains of burn ops: what devices without the host kernels (GPUs)
+//! run, and the reference the fused ops are tested against.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
+    let d = weight.dims()[0];
+    let inverse_rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    x * inverse_rms * weight.clone().reshape([1, 1, d])
+}
+
+pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    silu(gate) * up
+}
+
+/// [`super::attention`] with its causal `mask` added to the scores (`None`: every query row sees
+/// every key, as one query token does).
+pub fn attention(q: Tensor<4>, keys: Tensor<4>, values: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<4> {
+    let head_dim = q.dims()[3];
+    let mut scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (head_dim as f32).sqrt());
+    if let Some(mask) = mask {
+        scores = scores + mask.clone();
+    }
+    softmax(scores, 3).matmul(values)
+}
+
+/// Additive mask `[1, 1, groups*len, start+len]`: query `i` (absolute position `start+i`) sees
+/// keys `0..=start+i`.
+pub fn causal_mask(start: usize, len: usize, groups: usize, device: &Device) -> Tensor<4> {
+    let keys = start + len;
+    let mut mask = vec![0.0f32; groups * len * keys];
+    for g in 0..groups {
+        for i in 0..len {
+            let row = &mut mask[(g * len + i) * keys..][..keys];
+            row[start + i + 1..].fill(f32::NEG_INFINITY);
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [1, 1, groups * len, keys]), device)
+}

@@ -1,0 +1,462 @@
+//! RMSNorm, SwiGLU and causal attention as single ops with their own backward, on host tensors
+//! (Flex). As chains of burn ops each kept several full-size tensors for autodiff (SwiGLU four
+//! `[tokens, ffn]` tensors, attention its `len x context` scores and probabilities) and paid a
+//! dispatch per element-wise step; fused, RMSNorm keeps its input and one value per row, SwiGLU
+//! its two inputs, attention its inputs, output and one log-sum-exp per query row, and no
+//! `len x context` matrix outlives a block of query rows ([`attention`]'s module).
+//!
+//! Other devices (GPUs) run the same maths as burn graphs ([`graph`]), which are also the
+//! reference the fused ops are tested against, in value and gradient.
+
+mod attention;
+mod elementwise;
+pub(crate) mod graph;
+
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+
+use crate::device::is_host;
+pub(crate) use elementwise::{rms_norm_row, silu};
+
+/// `x / rms(x) * weight` over the last dimension of `x: [batch, len, d]`.
+pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
+    if !fuses(&x) {
+        return graph::rms_norm(x, weight, eps);
+    }
+    let y = <Dispatch as FusedOps>::fused_rms_norm(x.into_dispatch(), weight.clone().into_dispatch(), eps);
+    Tensor::from_dispatch(y)
+}
+
+/// `silu(gate) * up`, element by element.
+pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    if !fuses(&gate) {
+        return graph::swiglu(gate, up);
+    }
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
+}
+
+/// Causal grouped-query attention: `q: [batch, kv_heads, groups * len, head_dim]` (query head
+/// `kv * groups + g`'s token `i` at row `g * len + i`) over `keys`, `values:
+/// [batch, kv_heads, context, head_dim]`, whose last `len` positions are the queries' own.
+/// Row `g * len + i` sees positions `0..=context - len + i`. Without the fused op (GPUs) the
+/// burn graph adds `mask`, [`graph::causal_mask`] of these sizes, made here when not given.
+pub fn attention(
+    q: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    groups: usize,
+    mask: Option<&Tensor<4>>,
+) -> Tensor<4> {
+    if !fuses(&q) {
+        let (len, context) = (q.dims()[2] / groups, keys.dims()[2]);
+        let made =
+            (mask.is_none() && len > 1).then(|| graph::causal_mask(context - len, len, groups, &q.device()));
+        return graph::attention(q, keys, values, mask.or(made.as_ref()));
+    }
+    let out = <Dispatch as FusedOps>::fused_attention(
+        q.into_dispatch(),
+        keys.into_dispatch(),
+        values.into_dispatch(),
+        groups,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// Whether the fused ops take `x`: f32 host tensors.
+pub fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
+    is_host(&x.device()) && x.dtype() == DType::F32
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        groups: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// What attention's backward needs from its forward pass.
+#[derive(Clone, Debug)]
+pub struct AttentionSaved<B: Backend> {
+    q: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    out: FloatTensor<B>,
+    /// Each query row's log-sum-exp of its scaled scores, `[batch, kv_heads, rows]`.
+    log_sum_exp: FloatTensor<B>,
+    groups: usize,
+}
+
+/// The host kernels of a backend whose tensors live in host memory, forward and backward.
+pub trait FusedKernels: Backend {
+    /// The normed rows and each row's `1 / rms`.
+    fn rms_norm_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradients of `x` and (with `weight_grad`) of `weight`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        inverse_rms: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        weight_grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    fn swiglu_forward(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradients of `gate` and `up`.
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The output and what backward needs.
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        groups: usize,
+    ) -> (FloatTensor<Self>, AttentionSaved<Self>);
+    /// The gradients of `q`, `keys` and `values`.
+    fn attention_backward(
+        saved: AttentionSaved<Self>,
+        d_out: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The f32 values of a host tensor, contiguous. The public wrappers only pass f32 tensors
+/// ([`fuses`]), and backward receives gradients of the forward's own f32 outputs.
+fn contiguous(x: FlexTensor) -> FlexTensor {
+    x.to_contiguous()
+}
+
+fn data(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("contiguous f32 host tensor")
+}
+
+fn host_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl FusedKernels for Flex {
+    fn rms_norm_forward(x: FlexTensor, weight: FlexTensor, eps: f32) -> (FlexTensor, FlexTensor) {
+        let (x, weight) = (contiguous(x), contiguous(weight));
+        let shape = x.shape();
+        let rows = shape.num_elements() / weight.shape().num_elements().max(1);
+        let mut y = vec![0.0; shape.num_elements()];
+        let mut inverse_rms = vec![0.0; rows];
+        elementwise::rms_norm(data(&x), data(&weight), eps, &mut y, &mut inverse_rms);
+        (host_tensor(y, shape), host_tensor(inverse_rms, Shape::from(vec![rows])))
+    }
+
+    fn rms_norm_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        inverse_rms: FlexTensor,
+        dy: FlexTensor,
+        weight_grad: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let (x, weight, inverse_rms, dy) =
+            (contiguous(x), contiguous(weight), contiguous(inverse_rms), contiguous(dy));
+        let mut dx = vec![0.0; x.shape().num_elements()];
+        let mut dw = weight_grad.then(|| vec![0.0; weight.shape().num_elements()]);
+        let (x_values, w) = (data(&x), data(&weight));
+        elementwise::rms_norm_backward(
+            x_values,
+            w,
+            data(&inverse_rms),
+            data(&dy),
+            &mut dx,
+            dw.as_deref_mut(),
+        );
+        (host_tensor(dx, x.shape()), dw.map(|dw| host_tensor(dw, weight.shape())))
+    }
+
+    fn swiglu_forward(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let (gate, up) = (contiguous(gate), contiguous(up));
+        let mut y = vec![0.0; gate.shape().num_elements()];
+        elementwise::swiglu(data(&gate), data(&up), &mut y);
+        host_tensor(y, gate.shape())
+    }
+
+    fn swiglu_backward(gate: FlexTensor, up: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let (gate, up, dy) = (contiguous(gate), contiguous(up), contiguous(dy));
+        let n = gate.shape().num_elements();
+        let (mut d_gate, mut d_up) = (vec![0.0; n], vec![0.0; n]);
+        elementwise::swiglu_backward(data(&gate), data(&up), data(&dy), &mut d_gate, &mut d_up);
+        (host_tensor(d_gate, gate.shape()), host_tensor(d_up, up.shape()))
+    }
+
+    fn attention_forward(
+        q: FlexTensor,
+        keys: FlexTensor,
+        values: FlexTensor,
+        groups: usize,
+    ) -> (FlexTensor, AttentionSaved<Self>) {
+        let (q, keys, values) = (contiguous(q), contiguous(keys), contiguous(values));
+        let shape = attention_shape(&q, &keys, groups);
+        let mut out = vec![0.0; q.shape().num_elements()];
+        let mut log_sum_exp = vec![0.0; shape.heads * shape.rows];
+        attention::forward(shape, data(&q), data(&keys), data(&values), &mut out, &mut log_sum_exp);
+        let [b, kv, rows, _] = dims4(&q);
+        let out = host_tensor(out, q.shape());
+        let log_sum_exp = host_tensor(log_sum_exp, Shape::from(vec![b, kv, rows]));
+        (out.clone(), AttentionSaved { q, keys, values, out, log_sum_exp, groups })
+    }
+
+    fn attention_backward(
+        saved: AttentionSaved<Self>,
+        d_out: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let AttentionSaved { q, keys, values, out, log_sum_exp, groups } = saved;
+        let d_out = contiguous(d_out);
+        let shape = attention_shape(&q, &keys, groups);
+        let mut dq = vec![0.0; q.shape().num_elements()];
+        let mut dk = vec![0.0; keys.shape().num_elements()];
+        let mut dv = vec![0.0; keys.shape().num_elements()];
+        let forward = attention::Forward {
+            q: data(&q),
+            keys: data(&keys),
+            values: data(&values),
+            out: data(&out),
+            log_sum_exp: data(&log_sum_exp),
+        };
+        attention::backward(shape, forward, data(&d_out), &mut dq, &mut dk, &mut dv);
+        (host_tensor(dq, q.shape()), host_tensor(dk, keys.shape()), host_tensor(dv, values.shape()))
+    }
+}
+
+fn dims4(x: &FlexTensor) -> [usize; 4] {
+    let s = x.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn attention_shape(q: &FlexTensor, keys: &FlexTensor, groups: usize) -> attention::Shape {
+    let [b, kv, rows, head_dim] = dims4(q);
+    attention::Shape { heads: b * kv, rows, len: rows / groups, keys: dims4(keys)[2], head_dim }
+}
+
+impl FusedOps for Flex {
+    fn fused_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f32) -> FlexTensor {
+        Self::rms_norm_forward(x, weight, eps).0
+    }
+
+    fn fused_swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        Self::swiglu_forward(gate, up)
+    }
+
+    fn fused_attention(q: FlexTensor, keys: FlexTensor, values: FlexTensor, groups: usize) -> FlexTensor {
+        Self::attention_forward(q, keys, values, groups).0
+    }
+}
+
+impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RmsNormBackward;
+
+        impl<B: FusedKernels> Backward<B, 2> for RmsNormBackward {
+            /// The input, the weight and each row's `1 / rms`.
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [x_node, weight_node] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (x, weight, inverse_rms) = ops.state;
+                let (dx, dw) = B::rms_norm_backward(x, weight, inverse_rms, dy, weight_node.is_some());
+                if let Some(node) = x_node {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let (Some(node), Some(dw)) = (weight_node, dw) {
+                    grads.register::<B>(node.id, dw);
+                }
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        match RmsNormBackward.prepare::<C>([x_node, weight_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, inverse_rms) = B::rms_norm_forward(x.clone(), weight.clone(), eps);
+                prep.finish((x, weight, inverse_rms), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm_forward(x, weight, eps).0),
+        }
+    }
+
+    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwigluBackward;
+
+        impl<B: FusedKernels> Backward<B, 2> for SwigluBackward {
+            /// Both inputs.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [gate_node, up_node] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (gate, up) = ops.state;
+                let (d_gate, d_up) = B::swiglu_backward(gate, up, dy);
+                if let Some(node) = gate_node {
+                    grads.register::<B>(node.id, d_gate);
+                }
+                if let Some(node) = up_node {
+                    grads.register::<B>(node.id, d_up);
+                }
+            }
+        }
+
+        let (gate, gate_node) = gate.into_parts();
+        let (up, up_node) = up.into_parts();
+        match SwigluBackward.prepare::<C>([gate_node, up_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::swiglu_forward(gate.clone(), up.clone());
+                prep.finish((gate, up), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::swiglu_forward(gate, up)),
+        }
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        groups: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: FusedKernels> Backward<B, 3> for AttentionBackward {
+            type State = AttentionSaved<B>;
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [q_node, keys_node, values_node] = ops.parents;
+                let d_out = grads.consume::<B>(&ops.node);
+                let (dq, dk, dv) = B::attention_backward(ops.state, d_out);
+                for (node, grad) in [(q_node, dq), (keys_node, dk), (values_node, dv)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let (q, q_node) = q.into_parts();
+        let (keys, keys_node) = keys.into_parts();
+        let (values, values_node) = values.into_parts();
+        match AttentionBackward.prepare::<C>([q_node, keys_node, values_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, saved) = B::attention_forward(q, keys, values, groups);
+                prep.finish(saved, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, keys, values, groups).0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::model::linear::host_f32;
+    use crate::quant::tests::Rng;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        Rng::new(seed).values(n, scale)
+    }
+
+    fn tensor<const D: usize>(dims: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
+        let n = dims.iter().product();
+        Tensor::from_data(TensorData::new(values(n, seed, scale), dims), device).require_grad()
+    }
+
+    /// `fused` and `graph` on the same inputs: equal values, and equal gradients of every input
+    /// under the same upstream gradient.
+    fn check<const D: usize, const O: usize>(
+        what: &str,
+        inputs: &[Tensor<D>],
+        fused: impl Fn(&[Tensor<D>]) -> Tensor<O>,
+        graph: impl Fn(&[Tensor<D>]) -> Tensor<O>,
+        tolerance: f32,
+    ) {
+        let run = |op: &dyn Fn(&[Tensor<D>]) -> Tensor<O>| {
+            let inputs: Vec<Tensor<D>> = inputs.iter().map(|x| x.clone().detach().require_grad()).collect();
+            let y = op(&inputs);
+            let upstream = Tensor::<O>::from_data(
+                TensorData::new(values(y.shape().num_elements(), 99, 1.0), y.shape()),
+                &y.device(),
+            );
+            let grads = (y.clone() * upstream).sum().backward();
+            let mut out = vec![host_f32(y).unwrap()];
+            out.extend(inputs.iter().map(|x| host_f32(x.grad(&grads).expect("input is tracked")).unwrap()));
+            out
+        };
+        let (got, want) = (run(&fused), run(&graph));
+        for (k, (got, want)) in got.iter().zip(&want).enumerate() {
+            let name = if k == 0 { "value".to_string() } else { format!("gradient of input {k}") };
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((g - w).abs() <= tolerance * scale, "{what} {name}[{i}]: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_equals_the_graph_in_value_and_gradient() {
+        let device = Device::flex().autodiff();
+        let x = tensor([2, 37, 48], 1, 3.0, &device);
+        let weight = tensor([1, 1, 48], 2, 0.5, &device).add_scalar(1.0);
+        let norm = |graph: bool| {
+            move |t: &[Tensor<3>]| {
+                let weight = t[1].clone().reshape([48]);
+                if graph {
+                    graph::rms_norm(t[0].clone(), &weight, 1e-5)
+                } else {
+                    rms_norm(t[0].clone(), &weight, 1e-5)
+                }
+            }
+        };
+        check("rms_norm", &[x, weight], norm(false), norm(true), 1e-5);
+    }
+
+    #[test]
+    fn swiglu_equals_the_graph_in_value_and_gradient() {
+        let device = Device::flex().autodiff();
+        // Gates out to ±8, where the sigmoid saturates.
+        let (gate, up) = (tensor([3, 29, 40], 3, 8.0, &device), tensor([3, 29, 40], 4, 2.0, &device));
+        let fused = |t: &[Tensor<3>]| swiglu(t[0].clone(), t[1].clone());
+        let graph = |t: &[Tensor<3>]| graph::swiglu(t[0].clone(), t[1].clone());
+        check("swiglu", &[gate, up], fused, graph, 1e-5);
+    }
+
+    #[test]
+    fn attention_equals_the_masked_graph_in_value_and_gradient() {
+        let device = Device::flex().autodiff();
+        let (b, kv, groups, hd) = (2, 2, 3, 16);
+        // A training pass (several query blocks, one straddling two query heads), a prompt after
+        // a cache, and one decode token.
+        for (len, cached) in [(70, 0), (5, 9), (1, 12)] {
+            let context = cached + len;
+            let q = tensor([b, kv, groups * len, hd], 5, 2.0, &device);
+            let keys = tensor([b, kv, context, hd], 6, 2.0, &device);
+            let values = tensor([b, kv, context, hd], 7, 1.0, &device);
+            let fused = |t: &[Tensor<4>]| attention(t[0].clone(), t[1].clone(), t[2].clone(), groups, None);
+            let graph = |t: &[Tensor<4>]| {
+                let mask = (len > 1).then(|| graph::causal_mask(cached, len, groups, &device));
+                graph::attention(t[0].clone(), t[1].clone(), t[2].clone(), mask.as_ref())
+            };
+            check(&format!("attention of {len} after {cached}"), &[q, keys, values], fused, graph, 1e-5);
+        }
+    }
+}
