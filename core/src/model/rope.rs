@@ -78,12 +78,9 @@ pub struct RopeTables {
 
 /// Rotates `x: [batch, heads, len, head_dim]`: each pair `(a, b)` becomes
 /// `(a cos - b sin, b cos + a sin)`, i.e. `x cos + swap(x) signed_sin` where `swap` exchanges the
-/// members of every pair. The swap is a flip of a size-2 axis (a view on the CPU, its own
-/// gradient), where a `head_dim x head_dim` rotation matrix cost a matrix product per pass.
+/// members of every pair (a fused op on the host, a burn graph elsewhere: `fused::rope`).
 pub fn apply(x: Tensor<4>, tables: &RopeTables) -> Tensor<4> {
-    let [b, h, t, d] = x.dims();
-    let swapped = x.clone().reshape([b, h, t, d / 2, 2]).flip([4]).reshape([b, h, t, d]);
-    x * tables.cos.clone() + swapped * tables.signed_sin.clone()
+    super::fused::rope(x, &tables.cos, &tables.signed_sin)
 }
 
 /// Which way [`permute_rotary_rows`] goes.

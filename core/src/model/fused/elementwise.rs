@@ -1,4 +1,4 @@
-//! RMSNorm and SwiGLU on host buffers, row blocks spread over the installed thread pool.
+//! RMSNorm, SwiGLU and RoPE on host buffers, row blocks spread over the installed thread pool.
 
 use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut};
 
@@ -91,6 +91,33 @@ pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32], d_gate: &mut
             let s = sigmoid(*g);
             *dg = dy * u * s * (1.0 + g * (1.0 - s));
             *du = dy * g * s;
+        }
+    });
+}
+
+/// RoPE's rotation of `x` (rows of `head_dim`; row `r` at position `r % len` of the tables
+/// `cos` and `signed_sin`, `[len, head_dim]`): `y = x ⊙ cos + swap(x) ⊙ signed_sin`, where
+/// `swap` exchanges the members of every pair. With `back`, the transposed rotation (the
+/// gradient): `dx = dy ⊙ cos + swap(dy ⊙ signed_sin)`.
+pub(super) fn rope(x: &[f32], cos: &[f32], signed_sin: &[f32], head_dim: usize, back: bool, y: &mut [f32]) {
+    let len = cos.len() / head_dim;
+    for_each_chunk_mut(y, ROWS_PER_TASK * head_dim, |task, y| {
+        let first = task * ROWS_PER_TASK;
+        let x = &x[first * head_dim..];
+        for (row, (y, x)) in y.chunks_exact_mut(head_dim).zip(x.chunks_exact(head_dim)).enumerate() {
+            let at = (first + row) % len * head_dim;
+            let (c, s) = (&cos[at..at + head_dim], &signed_sin[at..at + head_dim]);
+            for (((y, x), c), s) in
+                y.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(c.chunks_exact(2)).zip(s.chunks_exact(2))
+            {
+                if back {
+                    y[0] = x[0] * c[0] + x[1] * s[1];
+                    y[1] = x[1] * c[1] + x[0] * s[0];
+                } else {
+                    y[0] = x[0] * c[0] + x[1] * s[0];
+                    y[1] = x[1] * c[1] + x[0] * s[1];
+                }
+            }
         }
     });
 }

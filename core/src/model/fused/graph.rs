@@ -14,6 +14,15 @@ pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     silu(gate) * up
 }
 
+/// `x ⊙ cos + swap(x) ⊙ signed_sin`, where `swap` exchanges the members of every pair: a flip of
+/// a size-2 axis (a view on the CPU, its own gradient), where a `head_dim x head_dim` rotation
+/// matrix cost a matrix product per pass.
+pub fn rope(x: Tensor<4>, cos: &Tensor<4>, signed_sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let swapped = x.clone().reshape([b, h, t, d / 2, 2]).flip([4]).reshape([b, h, t, d]);
+    x * cos.clone() + swapped * signed_sin.clone()
+}
+
 /// [`super::attention`] with its causal `mask` added to the scores (`None`: every query row sees
 /// every key, as one query token does).
 pub fn attention(q: Tensor<4>, keys: Tensor<4>, values: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<4> {

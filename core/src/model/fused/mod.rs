@@ -1,8 +1,8 @@
-//! RMSNorm, SwiGLU and causal attention as single ops with their own backward, on host tensors
+//! RMSNorm, SwiGLU, RoPE and causal attention as single ops with their own backward, on host tensors
 //! (Flex). As chains of burn ops each kept several full-size tensors for autodiff (SwiGLU four
 //! `[tokens, ffn]` tensors, attention its `len x context` scores and probabilities) and paid a
 //! dispatch per element-wise step; fused, RMSNorm keeps its input and one value per row, SwiGLU
-//! its two inputs, attention its inputs, output and one log-sum-exp per query row, and no
+//! its two inputs, RoPE nothing but the pass's tables, attention its inputs, output and one log-sum-exp per query row, and no
 //! `len x context` matrix outlives a block of query rows ([`attention`]'s module).
 //!
 //! Other devices (GPUs) run the same maths as burn graphs ([`graph`]), which are also the
@@ -41,6 +41,20 @@ pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
 }
 
+/// RoPE's rotation of `x: [batch, heads, len, head_dim]` by the tables `cos` and `signed_sin`
+/// (`[1, 1, len, head_dim]`, see `rope::RopeTables`).
+pub fn rope(x: Tensor<4>, cos: &Tensor<4>, signed_sin: &Tensor<4>) -> Tensor<4> {
+    if !fuses(&x) {
+        return graph::rope(x, cos, signed_sin);
+    }
+    let y = <Dispatch as FusedOps>::fused_rope(
+        x.into_dispatch(),
+        cos.clone().into_dispatch(),
+        signed_sin.clone().into_dispatch(),
+    );
+    Tensor::from_dispatch(y)
+}
+
 /// Causal grouped-query attention: `q: [batch, kv_heads, groups * len, head_dim]` (query head
 /// `kv * groups + g`'s token `i` at row `g * len + i`) over `keys`, `values:
 /// [batch, kv_heads, context, head_dim]`, whose last `len` positions are the queries' own.
@@ -77,6 +91,11 @@ pub fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
 pub trait FusedOps: Backend {
     fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        signed_sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
     fn fused_attention(
         q: FloatTensor<Self>,
         keys: FloatTensor<Self>,
@@ -120,6 +139,13 @@ pub trait FusedKernels: Backend {
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The rotation of `x`, or with `back` its transpose (the gradient).
+    fn rope_forward(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        signed_sin: FloatTensor<Self>,
+        back: bool,
+    ) -> FloatTensor<Self>;
     /// The output and what backward needs.
     fn attention_forward(
         q: FloatTensor<Self>,
@@ -197,6 +223,15 @@ impl FusedKernels for Flex {
         (host_tensor(d_gate, gate.shape()), host_tensor(d_up, up.shape()))
     }
 
+    fn rope_forward(x: FlexTensor, cos: FlexTensor, signed_sin: FlexTensor, back: bool) -> FlexTensor {
+        let (x, cos, signed_sin) = (contiguous(x), contiguous(cos), contiguous(signed_sin));
+        let shape = x.shape();
+        let mut y = vec![0.0; shape.num_elements()];
+        let head_dim = shape[shape.num_dims() - 1];
+        elementwise::rope(data(&x), data(&cos), data(&signed_sin), head_dim, back, &mut y);
+        host_tensor(y, shape)
+    }
+
     fn attention_forward(
         q: FlexTensor,
         keys: FlexTensor,
@@ -253,6 +288,10 @@ impl FusedOps for Flex {
 
     fn fused_swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         Self::swiglu_forward(gate, up)
+    }
+
+    fn fused_rope(x: FlexTensor, cos: FlexTensor, signed_sin: FlexTensor) -> FlexTensor {
+        Self::rope_forward(x, cos, signed_sin, false)
     }
 
     fn fused_attention(q: FlexTensor, keys: FlexTensor, values: FlexTensor, groups: usize) -> FlexTensor {
@@ -324,6 +363,40 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((gate, up), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::swiglu_forward(gate, up)),
+        }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        signed_sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RopeBackward;
+
+        impl<B: FusedKernels> Backward<B, 1> for RopeBackward {
+            /// The tables, shared by every layer of a pass: no activation is kept.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [x_node] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                if let Some(node) = x_node {
+                    let (cos, signed_sin) = ops.state;
+                    grads.register::<B>(node.id, B::rope_forward(dy, cos, signed_sin, true));
+                }
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        // The tables are constants (no gradient flows to them).
+        let (cos, signed_sin) = (cos.into_parts().0, signed_sin.into_parts().0);
+        match RopeBackward.prepare::<C>([x_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::rope_forward(x, cos.clone(), signed_sin.clone(), false);
+                prep.finish((cos, signed_sin), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rope_forward(x, cos, signed_sin, false)),
         }
     }
 
@@ -438,6 +511,19 @@ mod tests {
         let fused = |t: &[Tensor<3>]| swiglu(t[0].clone(), t[1].clone());
         let graph = |t: &[Tensor<3>]| graph::swiglu(t[0].clone(), t[1].clone());
         check("swiglu", &[gate, up], fused, graph, 1e-5);
+    }
+
+    #[test]
+    fn rope_equals_the_graph_in_value_and_gradient() {
+        let device = Device::flex().autodiff();
+        let (len, head_dim) = (11, 16);
+        let x = tensor([2, 3, len, head_dim], 8, 2.0, &device);
+        // Any tables of the right shape: the op multiplies by them as they are.
+        let cos = tensor([1, 1, len, head_dim], 9, 1.0, &device).detach();
+        let signed_sin = tensor([1, 1, len, head_dim], 10, 1.0, &device).detach();
+        let fused = |t: &[Tensor<4>]| rope(t[0].clone(), &cos, &signed_sin);
+        let graph = |t: &[Tensor<4>]| graph::rope(t[0].clone(), &cos, &signed_sin);
+        check("rope", &[x], fused, graph, 1e-5);
     }
 
     #[test]
