@@ -83,7 +83,7 @@ pub fn attention(
 }
 
 /// Whether the fused ops take `x`: f32 host tensors.
-pub fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
+fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
     is_host(&x.device()) && x.dtype() == DType::F32
 }
 
