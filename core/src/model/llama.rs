@@ -1,6 +1,7 @@
 //! The Llama decoder: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP, tied
-//! or separate output head. Everything between the frozen quantized linears runs as burn ops, so
-//! the same graph later carries gradients to adapters.
+//! or separate output head. Everything between the frozen quantized linears runs as burn ops
+//! (on the CPU the fused ones of [`super::fused`]), so the same graph carries gradients to
+//! adapters.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
