@@ -29,20 +29,20 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod federated;
+#[cfg(feature = "flower")]
+pub mod flower;
 #[cfg(feature = "std")]
 pub mod generate;
-#[cfg(any(feature = "sync", feature = "flower"))]
-pub mod http;
 #[cfg(gpu_kernels)]
 pub mod gpu;
+#[cfg(any(feature = "sync", feature = "flower"))]
+pub mod http;
 #[cfg(feature = "std")]
 pub mod model;
 #[cfg(feature = "std")]
 pub mod runtime;
 #[cfg(feature = "std")]
 pub mod store;
-#[cfg(feature = "flower")]
-pub mod flower;
 #[cfg(feature = "sync")]
 pub mod sync;
 #[cfg(feature = "std")]

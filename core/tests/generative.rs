@@ -447,7 +447,10 @@ fn the_runtime_personalizes_and_refuses_what_it_cannot_use() {
     )
     .unwrap();
     train(&trainable, &config(8), &store).unwrap();
-    refused(train(&trainable, &GeneratorConfig { alpha: 4.0, ..config(8) }, &store), "started with generator.alpha = 8.0 (this run: 4.0)");
+    refused(
+        train(&trainable, &GeneratorConfig { alpha: 4.0, ..config(8) }, &store),
+        "started with generator.alpha = 8.0 (this run: 4.0)",
+    );
     // Nothing about the model changed.
     assert_eq!(model.attached().len(), attached);
     assert_eq!(model.logits(&TOKENS).unwrap(), before);

@@ -30,8 +30,10 @@ fn swift_defaults(record: &str) -> BTreeMap<String, Value> {
                 json!(number.parse::<f64>().unwrap_or_else(|_| panic!("{name} = {v}")))
             }
         };
-        let snake: String =
-            name.chars().flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] }).collect();
+        let snake: String = name
+            .chars()
+            .flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] })
+            .collect();
         out.insert(snake, value);
     }
     out
@@ -56,7 +58,8 @@ fn assert_same(record: &str, runtime: BTreeMap<String, Value>) {
 
 #[test]
 fn train_config_defaults_are_the_runtimes() {
-    let Value::Object(mut runtime) = serde_json::to_value(adaptkit::runtime::TrainConfig::default()).unwrap() else {
+    let Value::Object(mut runtime) = serde_json::to_value(adaptkit::runtime::TrainConfig::default()).unwrap()
+    else {
         unreachable!()
     };
     let Some(Value::Object(options)) = runtime.remove("options") else { panic!("options") };

@@ -1,8 +1,8 @@
 //! Adapters in the page: loaded from PEFT files or a patch's bytes, or trained; their PEFT files
 //! as bytes (what Hugging Face PEFT and the CLI load).
 
-use adaptkit::runtime::{self, AdapterSource, LoadOptions, PeftFiles};
 use adaptkit::patch::keys::parse_public_key;
+use adaptkit::runtime::{self, AdapterSource, LoadOptions, PeftFiles};
 use wasm_bindgen::prelude::*;
 
 use crate::error::{invalid, json, to_js};
@@ -67,15 +67,29 @@ pub(crate) fn trusted(keys: &[String]) -> Result<Vec<[u8; 32]>, JsValue> {
 impl Model {
     /// Loads a PEFT adapter's files made for this model.
     #[wasm_bindgen(js_name = loadPeft)]
-    pub fn load_peft(&self, config_json: Vec<u8>, safetensors: Vec<u8>, training_json: Option<Vec<u8>>) -> Result<Adapter, JsValue> {
-        self.load(AdapterSource::Peft(PeftFiles { config_json, safetensors, training_json }), LoadOptions::default())
+    pub fn load_peft(
+        &self,
+        config_json: Vec<u8>,
+        safetensors: Vec<u8>,
+        training_json: Option<Vec<u8>>,
+    ) -> Result<Adapter, JsValue> {
+        self.load(
+            AdapterSource::Peft(PeftFiles { config_json, safetensors, training_json }),
+            LoadOptions::default(),
+        )
     }
 
     /// Loads an `.akp` patch (`label` names it in messages): with `trusted_keys` (public key
     /// files' texts) only a patch signed by one of them loads; `allow_port` accepts a patch made
     /// for another base of the same architecture.
     #[wasm_bindgen(js_name = loadPatch)]
-    pub fn load_patch(&self, bytes: Vec<u8>, label: String, trusted_keys: Vec<String>, allow_port: bool) -> Result<Adapter, JsValue> {
+    pub fn load_patch(
+        &self,
+        bytes: Vec<u8>,
+        label: String,
+        trusted_keys: Vec<String>,
+        allow_port: bool,
+    ) -> Result<Adapter, JsValue> {
         let options = LoadOptions { trusted_keys: trusted(&trusted_keys)?, allow_port };
         self.load(AdapterSource::Patch { bytes, label }, options)
     }

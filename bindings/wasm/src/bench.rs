@@ -32,11 +32,16 @@ pub fn bench(gguf: Vec<u8>, options: &str, on_progress: Option<js_sys::Function>
         ..defaults
     };
     let progress = crate::listener::OneThread(on_progress);
-    let report = bench::bench(ModelSource::Gguf(gguf), &OpenOptions { threads: 1, ..Default::default() }, &options, &mut |line| {
-        if let Some(callback) = &progress.0 {
-            // Progress is informational: a callback that throws does not stop the benchmark.
-            let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(line));
-        }
-    });
+    let report = bench::bench(
+        ModelSource::Gguf(gguf),
+        &OpenOptions { threads: 1, ..Default::default() },
+        &options,
+        &mut |line| {
+            if let Some(callback) = &progress.0 {
+                // Progress is informational: a callback that throws does not stop the benchmark.
+                let _ = callback.call1(&JsValue::NULL, &JsValue::from_str(line));
+            }
+        },
+    );
     Ok(json(&report.map_err(to_js)?))
 }

@@ -32,10 +32,12 @@ pub(crate) fn closed() -> JsValue {
 
 /// A JS callback that threw: its exception, named `Internal`.
 pub(crate) fn callback_failed(thrown: JsValue) -> JsValue {
-    let message = thrown.as_string().or_else(|| {
-        thrown.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message()))
-    });
-    js_error("Internal", &format!("an event callback threw: {}", message.unwrap_or_else(|| format!("{thrown:?}"))))
+    let message =
+        thrown.as_string().or_else(|| thrown.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())));
+    js_error(
+        "Internal",
+        &format!("an event callback threw: {}", message.unwrap_or_else(|| format!("{thrown:?}"))),
+    )
 }
 
 /// `value` as JSON text (reports are plain data: serialization cannot fail).

@@ -3,8 +3,8 @@
 //! device back is async: on WebGPU each read-back is awaited (the browser cannot block on one).
 
 use adaptkit::device::DeviceChoice;
-use adaptkit::runtime::{self, GenerateRequest, ModelSource, OpenOptions};
 use adaptkit::generate::GenerationEvent;
+use adaptkit::runtime::{self, GenerateRequest, ModelSource, OpenOptions};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -49,20 +49,28 @@ impl Model {
     /// "options": {max_tokens, temperature, …}}`) with the attached adapters. `on_event` gets
     /// `{"type": "prefilled" | "token" | "tail" | "warning", …}`; returns the
     /// `GenerationReport` as JSON.
-    pub async fn generate(&self, request: String, on_event: Option<js_sys::Function>) -> Result<String, JsValue> {
+    pub async fn generate(
+        &self,
+        request: String,
+        on_event: Option<js_sys::Function>,
+    ) -> Result<String, JsValue> {
         let model = self.open_model()?;
-        let request: GenerateRequest = serde_json::from_str(&request).map_err(|e| bad_json("generate request", e))?;
+        let request: GenerateRequest =
+            serde_json::from_str(&request).map_err(|e| bad_json("generate request", e))?;
         let mut listener = Listener::new(on_event);
         let cancel = listener.cancel.clone();
-        let result = model.generate_async(&request, &cancel, &mut |event| {
-            listener.send(match event {
-                GenerationEvent::Prefilled { prompt_tokens } => json!({ "type": "prefilled", "prompt_tokens": prompt_tokens }),
-                GenerationEvent::Token { id, text } => json!({ "type": "token", "id": id, "text": text }),
-                GenerationEvent::Tail { text } => json!({ "type": "tail", "text": text }),
-                GenerationEvent::Warning { text } => json!({ "type": "warning", "message": text }),
+        let result = model
+            .generate_async(&request, &cancel, &mut |event| {
+                listener.send(match event {
+                    GenerationEvent::Prefilled { prompt_tokens } => {
+                        json!({ "type": "prefilled", "prompt_tokens": prompt_tokens })
+                    }
+                    GenerationEvent::Token { id, text } => json!({ "type": "token", "id": id, "text": text }),
+                    GenerationEvent::Tail { text } => json!({ "type": "tail", "text": text }),
+                    GenerationEvent::Warning { text } => json!({ "type": "warning", "message": text }),
+                })
             })
-        })
-        .await;
+            .await;
         Ok(json(&listener.finish(result)?))
     }
 
@@ -70,7 +78,8 @@ impl Model {
     /// (`PerplexityReport`).
     pub async fn perplexity(&self, text: String, seq: usize) -> Result<String, JsValue> {
         let model = self.open_model()?;
-        let report = model.perplexity_async(&text, seq, &Default::default(), &mut |_, _| {}).await.map_err(to_js)?;
+        let report =
+            model.perplexity_async(&text, seq, &Default::default(), &mut |_, _| {}).await.map_err(to_js)?;
         Ok(json(&report))
     }
 

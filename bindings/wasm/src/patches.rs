@@ -37,19 +37,38 @@ impl Model {
     /// `adapter` as a ComPEFT patch for this model, as `options` (JSON) say.
     pub async fn compress(&self, adapter: &Adapter, options: String) -> Result<CompressedPatch, JsValue> {
         let model = self.open_model()?;
-        let request: CompressRequest = serde_json::from_str(&options).map_err(|e| bad_json("compress options", e))?;
+        let request: CompressRequest =
+            serde_json::from_str(&options).map_err(|e| bad_json("compress options", e))?;
         let defaults = CompressOptions::default();
         let options = CompressOptions {
-            density: request.density.as_deref().map(str::parse).transpose().map_err(to_js)?.unwrap_or(defaults.density),
-            dense_type: request.dense_type.as_deref().map(str::parse).transpose().map_err(to_js)?.unwrap_or(defaults.dense_type),
+            density: request
+                .density
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(to_js)?
+                .unwrap_or(defaults.density),
+            dense_type: request
+                .dense_type
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(to_js)?
+                .unwrap_or(defaults.dense_type),
             eval_text: request.eval_text,
             general_text: request.general_text,
             ..defaults
         };
-        let key = request.secret_key.as_deref().map(parse_secret_key).transpose().map_err(|e| invalid("secret_key", &e))?;
+        let key = request
+            .secret_key
+            .as_deref()
+            .map(parse_secret_key)
+            .transpose()
+            .map_err(|e| invalid("secret_key", &e))?;
         let files = adapter.files().await?;
-        let compressed = patches::compress_source(model, AdapterSource::Peft(files), &options, key.as_ref(), &mut |_| {})
-            .map_err(to_js)?;
+        let compressed =
+            patches::compress_source(model, AdapterSource::Peft(files), &options, key.as_ref(), &mut |_| {})
+                .map_err(to_js)?;
         Ok(CompressedPatch { report: json(&compressed.report), bytes: compressed.bytes })
     }
 }
@@ -71,5 +90,6 @@ pub fn verify(bytes: &[u8], label: &str, trusted_keys: Vec<String>) -> Result<St
 #[wasm_bindgen]
 pub fn keygen() -> Result<String, JsValue> {
     let keys = patches::keygen().map_err(to_js)?;
-    Ok(serde_json::json!({ "secret": keys.secret, "public": keys.public, "public_hex": keys.public_hex }).to_string())
+    Ok(serde_json::json!({ "secret": keys.secret, "public": keys.public, "public_hex": keys.public_hex })
+        .to_string())
 }

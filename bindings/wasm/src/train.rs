@@ -62,10 +62,17 @@ impl Model {
     /// as `config` (JSON: the runtime's `TrainConfig`, every field optional). `on_event` gets
     /// `{"type": "plan" | "stage" | "step" | "checkpoint" | "warning", …}` and cancels by
     /// returning `true`; checkpoints go to `storage`, and `"resume": true` continues from them.
-    pub async fn train(&self, data: String, config: String, storage: &Storage, on_event: Option<js_sys::Function>) -> Result<Trained, JsValue> {
+    pub async fn train(
+        &self,
+        data: String,
+        config: String,
+        storage: &Storage,
+        on_event: Option<js_sys::Function>,
+    ) -> Result<Trained, JsValue> {
         let model = self.open_model()?;
         let data: Data = serde_json::from_str(&data).map_err(|e| bad_json("training data", e))?;
-        let data = TrainingData::of_texts(&data.name, data.text, data.jsonl, data.eval_text, data.general_text);
+        let data =
+            TrainingData::of_texts(&data.name, data.text, data.jsonl, data.eval_text, data.general_text);
         let config = config_of(&config)?;
         let mut listener = Listener::new(on_event);
         let cancel = listener.cancel.clone();

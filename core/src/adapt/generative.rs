@@ -32,8 +32,8 @@ use super::tensors::{saved, tensor2, untracked, values, Rng, Saved};
 use super::{LoraAdapter, LoraConfig, Method};
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::linear::read_f32;
 use crate::model::fused::rms_norm;
+use crate::model::linear::read_f32;
 use crate::model::{Adapters, Llama, LlamaConfig, NoAdapters, Projection};
 
 /// The generator's entry: it is not trained on a user's data (`adaptkit train` does not list

@@ -102,7 +102,8 @@ pub fn map_file_stamped(path: &Path) -> io::Result<(crate::bytes::SharedBytes, F
 /// otherwise train on replacement characters, or fail without saying where).
 #[cfg(feature = "std")]
 pub fn read_text(path: &Path) -> Result<alloc::string::String, crate::Error> {
-    let bytes = std::fs::read(path).map_err(|source| crate::Error::Io { path: path.to_path_buf(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| crate::Error::Io { path: path.to_path_buf(), source })?;
     alloc::string::String::from_utf8(bytes).map_err(|e| {
         let (valid, bytes) = (e.utf8_error().valid_up_to(), e.as_bytes());
         let line_start = bytes[..valid].iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
