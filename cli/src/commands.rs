@@ -36,9 +36,14 @@ pub struct InfoArgs {
 }
 
 pub fn info(args: InfoArgs) -> Result<(), CliError> {
-    let model =
-        ModelArgs { model: args.model, threads: 0, device: Default::default(), int8_activations: false }
-            .open(false)?;
+    let model = ModelArgs {
+        model: args.model,
+        threads: 0,
+        device: Default::default(),
+        int8_activations: false,
+        bf16_products: false,
+    }
+    .open(false)?;
     let info = model.info();
     emit(args.out, &info, &[], || {
         let types: Vec<String> = info.tensor_types.iter().map(|(ty, n)| format!("{n} {ty}")).collect();

@@ -511,7 +511,8 @@ fn bench_reports_inference_and_training_figures() {
     assert!(!report["decode_kernel"].as_str().unwrap().contains("i8"), "f32 activations by default");
     // Integer activations where the CPU has kernels for them, named in the report.
     let args = ["bench", "--model", &model, "--gen-tokens", "4", "--repeats", "1", "--train-steps", "0"];
-    let int8 = last_json(&adaptkit(&[&args[..], &["--int8-activations", "--json"]].concat()));
+    let int8 =
+        last_json(&adaptkit(&[&args[..], &["--int8-activations", "--bf16-products", "--json"]].concat()));
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     let kernels = std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
@@ -519,6 +520,14 @@ fn bench_reports_inference_and_training_figures() {
     #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
     let kernels = false;
     assert_eq!(int8["decode_kernel"].as_str().unwrap().contains("i8 activations"), kernels, "{int8}");
+    // And prefill on bf16 tiles where Linux lists them (the kernel's grant aside).
+    let tiles = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.contains(" amx_bf16"));
+    assert_eq!(int8["product_kernel"].as_str().unwrap() == "amx bf16 tiles", tiles, "{int8}");
+    assert_eq!(
+        report["product_kernel"].as_str().unwrap() == "amx bf16 tiles",
+        false,
+        "f32 products by default"
+    );
     assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--gen-tokens", "1"]), "--gen-tokens");
     assert_clean_failure(&adaptkit(&["bench", "--model", &model, "--train-seq", "1"]), "--train-seq");
 }

@@ -426,6 +426,31 @@ fn checkpointed_gradients_equal_the_full_graph() {
     assert_same_gradients(&full, &checkpointed);
 }
 
+/// Training on bf16 tiles (where the CPU has them) gives the loss and LoRA gradients of the f32
+/// products within bf16's rounding: the loss within 0.2%, every gradient within 2% of its
+/// largest value (measured: 0.006%, 7.5e-3), with a batch of two and a mask.
+#[test]
+fn bf16_products_train_like_the_f32_products() {
+    let dir = tempdir();
+    Weights::random(27).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    let model = load_for_training(&dir.join("m.gguf"));
+    let tiled = load_for_training(&dir.join("m.gguf")).with_bf16_products();
+    if tiled.output().tile_kernel().is_none() {
+        return eprintln!("skipped: no bf16 tile unit on this CPU");
+    }
+    Lora::random(28, 2, false).write_peft(&dir.join("lora"));
+    let mut adapter = LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
+    let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 5 != 2).collect();
+    let (want_loss, want) =
+        loss_and_gradients(&model, &mut adapter, &TOKENS, Some(&counted), 2, false).unwrap();
+    let (loss, got) = loss_and_gradients(&tiled, &mut adapter, &TOKENS, Some(&counted), 2, false).unwrap();
+    let worst = assert_close_gradients(&want, &got, 2e-2);
+    eprintln!(
+        "bf16 products: loss {loss} vs {want_loss}, gradients within {worst:.2e} of their largest values"
+    );
+    assert!((loss - want_loss).abs() < 2e-3 * want_loss, "loss {loss} vs {want_loss}");
+}
+
 /// LoRA dropout acts only while a seed is set, draws the same masks for the same seed, and
 /// the blocks recomputed by activation checkpointing see the masks of the first pass.
 #[test]

@@ -50,6 +50,7 @@ impl OpenOptions {
             trainable: self.trainable,
             cache: self.cache.as_ref().map(|s| Arc::clone(&s.store)),
             integer_activations: false,
+            bf16_products: false,
         }
     }
 }

@@ -46,10 +46,10 @@ impl QuantLinear {
         &self.weight.host
     }
 
-    /// Decode on integer activations (see [`QuantMatrix::with_integer_activations`]); before
-    /// the first product on a GPU, whose copy this drops.
-    pub fn use_integer_activations(&mut self) {
-        self.weight = FrozenWeight::new(self.weight.host.clone().with_integer_activations());
+    /// Changes the CPU kernels of the weight, e.g. to [`QuantMatrix::with_integer_activations`];
+    /// before the first product on a GPU, whose copy this drops.
+    pub fn choose_kernels(&mut self, choose: impl FnOnce(QuantMatrix) -> QuantMatrix) {
+        self.weight = FrozenWeight::new(choose(self.weight.host.clone()));
     }
 
     pub fn out_features(&self) -> usize {

@@ -66,8 +66,21 @@ impl Llama {
 
     /// The model with decode's products on integer activations where the weights' formats and
     /// the CPU have kernels for them (llama.cpp's way; prefill, training and GPUs are unchanged).
-    pub fn with_integer_activations(mut self) -> Self {
-        self.output.use_integer_activations();
+    pub fn with_integer_activations(self) -> Self {
+        self.with_weight_kernels(QuantMatrix::with_integer_activations)
+    }
+
+    /// The model with its multi-token products (prefill, training's forward and backward) on the
+    /// CPU's bf16 tile unit where it has one (see [`QuantMatrix::with_bf16_products`]; decode
+    /// and GPUs are unchanged).
+    pub fn with_bf16_products(self) -> Self {
+        self.with_weight_kernels(QuantMatrix::with_bf16_products)
+    }
+
+    /// `choose` applied to the CPU kernels of every frozen product (the token embedding is only
+    /// looked up).
+    fn with_weight_kernels(mut self, choose: impl Fn(QuantMatrix) -> QuantMatrix) -> Self {
+        self.output.choose_kernels(&choose);
         for block in &mut self.blocks {
             for linear in [
                 &mut block.attn_q,
@@ -78,7 +91,7 @@ impl Llama {
                 &mut block.ffn_up,
                 &mut block.ffn_down,
             ] {
-                linear.use_integer_activations();
+                linear.choose_kernels(&choose);
             }
         }
         self

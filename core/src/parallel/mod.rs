@@ -99,6 +99,18 @@ pub fn for_each_chunk_mut_spinning<T: Send>(
     for_each_chunk_mut(out, chunk_len, work)
 }
 
+/// Calls `work(i)` for each `i < count`, in parallel on the installed pool (sequentially inside
+/// a team's loop on one of its helpers): for tasks whose outputs interleave in memory (columns of
+/// a row-major matrix), which no split of a slice expresses.
+pub fn for_each_index(count: usize, work: impl Fn(usize) + Send + Sync) {
+    #[cfg(all(feature = "std", not(target_arch = "wasm32")))]
+    if !team::on_helper() {
+        (0..count).into_par_iter().for_each(work);
+        return;
+    }
+    (0..count).for_each(work)
+}
+
 /// [`for_each_chunk_mut`] over two slices at once: `work(i, a_chunk, b_chunk)` for the `i`-th
 /// `a_len`-sized piece of `a` and `b_len`-sized piece of `b`.
 pub fn for_each_chunk_pair_mut<T: Send, U: Send>(

@@ -5,10 +5,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::int8::{Activations, Int8Kind};
-use super::simd::{self, Isa};
+use super::simd::{self, Isa, Tiles};
 use super::{byte_len, FormatOps, GgmlType, QuantError};
 use crate::bytes::SharedBytes;
-use crate::parallel::{for_each_chunk_mut, for_each_chunk_mut_spinning};
+use crate::parallel::{for_each_chunk_mut, for_each_chunk_mut_spinning, for_each_index};
 
 /// From this many tokens on, each weight row is decoded once to f32 and multiplied with every
 /// token, so the unpacking is paid once per row instead of once per row and token.
@@ -25,6 +25,9 @@ const SCRATCH_BYTES: usize = 24 * 1024;
 /// columns of them (64 KiB for 32 columns) stays in L2 (512 measured 3% faster than 1024 on
 /// Zen 3).
 const SLAB_ROWS: usize = 512;
+/// Weight rows one task of the tile-unit prefill decodes and multiplies with every token: two
+/// result tiles wide, so that a 192-row product still splits into six tasks.
+const TILE_TASK_ROWS: usize = 32;
 
 /// An f32 buffer whose first value is 64-byte aligned, so that the product kernels' vector
 /// loads do not straddle cache lines: from the 16-byte alignment the allocator gives, three in
@@ -78,6 +81,9 @@ pub struct QuantMatrix {
     /// Set when decode's products run on integer activations (the format and the ISA have
     /// kernels for them, see [`super::int8`]).
     int8: Option<Int8Kind>,
+    /// Set when the multi-token products run on a bf16 tile unit (see
+    /// [`with_bf16_products`](Self::with_bf16_products)).
+    tiles: Option<Tiles>,
 }
 
 impl QuantMatrix {
@@ -92,7 +98,7 @@ impl QuantMatrix {
         if data.len() != expected {
             return Err(QuantError::ByteLength { ty, values, expected, actual: data.len() });
         }
-        Ok(Self { ty, rows, cols, row_bytes, data, ops, isa: Isa::detect(), int8: None })
+        Ok(Self { ty, rows, cols, row_bytes, data, ops, isa: Isa::detect(), int8: None, tiles: None })
     }
 
     /// Quantizes the row-major `values` (`rows * cols` of them) into a new matrix.
@@ -127,11 +133,24 @@ impl QuantMatrix {
         }
     }
 
+    /// The instruction set of the f32 products, whatever decode runs on.
+    pub fn isa_name(&self) -> &'static str {
+        self.isa.name()
+    }
+
+    /// The unit the multi-token products (prefill, training) run on when it is not the decode
+    /// kernel's: `Some("amx bf16 tiles")` after [`with_bf16_products`](Self::with_bf16_products)
+    /// on a machine that has them.
+    pub fn tile_kernel(&self) -> Option<&'static str> {
+        self.tiles.map(|_| "amx bf16 tiles")
+    }
+
     /// The same matrix on the portable scalar kernels, which are the reference the SIMD ones
     /// are tested against: for comparing speed, or ruling a kernel out when results look off.
     pub fn with_reference_kernels(mut self) -> Self {
         self.isa = Isa::Scalar;
         self.int8 = None;
+        self.tiles = None;
         self
     }
 
@@ -140,6 +159,15 @@ impl QuantMatrix {
     /// accuracy against the f32-activation reference, which stays the default here.
     pub fn with_integer_activations(mut self) -> Self {
         self.int8 = Int8Kind::of(self.ty).filter(|_| self.isa.has_int8());
+        self
+    }
+
+    /// The same matrix with its multi-token products ([`matmul`](Self::matmul) from
+    /// `PREFILL_TOKENS` tokens, [`matmul_transposed`](Self::matmul_transposed)) on the CPU's
+    /// bf16 tile unit (Intel AMX) where it has one and Linux grants it: weights and activations
+    /// rounded to bf16, sums in f32 (PyTorch's bf16 autocast). Unchanged elsewhere.
+    pub fn with_bf16_products(mut self) -> Self {
+        self.tiles = Tiles::detect();
         self
     }
 
@@ -190,6 +218,9 @@ impl QuantMatrix {
     /// Several tokens: each task decodes a few rows into an L1-sized f32 scratch and multiplies
     /// them with all tokens, writing a transposed `[rows, tokens]` result.
     fn prefill(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
+        if let Some(tiles) = self.tiles {
+            return self.prefill_on_tiles(tiles, x, tokens, y);
+        }
         let rows_per_task = (SCRATCH_BYTES / (4 * self.cols) / 4 * 4).max(4);
         let x = Aligned::copy_of(x);
         let mut yt = vec![0f32; self.rows * tokens];
@@ -214,6 +245,23 @@ impl QuantMatrix {
         });
     }
 
+    /// [`prefill`](Self::prefill) on the tile unit: each task decodes `TILE_TASK_ROWS` weight rows
+    /// and writes their columns of the `[tokens, rows]` result directly.
+    fn prefill_on_tiles(&self, tiles: Tiles, x: &[f32], tokens: usize, y: &mut [f32]) {
+        let x = tiles.rows(x, tokens, self.cols, self.cols);
+        let y = Columns(y.as_mut_ptr());
+        for_each_index(self.rows.div_ceil(TILE_TASK_ROWS), |i| {
+            let first = i * TILE_TASK_ROWS;
+            let n = TILE_TASK_ROWS.min(self.rows - first);
+            let mut w = vec![0f32; n * self.cols];
+            (self.ops.dequantize)(&self.data[first * self.row_bytes..(first + n) * self.row_bytes], &mut w);
+            // SAFETY: `x` holds the `tokens` rows of `cols` values `matmul` checked; `y` has
+            // `tokens` rows of `rows` values, of which this task alone writes columns
+            // `first..first + n`.
+            unsafe { tiles.product(&x, tokens, &w, n, self.cols, y.at(first), self.rows) };
+        });
+    }
+
     /// `dx[t * cols + c] = Σ_r dy[t * rows + r] · W[r, c]`: the product with `Wᵀ`, which carries
     /// gradients back through a frozen weight to the layer's input without an f32 copy of it.
     /// Each task owns a band of columns; it decodes that band of a slab of at most `SLAB_ROWS`
@@ -226,23 +274,18 @@ impl QuantMatrix {
             dx.fill(0.0);
             return Ok(());
         }
-        let block = self.ty.block_len();
-        // Bands are whole blocks (a block cannot be decoded in part) of at least 32 columns:
-        // 18 tasks for 576 columns share out evenly over 2 or 3 threads.
-        let band = (32usize.div_ceil(block) * block).min(self.cols);
-        let block_bytes = self.ty.block_bytes();
+        if let Some(tiles) = self.tiles {
+            self.matmul_transposed_on_tiles(tiles, dy, tokens, dx);
+            return Ok(());
+        }
+        let band = self.band();
         // Band after band, each `[tokens, band width]`.
         let mut banded = Aligned::zeroed(self.cols * tokens);
         for first in (0..self.rows).step_by(SLAB_ROWS) {
             let n = SLAB_ROWS.min(self.rows - first);
             for_each_chunk_mut(&mut banded, band * tokens, |i, out| {
                 let width = out.len() / tokens;
-                let (offset, len) = (i * band / block * block_bytes, width / block * block_bytes);
-                let mut w = Aligned::zeroed(n * width);
-                for (r, w) in w.chunks_exact_mut(width).enumerate() {
-                    let start = (first + r) * self.row_bytes + offset;
-                    (self.ops.dequantize)(&self.data[start..start + len], w);
-                }
+                let w = self.decode_band(first, n, i * band, width);
                 let ops = simd::AccOperands { a: &dy[first..], lda: self.rows, w: &w, n, tokens };
                 simd::gemm_acc(self.isa, ops, out);
             });
@@ -255,6 +298,47 @@ impl QuantMatrix {
             }
         });
         Ok(())
+    }
+
+    /// [`matmul_transposed`](Self::matmul_transposed) on the tile unit: slab by slab, each task
+    /// owns a band of `dx`'s columns and adds the slab's product into it directly.
+    fn matmul_transposed_on_tiles(&self, tiles: Tiles, dy: &[f32], tokens: usize, dx: &mut [f32]) {
+        dx.fill(0.0);
+        let band = self.band();
+        let dx = Columns(dx.as_mut_ptr());
+        for first in (0..self.rows).step_by(SLAB_ROWS) {
+            let n = SLAB_ROWS.min(self.rows - first);
+            let dy = tiles.rows(&dy[first..], tokens, n, self.rows);
+            for_each_index(self.cols.div_ceil(band), |i| {
+                let width = band.min(self.cols - i * band);
+                let w = self.decode_band(first, n, i * band, width);
+                // SAFETY: `dy` holds `tokens` rows of the slab's `n` values; `dx` has `tokens`
+                // rows of `cols` values, of which this task alone touches columns
+                // `i * band..i * band + width`.
+                unsafe { tiles.product_acc(&dy, tokens, &w, n, width, dx.at(i * band), self.cols) };
+            });
+        }
+    }
+
+    /// Bands of columns for the products with `Wᵀ`: whole blocks (a block cannot be decoded in
+    /// part) of at least 32 columns; 18 tasks for 576 columns share out evenly over 2 or 3
+    /// threads.
+    fn band(&self) -> usize {
+        let block = self.ty.block_len();
+        (32usize.div_ceil(block) * block).min(self.cols)
+    }
+
+    /// Columns `first_col..first_col + width` (whole blocks) of rows `first..first + n`, as f32
+    /// `[n, width]`.
+    fn decode_band(&self, first: usize, n: usize, first_col: usize, width: usize) -> Aligned {
+        let (block, block_bytes) = (self.ty.block_len(), self.ty.block_bytes());
+        let (offset, len) = (first_col / block * block_bytes, width / block * block_bytes);
+        let mut w = Aligned::zeroed(n * width);
+        for (r, w) in w.chunks_exact_mut(width).enumerate() {
+            let start = (first + r) * self.row_bytes + offset;
+            (self.ops.dequantize)(&self.data[start..start + len], w);
+        }
+        w
     }
 
     /// Row `r` of `W` as f32, bit-exact with ggml.
@@ -299,6 +383,22 @@ fn expect_len(what: &'static str, expected: Option<usize>, actual: usize) -> Res
         Some(expected) if expected == actual => Ok(()),
         // An overflowing product can be no slice's length.
         expected => Err(QuantError::Length { what, expected: expected.unwrap_or(usize::MAX), actual }),
+    }
+}
+
+/// A result matrix that parallel tasks write in disjoint bands of columns.
+struct Columns(*mut f32);
+
+// SAFETY: the tasks that share a `Columns` write disjoint places of it (each its own columns),
+// and the product waits for all of them before the result is read.
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// The place of column `c` in the first row. A method, so that closures capture the whole
+    /// (`Sync`) value rather than its raw pointer.
+    fn at(&self, c: usize) -> *mut f32 {
+        self.0.wrapping_add(c)
     }
 }
 
@@ -400,6 +500,61 @@ mod tests {
                 }
                 let mut short = vec![0f32; cols];
                 assert!(m.matmul_transposed(&[0.0; 3], 1, &mut short).is_err());
+            }
+        }
+    }
+
+    /// On the bf16 tile unit both products equal the f64 sums over the bf16-rounded weights and
+    /// activations (whose products are exact in f32), for every format: prefill across row
+    /// groups and partial tiles, the transposed product across bands and row slabs.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn tile_products_equal_the_sums_over_bf16_operands() {
+        use crate::quant::simd::round_bf16;
+        if Tiles::detect().is_none() {
+            return eprintln!("skipped: no AMX-BF16 tiles here");
+        }
+        let dot = |a: &[f32], b: &mut dyn Iterator<Item = f32>| {
+            a.iter()
+                .zip(b)
+                .map(|(&a, b)| f64::from(round_bf16(a)) * f64::from(round_bf16(b)))
+                .fold((0.0, 0.0), |(s, m), p| (s + p, m + p.abs()))
+        };
+        let mut rng = Rng::new(13);
+        for ty in SUPPORTED_TYPES {
+            let block = ty.block_len();
+            let cols = 2 * block.max(64) + if block == 1 { 13 } else { block };
+            for (rows, tokens) in [(7, 4), (45, 37), (2 * SLAB_ROWS + 5, 5)] {
+                let m = QuantMatrix::quantize(ty, rows, cols, &rng.values(rows * cols, 2.0))
+                    .unwrap()
+                    .with_bf16_products();
+                let w = m.dequantize();
+                let x = rng.values(tokens * cols, 1.0);
+                let mut y = vec![f32::NAN; tokens * rows];
+                m.matmul(&x, tokens, &mut y).unwrap();
+                let dy = rng.values(tokens * rows, 1.0);
+                let mut dx = vec![f32::NAN; tokens * cols];
+                m.matmul_transposed(&dy, tokens, &mut dx).unwrap();
+                for t in 0..tokens {
+                    for r in 0..rows {
+                        let (exact, mag) =
+                            dot(&x[t * cols..][..cols], &mut w[r * cols..][..cols].iter().copied());
+                        let got = f64::from(y[t * rows + r]);
+                        assert!(
+                            (got - exact).abs() <= 1e-6 * mag + 1e-30,
+                            "{ty} {rows}x{cols}: y[{t}, {r}] = {got} vs {exact}"
+                        );
+                    }
+                    for c in 0..cols {
+                        let (exact, mag) =
+                            dot(&dy[t * rows..][..rows], &mut (0..rows).map(|r| w[r * cols + c]));
+                        let got = f64::from(dx[t * cols + c]);
+                        assert!(
+                            (got - exact).abs() <= 1e-6 * mag + 1e-30,
+                            "{ty} {rows}x{cols}: dx[{t}, {c}] = {got} vs {exact}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -62,6 +62,9 @@ pub struct BenchReport {
     pub decode_tok_s: f64,
     /// The CPU kernels decode's block products run on (`avx2+fma`, `…, i8 activations`).
     pub decode_kernel: String,
+    /// What prefill's and training's products run on (`avx2+fma, avx-512 products`, `amx bf16
+    /// tiles`).
+    pub product_kernel: String,
     /// Inference's peak, before training raises the high-water mark.
     pub peak_rss_mb: Option<f64>,
     pub train_tok_s: Option<f64>,
@@ -129,8 +132,9 @@ pub fn bench(
     }
     let info = model.info();
     let llama = model.engine().model();
-    let decode_kernel =
-        llama.blocks().first().map_or(llama.output(), |b| b.attn_q.weight()).kernel().to_string();
+    let weight = llama.blocks().first().map_or(llama.output(), |b| b.attn_q.weight());
+    let decode_kernel = weight.kernel().to_string();
+    let product_kernel = weight.tile_kernel().unwrap_or(weight.isa_name()).to_string();
     let peak_rss = peak_rss_mb();
     let gpu_reserved = gpu_reserved_mb(&model);
     drop(model);
@@ -150,6 +154,7 @@ pub fn bench(
         prefill_tok_s: median(&mut prefill),
         decode_tok_s: median(&mut decode),
         decode_kernel,
+        product_kernel,
         peak_rss_mb: peak_rss,
         train_tok_s,
         train_peak_rss_mb: train_tok_s.and(peak_rss_mb()),

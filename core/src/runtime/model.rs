@@ -35,6 +35,8 @@ pub struct OpenOptions {
     pub cache: Option<Arc<dyn Store>>,
     /// Decode on integer activations (see [`EngineOptions::integer_activations`]).
     pub integer_activations: bool,
+    /// Prefill and training on bf16 tiles (see [`EngineOptions::bf16_products`]).
+    pub bf16_products: bool,
 }
 
 impl PerplexityReport {
@@ -50,6 +52,7 @@ impl OpenOptions {
             trainable: self.trainable,
             device: self.device,
             integer_activations: self.integer_activations,
+            bf16_products: self.bf16_products,
         }
     }
 }

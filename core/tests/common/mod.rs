@@ -508,6 +508,13 @@ pub type Grads = std::collections::BTreeMap<String, adaptkit::burn::tensor::Tens
 
 /// The same parameters, each with a non-zero gradient equal within 1e-4 of its largest value.
 pub fn assert_same_gradients(want: &Grads, got: &Grads) {
+    assert_close_gradients(want, got, 1e-4);
+}
+
+/// The same parameters, each with a non-zero gradient equal within `tolerance` of its largest
+/// value; returns the largest difference seen, as a fraction of that value.
+pub fn assert_close_gradients(want: &Grads, got: &Grads, tolerance: f32) -> f32 {
+    let mut worst = 0f32;
     assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
     assert!(!want.is_empty());
     for (name, g) in want {
@@ -516,9 +523,11 @@ pub fn assert_same_gradients(want: &Grads, got: &Grads) {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0, "{name} has no gradient");
         for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-4 * scale, "{name}: {x} vs {y}");
+            assert!((x - y).abs() <= tolerance * scale, "{name}: {x} vs {y}");
+            worst = worst.max((x - y).abs() / scale);
         }
     }
+    worst
 }
 
 /// The GPU for parity tests: `None` (the test is skipped, with a note) on a machine without

@@ -7,12 +7,66 @@
 use super::int8::{Activations, Int8Kind};
 use super::Format;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
 mod neon;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
+
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
+pub(crate) use amx::round_bf16;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) use amx::Tiles;
+
+/// No tile unit on this target: the type exists so that callers need no `cfg`, and has no value.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tiles {}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) enum TileRows {}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+impl Tiles {
+    pub fn detect() -> Option<Tiles> {
+        None
+    }
+
+    pub fn rows(self, _: &[f32], _: usize, _: usize, _: usize) -> TileRows {
+        match self {}
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn product(
+        self,
+        _: &TileRows,
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn product_acc(
+        self,
+        _: &TileRows,
+        _: usize,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+}
 
 /// Eight-lane SIMD operations, all `#[inline(always)]` in the implementations so that they
 /// compile inside the target-feature entry points.
