@@ -17,6 +17,7 @@ use super::tensors::{self, rotary_rows, saved, tensor2, untracked, values, Rng, 
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
+use crate::model::fused;
 use crate::model::linear::host_f32;
 use crate::model::rope::RowOrder;
 use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, Projection};
@@ -214,9 +215,9 @@ impl LoraAdapter {
         let pair = self.pairs.get(&(layer, projection))?;
         let [b, t, d] = x.dims();
         let out = pair.b.dims()[0];
-        let low_rank = |pair: &Pair, x: Tensor<3>| {
-            x.reshape([b * t, d]).matmul(pair.a.clone().transpose()).matmul(pair.b.clone().transpose())
-        };
+        let scale = self.config.scale();
+        let low_rank =
+            |pair: &Pair, x: Tensor<3>| fused::low_rank(x.reshape([b * t, d]), &pair.a, &pair.b, scale);
         let dropped = match self.dropout_seed.filter(|_| self.config.dropout > 0.0) {
             Some(seed) => {
                 let site =
@@ -230,7 +231,7 @@ impl LoraAdapter {
         if let Some(start) = self.initial.as_ref().and_then(|initial| initial.get(&(layer, projection))) {
             delta = delta - low_rank(start, x.clone());
         }
-        Some(delta.mul_scalar(self.config.scale()).reshape([b, t, out]))
+        Some(delta.reshape([b, t, out]))
     }
 
     /// A fresh adapter on `config.targets` of every layer, initialised as PEFT does: `A`

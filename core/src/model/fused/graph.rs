@@ -47,3 +47,8 @@ pub fn causal_mask(start: usize, len: usize, groups: usize, device: &Device) -> 
     }
     Tensor::from_data(TensorData::new(mask, [1, 1, groups * len, keys]), device)
 }
+
+/// [`super::low_rank`]: `scale · (x Aᵀ) Bᵀ`.
+pub fn low_rank(x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, scale: f32) -> Tensor<2> {
+    x.matmul(a.clone().transpose()).matmul(b.clone().transpose()).mul_scalar(scale)
+}

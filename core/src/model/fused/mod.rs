@@ -3,7 +3,8 @@
 //! `[tokens, ffn]` tensors, attention its `len x context` scores and probabilities) and paid a
 //! dispatch per element-wise step; fused, RMSNorm keeps its input and one value per row, SwiGLU
 //! its two inputs, RoPE nothing but the pass's tables, attention its inputs, output and one log-sum-exp per query row, and no
-//! `len x context` matrix outlives a block of query rows ([`attention`]'s module).
+//! `len x context` matrix outlives a block of query rows ([`attention`]'s module). LoRA's side
+//! path runs its thin products on the host kernels in parallel ([`low_rank`]'s module).
 //!
 //! Other devices (GPUs) run the same maths as burn graphs ([`graph`]), which are also the
 //! reference the fused ops are tested against, in value and gradient.
@@ -11,6 +12,7 @@
 mod attention;
 mod elementwise;
 pub(crate) mod graph;
+mod low_rank;
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -82,6 +84,21 @@ pub fn attention(
     Tensor::from_dispatch(out)
 }
 
+/// `scale · (x Aᵀ) Bᵀ` for `x: [tokens, d_in]`, `a: [rank, d_in]`, `b: [d_out, rank]`: LoRA's
+/// side path.
+pub fn low_rank(x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, scale: f32) -> Tensor<2> {
+    if !fuses(&x) {
+        return graph::low_rank(x, a, b, scale);
+    }
+    let y = <Dispatch as FusedOps>::fused_low_rank(
+        x.into_dispatch(),
+        a.clone().into_dispatch(),
+        b.clone().into_dispatch(),
+        scale,
+    );
+    Tensor::from_dispatch(y)
+}
+
 /// Whether the fused ops take `x`: f32 host tensors.
 fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
     is_host(&x.device()) && x.dtype() == DType::F32
@@ -102,6 +119,23 @@ pub trait FusedOps: Backend {
         values: FloatTensor<Self>,
         groups: usize,
     ) -> FloatTensor<Self>;
+    fn fused_low_rank(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// What the low-rank path's backward needs from its forward pass.
+#[derive(Clone, Debug)]
+pub struct LowRankSaved<B: Backend> {
+    x: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    /// `x Aᵀ`, `[tokens, rank]`.
+    middle: FloatTensor<B>,
+    scale: f32,
 }
 
 /// What attention's backward needs from its forward pass.
@@ -158,6 +192,19 @@ pub trait FusedKernels: Backend {
         saved: AttentionSaved<Self>,
         d_out: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// The output and what backward needs.
+    fn low_rank_forward(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, LowRankSaved<Self>);
+    /// The gradients of `x`, `a` and `b`, each where `wanted`.
+    fn low_rank_backward(
+        saved: LowRankSaved<Self>,
+        dy: FloatTensor<Self>,
+        wanted: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3];
 }
 
 /// The f32 values of a host tensor, contiguous. The public wrappers only pass f32 tensors
@@ -269,6 +316,40 @@ impl FusedKernels for Flex {
         attention::backward(shape, forward, data(&d_out), &mut dq, &mut dk, &mut dv);
         (host_tensor(dq, q.shape()), host_tensor(dk, keys.shape()), host_tensor(dv, values.shape()))
     }
+
+    fn low_rank_forward(
+        x: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, LowRankSaved<Self>) {
+        let (x, a, b) = (contiguous(x), contiguous(a), contiguous(b));
+        let shape = low_rank_shape(&x, &b);
+        let (y, middle) = low_rank::forward(shape, data(&x), data(&a), data(&b), scale);
+        let y = host_tensor(y, Shape::from(vec![shape.tokens, shape.d_out]));
+        let middle = host_tensor(middle, Shape::from(vec![shape.tokens, shape.rank]));
+        (y, LowRankSaved { x, a, b, middle, scale })
+    }
+
+    fn low_rank_backward(
+        saved: LowRankSaved<Self>,
+        dy: FlexTensor,
+        wanted: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let LowRankSaved { x, a, b, middle, scale } = saved;
+        let dy = contiguous(dy);
+        let shape = low_rank_shape(&x, &b);
+        let grads =
+            low_rank::backward(shape, data(&x), data(&a), data(&b), data(&middle), data(&dy), scale, wanted);
+        let shapes = [x.shape(), a.shape(), b.shape()];
+        let mut grads = grads.into_iter().zip(shapes).map(|(g, shape)| g.map(|g| host_tensor(g, shape)));
+        core::array::from_fn(|_| grads.next().flatten())
+    }
+}
+
+fn low_rank_shape(x: &FlexTensor, b: &FlexTensor) -> low_rank::Shape {
+    let (x, b) = (x.shape(), b.shape());
+    low_rank::Shape { tokens: x[0], d_in: x[1], rank: b[1], d_out: b[0] }
 }
 
 fn dims4(x: &FlexTensor) -> [usize; 4] {
@@ -296,6 +377,10 @@ impl FusedOps for Flex {
 
     fn fused_attention(q: FlexTensor, keys: FlexTensor, values: FlexTensor, groups: usize) -> FlexTensor {
         Self::attention_forward(q, keys, values, groups).0
+    }
+
+    fn fused_low_rank(x: FlexTensor, a: FlexTensor, b: FlexTensor, scale: f32) -> FlexTensor {
+        Self::low_rank_forward(x, a, b, scale).0
     }
 }
 
@@ -435,6 +520,42 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, keys, values, groups).0),
         }
     }
+
+    fn fused_low_rank(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LowRankBackward;
+
+        impl<B: FusedKernels> Backward<B, 3> for LowRankBackward {
+            type State = LowRankSaved<B>;
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let dy = grads.consume::<B>(&ops.node);
+                let wanted = ops.parents.each_ref().map(Option::is_some);
+                let computed = B::low_rank_backward(ops.state, dy, wanted);
+                for (node, grad) in ops.parents.into_iter().zip(computed) {
+                    if let (Some(node), Some(grad)) = (node, grad) {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        let (a, a_node) = a.into_parts();
+        let (b, b_node) = b.into_parts();
+        match LowRankBackward.prepare::<C>([x_node, a_node, b_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, saved) = B::low_rank_forward(x, a, b, scale);
+                prep.finish(saved, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::low_rank_forward(x, a, b, scale).0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +645,20 @@ mod tests {
         let fused = |t: &[Tensor<4>]| rope(t[0].clone(), &cos, &signed_sin);
         let graph = |t: &[Tensor<4>]| graph::rope(t[0].clone(), &cos, &signed_sin);
         check("rope", &[x], fused, graph, 1e-5);
+    }
+
+    #[test]
+    fn low_rank_equals_the_graph_in_value_and_gradient() {
+        let device = Device::flex().autodiff();
+        // Token chunks with a partial last one, a rank past one gradient task, widths that are
+        // not multiples of a vector.
+        let (tokens, d_in, rank, d_out) = (150, 37, 6, 45);
+        let x = tensor([tokens, d_in], 11, 2.0, &device);
+        let a = tensor([rank, d_in], 12, 0.5, &device);
+        let b = tensor([d_out, rank], 13, 0.5, &device);
+        let fused = |t: &[Tensor<2>]| low_rank(t[0].clone(), &t[1], &t[2], 1.7);
+        let graph = |t: &[Tensor<2>]| graph::low_rank(t[0].clone(), &t[1], &t[2], 1.7);
+        check("low_rank", &[x, a, b], fused, graph, 1e-5);
     }
 
     #[test]
