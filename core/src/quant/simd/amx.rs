@@ -26,12 +26,16 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use crate::parallel::for_each_chunk_mut;
+
 /// Values of the summed dimension in one tile: 16 pairs.
 const BLOCK: usize = 32;
 /// Rows and columns of a result tile.
 const EDGE: usize = 16;
 /// `u32` pairs in one tile (16 lines of 16).
 const TILE_PAIRS: usize = EDGE * EDGE;
+/// Rows of an A operand one packing task covers.
+const PACK_ROWS: usize = 32;
 
 /// Proof that the CPU has AMX-TILE, AMX-BF16 and AVX-512BW (for packing) and that the kernel
 /// let this process use the tile registers.
@@ -60,11 +64,16 @@ impl Tiles {
         assert!(k <= ld && (n == 0 || x.len() >= (n - 1) * ld + k));
         let blocks = k.div_ceil(BLOCK);
         let mut rows = TileRows { pairs: vec![0; n.next_multiple_of(2 * EDGE) * blocks * EDGE], blocks };
-        for (r, out) in rows.pairs.chunks_exact_mut(blocks * EDGE).take(n).enumerate() {
-            // SAFETY: the token proves AVX-512BW; `pack_row` reads the row's `k` values and
-            // writes `blocks` blocks of `out`.
-            unsafe { pack_row(&x[r * ld..r * ld + k], out) };
-        }
+        let row_pairs = (blocks * EDGE).max(1);
+        // In parallel: a training step packs a `[tokens, 49152]` gradient for the output head.
+        for_each_chunk_mut(&mut rows.pairs[..n * blocks * EDGE], PACK_ROWS * row_pairs, |i, chunk| {
+            for (j, out) in chunk.chunks_exact_mut(row_pairs).enumerate() {
+                let r = i * PACK_ROWS + j;
+                // SAFETY: the token proves AVX-512BW; `pack_row` reads the row's `k` values and
+                // writes `blocks` blocks of `out`.
+                unsafe { pack_row(&x[r * ld..r * ld + k], out) };
+            }
+        });
         rows
     }
 
