@@ -4,7 +4,9 @@
 # scripts/bench-llamacpp.sh) for prefill tok/s of a 128-token prompt, decode tok/s over 128
 # greedy tokens (adaptkit with f32 and with i8 activations) and peak RSS;
 # PyTorch + PEFT (fp32) for LoRA training tok/s (r=8, all projections, batch 4 x 128) and its
-# peak RSS, against adaptkit with and without activation checkpointing; then, with GPU=1,
+# peak RSS, against adaptkit with and without activation checkpointing; adaptkit's products on
+# bf16 tiles (`--bf16-products`, where the CPU has AMX) for prefill and training, against
+# PyTorch under bf16 autocast as well; then, with GPU=1,
 # adaptkit on this machine's GPU (`bench --device gpu`, with GPU_ARGS, e.g. "--gen-tokens 16
 # --repeats 1 --train-steps 1" on a software GPU, which is slow). Prints the JSON reports and
 # Markdown tables with ratios (the README's tables).
@@ -25,9 +27,13 @@ recompute=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --thread
 # Decode again on integer activations (no training).
 int8=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" \
   --int8-activations --train-steps 0 --json | tail -1)
+# Prefill and training on bf16 tiles (decode is unchanged by them).
+bf16=$("$CARGO_TARGET_DIR/release/adaptkit" bench --model "$model" --threads "$threads" \
+  --bf16-products --gen-tokens 2 --json | tail -1)
 peer=$(scripts/bench-llamacpp.sh "$model" | tail -1)
 clang=$(LLAMACPP_BUILD=clang scripts/bench-llamacpp.sh "$model" | tail -1)
 torch=$("$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
+torch_bf16=$(AUTOCAST=bf16 "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py "$model" 2>/dev/null | tail -1)
 gpu='{}'
 if [ "${GPU:-0}" = 1 ]; then
   # shellcheck disable=SC2086 # GPU_ARGS is a list of options
@@ -40,15 +46,18 @@ echo "$int8"
 echo "$peer"
 echo "$clang"
 echo "$torch"
+echo "$bf16"
+echo "$torch_bf16"
 echo "$gpu"
-python3 - "$ours" "$peer" "$torch" "$recompute" "$gpu" "$int8" "$clang" <<'PY'
+python3 - "$ours" "$peer" "$torch" "$recompute" "$gpu" "$int8" "$clang" "$bf16" "$torch_bf16" <<'PY'
 import json, sys
-ours, peer, torch, recompute, gpu, int8, clang = (json.loads(a) for a in sys.argv[1:])
+ours, peer, torch, recompute, gpu, int8, clang, bf16, torch_bf16 = (json.loads(a) for a in sys.argv[1:])
 print(f"\n{ours['threads']} threads, batch 1, {ours['prompt_tokens']}-token prompt, {ours['gen_tokens']} generated tokens\n")
 print(f"llama.cpp builds: pip = {peer['build']}; clang = {clang['build']}\n")
 print("| | adaptkit | llama.cpp (pip) | llama.cpp (clang) | vs pip | vs clang |")
 print("|---|---|---|---|---|---|")
 for run, key, label, unit in [(ours, "prefill_tok_s", "prefill", "tok/s"),
+                              (bf16, "prefill_tok_s", f"prefill, --bf16-products ({bf16['product_kernel']})", "tok/s"),
                               (ours, "decode_tok_s", "decode, f32 activations", "tok/s"),
                               (int8, "decode_tok_s", "decode, i8 activations", "tok/s"),
                               (ours, "peak_rss_mb", "peak RSS", "MiB")]:
@@ -61,6 +70,14 @@ for label, run in [("", ours), (", activation checkpointing", recompute)]:
     for what, a, b in [("train (tok/s)", run["train_tok_s"], torch["train_tok_s"]),
                        ("train peak RSS (MiB)", run["train_peak_rss_mb"], torch["peak_rss_mb"])]:
         print(f"| {what}{label} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+print(f"\nOn bf16 products: adaptkit --bf16-products ({bf16['product_kernel']}) against PyTorch + PEFT"
+      f" in fp32 and under bf16 autocast\n")
+print("| | adaptkit bf16 | PyTorch fp32 | PyTorch bf16 autocast | vs fp32 | vs bf16 autocast |")
+print("|---|---|---|---|---|---|")
+for what, key, theirs in [("train (tok/s)", "train_tok_s", "train_tok_s"),
+                          ("train peak RSS (MiB)", "train_peak_rss_mb", "peak_rss_mb")]:
+    a, b, c = bf16[key], torch[theirs], torch_bf16[theirs]
+    print(f"| {what} | {a:.1f} | {b:.1f} | {c:.1f} | {a / b:.2f}x | {a / c:.2f}x |")
 if gpu:
     print(f"\nGPU: {gpu['device']} (CPU columns: the runs above)\n")
     print("| | adaptkit GPU | adaptkit CPU | llama.cpp CPU | GPU / CPU | GPU / llama.cpp |")

@@ -3,8 +3,14 @@
 batch 4 x SEQ tokens (128 by default), AdamW lr 1e-4, gradient clipping at 1.0, 2 threads; one warm-up step,
 then the mean over 3 timed steps. Prints one JSON object as its last line.
 
-Usage: "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py [MODEL.gguf [SEQ]]
+With AUTOCAST=bf16 the steps run under `torch.autocast("cpu", torch.bfloat16)` (the linear
+layers in bf16 through oneDNN, on AMX where the CPU has it): the peer of `adaptkit bench
+--bf16-products`.
+
+Usage: [AUTOCAST=bf16] "$(scripts/reference-env.sh)" scripts/bench_torch_peft.py [MODEL.gguf [SEQ]]
 """
+import contextlib
+import os
 import json
 import resource
 import sys
@@ -19,6 +25,9 @@ from transformers import AutoModelForCausalLM
 MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 BATCH, STEPS = 4, 3
 SEQ = int(sys.argv[2]) if len(sys.argv) > 2 else 128
+AUTOCAST = os.environ.get("AUTOCAST", "")
+if AUTOCAST not in ("", "bf16"):
+    sys.exit(f"AUTOCAST={AUTOCAST}: only bf16 is supported")
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -32,7 +41,9 @@ ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=torch.Ge
 
 
 def step():
-    loss = model(input_ids=ids, labels=ids).loss
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if AUTOCAST else contextlib.nullcontext()
+    with autocast:
+        loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
@@ -49,5 +60,5 @@ print(json.dumps({
     "versions": {"torch": torch.__version__, "peft": peft.__version__},
     "train_tok_s": STEPS * BATCH * SEQ / seconds,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "threads": 2, "batch": BATCH, "seq": SEQ,
+    "threads": 2, "batch": BATCH, "seq": SEQ, "precision": "bf16 autocast" if AUTOCAST else "fp32",
 }))
