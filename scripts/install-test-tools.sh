@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suites need beyond the Rust toolchain: the cross targets that the
-# portability checks compile for (a browser, a phone's CPU, and a microcontroller without std),
-# and Mesa's software Vulkan driver (lavapipe) so that the GPU path runs on any machine.
+# portability checks compile for (a browser, a phone's CPU, and a microcontroller without std)
+# and that the kernel tests run on (aarch64 under qemu-user, wasm32 under Node's WASI), and
+# Mesa's software Vulkan driver (lavapipe) so that the GPU path runs on any machine.
 # Idempotent.
 set -euo pipefail
-targets="wasm32-unknown-unknown aarch64-unknown-linux-gnu thumbv7em-none-eabihf aarch64-apple-ios aarch64-linux-android"
+targets="wasm32-unknown-unknown wasm32-wasip1 aarch64-unknown-linux-gnu thumbv7em-none-eabihf aarch64-apple-ios
+  aarch64-linux-android"
 installed=$(rustup target list --installed)
 for t in $targets; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
@@ -14,9 +16,10 @@ done
 # Vulkan adapter and the GPU tests fail, and they are required in CI, see scripts/test.sh); for
 # the Kotlin suite (scripts/jvm-test.sh) a JRE, JNA 5.13 and kotlinx-coroutines 1.0.1 + atomicfu
 # (Maven Central is not reachable), npm for kotlinc; clang checks the Swift bindings' C header.
-# PostgreSQL for the sync server's database lane (scripts/sync-test.sh).
+# PostgreSQL for the sync server's database lane (scripts/sync-test.sh). qemu-user and an aarch64
+# linker and libc run the kernel tests for phones' CPUs (scripts/test-kernels-cross.sh).
 packages="mesa-vulkan-drivers libvulkan1 openjdk-17-jre-headless libjna-java libkotlinx-coroutines-java
-  libkotlinx-atomicfu-java clang postgresql"
+  libkotlinx-atomicfu-java clang postgresql qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
 missing=""
 command -v npm >/dev/null || missing=" npm"
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

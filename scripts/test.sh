@@ -6,7 +6,8 @@
 # Kotlin face on the JVM and the Swift bindings' checks; the browser package and demo in
 # headless Chromium; and the
 # portability checks (the runtime and its journey test for wasm32, aarch64, and the no_std core
-# for a target without std).
+# for a target without std), with the quantized kernels' tests run on aarch64 (qemu) and wasm32
+# (Node's WASI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
@@ -41,6 +42,8 @@ echo "== portability: wasm32 (with the user-journey test), aarch64, no_std core 
 cargo check --release -p adaptkit --target wasm32-unknown-unknown --lib --test runtime
 cargo check --release -p adaptkit --target aarch64-unknown-linux-gnu
 cargo check --release -p adaptkit --no-default-features --target thumbv7em-none-eabihf
+echo "== the quantized kernels on aarch64 NEON (qemu) and wasm32 SIMD128 (Node's WASI)"
+scripts/test-kernels-cross.sh
 # The bindings for phones: an iPhone and an Android arm64 device (linking needs their SDKs).
 cargo check --release -p adaptkit-ffi --target aarch64-apple-ios
 cargo check --release -p adaptkit-ffi --target aarch64-linux-android

@@ -4,9 +4,10 @@
 //! then scaled once per block by `d_w·d_x`. A format's offset term (Q4_1's `m`, Q4_0's `-8·d`)
 //! multiplies the block's exact f32 sum of `x`, so only the product term sees the activation
 //! rounding. Opt-in (`EngineOptions::integer_activations`): on SmolLM2 it decodes 1.2x faster
-//! (AVX-512 VNNI) at 1.6% higher perplexity. The f32-activation kernels stay the default, the reference and
-//! the fallback: for the formats and instruction sets without an integer kernel (x86 only so
-//! far), for prefill and for training.
+//! (AVX-512 VNNI) at 1.6% higher perplexity. Kernels: AVX2 (with AVX-VNNI or AVX-512 VNNI where
+//! present), NEON (with `sdot` where present) and SIMD128. The f32-activation kernels stay the
+//! default, the reference and the fallback: for the other formats and the scalar build, for
+//! prefill and for training.
 
 use alloc::vec::Vec;
 
@@ -103,6 +104,7 @@ mod tests {
     use crate::quant::dequantize;
     use crate::quant::simd::{self, Isa};
     use crate::quant::tests::{config, random_blocks, Rng};
+    use alloc::vec;
     use proptest::prelude::*;
 
     #[test]

@@ -26,8 +26,10 @@ pub(crate) use amx::Tiles;
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Tiles {}
 
+/// Never made (there is no `Tiles` to make one); a struct, so that code after a call that
+/// returns it is not unreachable.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-pub(crate) enum TileRows {}
+pub(crate) struct TileRows(());
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 impl Tiles {
@@ -263,8 +265,8 @@ impl Isa {
         }
     }
 
-    /// Every integer-kernel variant usable here: [`all`](Self::all), and AVX2 without AVX-VNNI
-    /// where the CPU has it.
+    /// Every integer-kernel variant usable here: [`all`](Self::all), AVX2 without AVX-VNNI
+    /// and NEON without `sdot` where the CPU has them.
     #[cfg(test)]
     pub fn all_int8() -> alloc::vec::Vec<Isa> {
         #[allow(unused_mut)]
@@ -273,6 +275,12 @@ impl Isa {
         if let Isa::Avx2(s) = Isa::detect() {
             if s.has_vnni() {
                 all.push(Isa::Avx2(s.without_vnni()));
+            }
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        if let Isa::Neon(s) = Isa::detect() {
+            if s.has_dotprod() {
+                all.push(Isa::Neon(s.without_dotprod()));
             }
         }
         all
@@ -304,17 +312,20 @@ impl Isa {
             Isa::Avx2(s) if s.has_vnni() => "avx2+fma+avx-vnni, i8 activations",
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Isa::Avx2(_) => "avx2+fma, i8 activations",
-            other => other.name(),
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+            Isa::Neon(s) if s.has_dotprod() => "neon sdot, i8 activations",
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+            Isa::Neon(_) => "neon, i8 activations",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Isa::Simd128(_) => "simd128, i8 activations",
+            Isa::Scalar => "scalar",
         }
     }
 
-    /// Whether this instruction set has integer kernels for decode ([`dot_rows_int8`]).
+    /// Whether this instruction set has integer kernels for decode ([`dot_rows_int8`]): every
+    /// one but the scalar reference.
     pub fn has_int8(self) -> bool {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        if let Isa::Avx2(_) = self {
-            return true;
-        }
-        false
+        !matches!(self, Isa::Scalar)
     }
 
     pub fn name(self) -> &'static str {
@@ -363,12 +374,50 @@ pub(crate) unsafe fn dot_rows_int8(isa: Isa, kind: Int8Kind, rows: &[u8], a: &Ac
     match isa {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         Isa::Avx2(s) => avx2::dot_rows_int8(s, kind, rows, a, out),
-        _ => {
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"))]
+        Isa::Neon(s) => neon::dot_rows_int8(s, kind, rows, a, out),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128(s) => wasm::dot_rows_int8(s, kind, rows, a, out),
+        Isa::Scalar => {
             let row_bytes = rows.len() / out.len().max(1);
             for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
                 *o = super::int8::dot_row_ref(kind, row, a);
             }
         }
+    }
+}
+
+/// The body of the integer kernels that take one row and one block at a time (NEON, SIMD128):
+/// each block's 32 byte products summed by the ISA's `dot(weights, nibbles, activations)`, then
+/// scaled and offset in f32 exactly as [`super::int8::dot_row_ref`] does.
+#[cfg(any(
+    all(target_arch = "aarch64", target_feature = "neon", target_endian = "little"),
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+#[inline(always)]
+unsafe fn dot_rows_int8_by_block<S: Simd>(
+    s: S,
+    kind: Int8Kind,
+    rows: &[u8],
+    a: &Activations,
+    out: &mut [f32],
+    dot: impl Fn(*const u8, bool, *const i8) -> i32,
+) {
+    let row_bytes = rows.len() / out.len().max(1);
+    for (row, o) in rows.chunks_exact(row_bytes.max(1)).zip(out.iter_mut()) {
+        prefetch_ahead(s, row);
+        let mut acc = 0f32;
+        for (b, block) in row.chunks_exact(kind.block_bytes()).enumerate() {
+            let dw = super::f16_at(block, 0);
+            let (w, x) = (block.as_ptr(), a.q.as_ptr().add(32 * b));
+            let (dot, offset) = match kind {
+                Int8Kind::Q8_0 => (dot(w.add(2), false, x), 0.0),
+                Int8Kind::Q4_0 => (dot(w.add(2), true, x), -8.0 * dw),
+                Int8Kind::Q4_1 => (dot(w.add(4), true, x), super::f16_at(block, 2)),
+            };
+            acc += dot as f32 * (dw * a.d[b]) + offset * a.sum[b];
+        }
+        *o = acc;
     }
 }
 

@@ -5,6 +5,7 @@
 use core::arch::wasm32::*;
 
 use super::Simd;
+use crate::quant::int8::{Activations, Int8Kind};
 use crate::quant::Format;
 
 /// Proof that SIMD128 is enabled (it is, for this module to exist).
@@ -25,6 +26,46 @@ pub(crate) struct V8(v128, v128);
 /// As [`super::dot_rows`].
 pub(super) unsafe fn dot_rows<F: Format>(s: Simd128, rows: &[u8], x: &[f32], xsum: &[f32], out: &mut [f32]) {
     super::dot_rows_with::<F, Simd128>(s, rows, x, xsum, out)
+}
+
+/// # Safety
+/// As [`super::dot_rows_int8`].
+pub(super) unsafe fn dot_rows_int8(
+    s: Simd128,
+    kind: Int8Kind,
+    rows: &[u8],
+    a: &Activations,
+    out: &mut [f32],
+) {
+    super::dot_rows_int8_by_block(s, kind, rows, a, out, |w, nibbles, x| block_dot(w, nibbles, x))
+}
+
+/// The 32 byte products of a block summed in integers: bytes widened to i16, then
+/// `i32x4.dot_i16x8_s` (baseline SIMD128 has no byte dot product; relaxed SIMD's needs one operand
+/// in 7 bits, which the activations are not).
+///
+/// # Safety
+/// `w` points at 16 bytes of nibbles (value `j` low in byte `j`, value `j + 16` high) when
+/// `nibbles`, else at 32 i8; `x` at 32 i8.
+#[inline(always)]
+unsafe fn block_dot(w: *const u8, nibbles: bool, x: *const i8) -> i32 {
+    let (w0, w1) = if nibbles {
+        let packed = v128_load(w.cast());
+        (v128_and(packed, u8x16_splat(0x0f)), u8x16_shr(packed, 4))
+    } else {
+        (v128_load(w.cast()), v128_load(w.add(16).cast()))
+    };
+    let (x0, x1) = (v128_load(x.cast()), v128_load(x.add(16).cast()));
+    // Nibbles (0..=15) sign-extend to themselves.
+    let dot = |w: v128, x: v128| {
+        let low = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), i16x8_extend_low_i8x16(x));
+        i32x4_add(low, i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), i16x8_extend_high_i8x16(x)))
+    };
+    let sum = i32x4_add(dot(w0, x0), dot(w1, x1));
+    i32x4_extract_lane::<0>(sum)
+        + i32x4_extract_lane::<1>(sum)
+        + i32x4_extract_lane::<2>(sum)
+        + i32x4_extract_lane::<3>(sum)
 }
 
 /// # Safety
