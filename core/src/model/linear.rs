@@ -222,7 +222,7 @@ fn on_host(
     let last = shape.num_dims() - 1;
     let tokens = shape.num_elements() / shape[last].max(1);
     shape[last] = width;
-    let mut out = vec![0f32; tokens * width];
+    let mut out = crate::parallel::zeroed(tokens * width);
     // `QuantLinear::forward` checked the width and dtype, and backward receives gradients of
     // the forward's own f32 output, so neither the slice nor the kernel can fail here.
     let input = x.as_slice::<f32>().expect("contiguous f32 activations");

@@ -99,6 +99,25 @@ pub fn for_each_chunk_mut_spinning<T: Send>(
     for_each_chunk_mut(out, chunk_len, work)
 }
 
+/// `len` zeros, written in parallel on the installed pool when the buffer is large: the serial
+/// memsets of the buffers a training step allocates (outputs and gradients of every layer) took
+/// ~6% of a step on two threads while the other thread waited.
+pub fn zeroed<T: Copy + Default + Send>(len: usize) -> alloc::vec::Vec<T> {
+    const CHUNK: usize = 1 << 16;
+    if len <= CHUNK {
+        return alloc::vec![T::default(); len];
+    }
+    let mut values = alloc::vec::Vec::with_capacity(len);
+    for_each_chunk_mut(&mut values.spare_capacity_mut()[..len], CHUNK, |_, chunk| {
+        chunk.iter_mut().for_each(|v| {
+            v.write(T::default());
+        });
+    });
+    // SAFETY: the loop above wrote each of the first `len` values.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// Calls `work(i)` for each `i < count`, in parallel on the installed pool (sequentially inside
 /// a team's loop on one of its helpers): for tasks whose outputs interleave in memory (columns of
 /// a row-major matrix), which no split of a slice expresses.

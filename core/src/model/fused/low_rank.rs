@@ -6,7 +6,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::parallel::for_each_chunk_mut;
+use crate::parallel::{for_each_chunk_mut, zeroed};
 use crate::quant::{f32_gemm, f32_gemm_acc, AccOperands};
 
 /// Tokens one task covers (8 tasks for a 4 x 128 batch).
@@ -36,7 +36,7 @@ pub fn forward(shape: Shape, x: &[f32], a: &[f32], b: &[f32], scale: f32) -> (Ve
         f32_gemm(x, a, d_in, rank, middle);
     });
     let b_t = transpose(b, d_out, rank, 1.0);
-    let mut y = vec![0.0; tokens * d_out];
+    let mut y = zeroed(tokens * d_out);
     for_each_chunk_mut(&mut y, TOKEN_CHUNK * d_out, |i, y| {
         let n = y.len() / d_out.max(1);
         let scaled: Vec<f32> =
@@ -71,7 +71,7 @@ pub fn backward(
         g.iter_mut().for_each(|v| *v *= scale);
     });
     let dx = want_x.then(|| {
-        let mut dx = vec![0.0; tokens * d_in];
+        let mut dx = zeroed(tokens * d_in);
         for_each_chunk_mut(&mut dx, TOKEN_CHUNK * d_in, |i, dx| {
             let n = dx.len() / d_in.max(1);
             let ops = AccOperands {

@@ -24,6 +24,7 @@ use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 
 use crate::device::is_host;
+use crate::parallel::zeroed;
 pub(crate) use elementwise::{rms_norm_row, silu};
 
 /// `x / rms(x) * weight` over the last dimension of `x: [batch, len, d]`.
@@ -226,7 +227,7 @@ impl FusedKernels for Flex {
         let (x, weight) = (contiguous(x), contiguous(weight));
         let shape = x.shape();
         let rows = shape.num_elements() / weight.shape().num_elements().max(1);
-        let mut y = vec![0.0; shape.num_elements()];
+        let mut y = zeroed(shape.num_elements());
         let mut inverse_rms = vec![0.0; rows];
         elementwise::rms_norm(data(&x), data(&weight), eps, &mut y, &mut inverse_rms);
         (host_tensor(y, shape), host_tensor(inverse_rms, Shape::from(vec![rows])))
@@ -241,7 +242,7 @@ impl FusedKernels for Flex {
     ) -> (FlexTensor, Option<FlexTensor>) {
         let (x, weight, inverse_rms, dy) =
             (contiguous(x), contiguous(weight), contiguous(inverse_rms), contiguous(dy));
-        let mut dx = vec![0.0; x.shape().num_elements()];
+        let mut dx = zeroed(x.shape().num_elements());
         let mut dw = weight_grad.then(|| vec![0.0; weight.shape().num_elements()]);
         let (x_values, w) = (data(&x), data(&weight));
         elementwise::rms_norm_backward(
@@ -257,7 +258,7 @@ impl FusedKernels for Flex {
 
     fn swiglu_forward(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         let (gate, up) = (contiguous(gate), contiguous(up));
-        let mut y = vec![0.0; gate.shape().num_elements()];
+        let mut y = zeroed(gate.shape().num_elements());
         elementwise::swiglu(data(&gate), data(&up), &mut y);
         host_tensor(y, gate.shape())
     }
@@ -265,7 +266,7 @@ impl FusedKernels for Flex {
     fn swiglu_backward(gate: FlexTensor, up: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
         let (gate, up, dy) = (contiguous(gate), contiguous(up), contiguous(dy));
         let n = gate.shape().num_elements();
-        let (mut d_gate, mut d_up) = (vec![0.0; n], vec![0.0; n]);
+        let (mut d_gate, mut d_up) = (zeroed(n), zeroed(n));
         elementwise::swiglu_backward(data(&gate), data(&up), data(&dy), &mut d_gate, &mut d_up);
         (host_tensor(d_gate, gate.shape()), host_tensor(d_up, up.shape()))
     }
@@ -273,7 +274,7 @@ impl FusedKernels for Flex {
     fn rope_forward(x: FlexTensor, cos: FlexTensor, signed_sin: FlexTensor, back: bool) -> FlexTensor {
         let (x, cos, signed_sin) = (contiguous(x), contiguous(cos), contiguous(signed_sin));
         let shape = x.shape();
-        let mut y = vec![0.0; shape.num_elements()];
+        let mut y = zeroed(shape.num_elements());
         let head_dim = shape[shape.num_dims() - 1];
         elementwise::rope(data(&x), data(&cos), data(&signed_sin), head_dim, back, &mut y);
         host_tensor(y, shape)
@@ -287,7 +288,7 @@ impl FusedKernels for Flex {
     ) -> (FlexTensor, AttentionSaved<Self>) {
         let (q, keys, values) = (contiguous(q), contiguous(keys), contiguous(values));
         let shape = attention_shape(&q, &keys, groups);
-        let mut out = vec![0.0; q.shape().num_elements()];
+        let mut out = zeroed(q.shape().num_elements());
         let mut log_sum_exp = vec![0.0; shape.heads * shape.rows];
         attention::forward(shape, data(&q), data(&keys), data(&values), &mut out, &mut log_sum_exp);
         let [b, kv, rows, _] = dims4(&q);
@@ -303,9 +304,9 @@ impl FusedKernels for Flex {
         let AttentionSaved { q, keys, values, out, log_sum_exp, groups } = saved;
         let d_out = contiguous(d_out);
         let shape = attention_shape(&q, &keys, groups);
-        let mut dq = vec![0.0; q.shape().num_elements()];
-        let mut dk = vec![0.0; keys.shape().num_elements()];
-        let mut dv = vec![0.0; keys.shape().num_elements()];
+        let mut dq = zeroed(q.shape().num_elements());
+        let mut dk = zeroed(keys.shape().num_elements());
+        let mut dv = zeroed(keys.shape().num_elements());
         let forward = attention::Forward {
             q: data(&q),
             keys: data(&keys),

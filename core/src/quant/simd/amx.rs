@@ -26,7 +26,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::parallel::for_each_chunk_mut;
+use crate::parallel::{for_each_chunk_mut, zeroed};
 
 /// Values of the summed dimension in one tile: 16 pairs.
 const BLOCK: usize = 32;
@@ -63,7 +63,7 @@ impl Tiles {
     pub fn rows(self, x: &[f32], n: usize, k: usize, ld: usize) -> TileRows {
         assert!(k <= ld && (n == 0 || x.len() >= (n - 1) * ld + k));
         let blocks = k.div_ceil(BLOCK);
-        let mut rows = TileRows { pairs: vec![0; n.next_multiple_of(2 * EDGE) * blocks * EDGE], blocks };
+        let mut rows = TileRows { pairs: zeroed(n.next_multiple_of(2 * EDGE) * blocks * EDGE), blocks };
         let row_pairs = (blocks * EDGE).max(1);
         // In parallel: a training step packs a `[tokens, 49152]` gradient for the output head.
         for_each_chunk_mut(&mut rows.pairs[..n * blocks * EDGE], PACK_ROWS * row_pairs, |i, chunk| {
