@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::int8::{Activations, Int8Kind};
-use super::simd::{self, Isa, Tiles};
+use super::simd::{self, Isa, TileProduct, Tiles};
 use super::{byte_len, FormatOps, GgmlType, QuantError};
 use crate::bytes::SharedBytes;
 use crate::parallel::{for_each_chunk_mut, for_each_chunk_mut_spinning, for_each_index};
@@ -258,7 +258,9 @@ impl QuantMatrix {
             // SAFETY: `x` holds the `tokens` rows of `cols` values `matmul` checked; `y` has
             // `tokens` rows of `rows` values, of which this task alone writes columns
             // `first..first + n`.
-            unsafe { tiles.product(&x, tokens, &w, n, self.cols, y.at(first), self.rows) };
+            let product =
+                TileProduct { a: &x, tokens, w: &w, n, width: self.cols, out: y.at(first), ld: self.rows };
+            unsafe { tiles.product(product) };
         });
     }
 
@@ -315,7 +317,9 @@ impl QuantMatrix {
                 // SAFETY: `dy` holds `tokens` rows of the slab's `n` values; `dx` has `tokens`
                 // rows of `cols` values, of which this task alone touches columns
                 // `i * band..i * band + width`.
-                unsafe { tiles.product_acc(&dy, tokens, &w, n, width, dx.at(i * band), self.cols) };
+                let product =
+                    TileProduct { a: &dy, tokens, w: &w, n, width, out: dx.at(i * band), ld: self.cols };
+                unsafe { tiles.product_acc(product) };
             });
         }
     }

@@ -26,6 +26,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use super::TileProduct;
 use crate::parallel::{for_each_chunk_mut, zeroed};
 
 /// Values of the summed dimension in one tile: 16 pairs.
@@ -77,27 +78,19 @@ impl Tiles {
         rows
     }
 
-    /// `y[t * ldy + r] = Σ_c x[t, c] · w[r, c]` for the `tokens` rows of `x` and the `n` rows of
-    /// `w` (`k` values each, f32, rounded to bf16 here): the prefill product of one group of
-    /// decoded weight rows, written into its columns of the `[tokens, ldy]` result.
+    /// `out[t * ld + r] = Σ_c a[t, c] · w[r, c]` for the `tokens` rows of `a` and the `n` rows of
+    /// `w` (`width` values each, f32, rounded to bf16 here): the prefill product of one group of
+    /// decoded weight rows, written into its `n` columns of the result.
     ///
     /// # Safety
-    /// `x` holds `tokens` rows of `k` values ([`rows`](Self::rows)); `y` is valid for writes at
-    /// `t * ldy + r` for every `t < tokens`, `r < n`, and no other thread touches those places.
-    pub unsafe fn product(
-        self,
-        x: &TileRows,
-        tokens: usize,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        y: *mut f32,
-        ldy: usize,
-    ) {
+    /// `a` holds `tokens` rows of `width` values ([`rows`](Self::rows)); `out` is valid for writes
+    /// at `t * ld + r` for every `t < tokens`, `r < n`, and no other thread touches those places.
+    pub unsafe fn product(self, p: TileProduct) {
+        let TileProduct { a, tokens, w, n, width: k, out, ld } = p;
         assert!(
-            w.len() >= n * k && x.blocks == k.div_ceil(BLOCK) && x.pairs.len() >= tokens * x.blocks * EDGE
+            w.len() >= n * k && a.blocks == k.div_ceil(BLOCK) && a.pairs.len() >= tokens * a.blocks * EDGE
         );
-        let blocks = x.blocks;
+        let blocks = a.blocks;
         let col_tiles = n.div_ceil(EDGE).next_multiple_of(2);
         let mut b = vec![0u32; col_tiles * blocks * TILE_PAIRS];
         for (tile, lines) in b.chunks_exact_mut(blocks * TILE_PAIRS).enumerate() {
@@ -106,7 +99,7 @@ impl Tiles {
             // Padding tiles (no rows) stay zero.
             pack_transposed(w.get(first * k..(first + rows) * k).unwrap_or(&[]), rows, k, lines);
         }
-        let out = Output { at: y, ld: ldy, rows: tokens, cols: n };
+        let out = Output { at: out, ld, rows: tokens, cols: n };
         let session = Session::start();
         for t in (0..tokens).step_by(2 * EDGE) {
             for c in (0..col_tiles).step_by(2) {
@@ -114,31 +107,22 @@ impl Tiles {
                 zero::<1>();
                 zero::<2>();
                 zero::<3>();
-                session.accumulate(x, t, &b, c, blocks);
+                session.accumulate(a, t, &b, c, blocks);
                 out.store_quad(t, c * EDGE);
             }
         }
     }
 
-    /// `out[t * ldo + c] += Σ_{r < n} dy[t, r] · w[r, c]` for the `tokens` rows of `dy` (`n`
-    /// values each) and `n` weight rows of `width` f32 values (rounded to bf16 here): one slab of
-    /// the product with `Wᵀ` that carries gradients back through a frozen weight.
+    /// `out[t * ld + c] += Σ_{r < n} a[t, r] · w[r, c]` for the `tokens` rows of `a` (`n` values
+    /// each) and `n` weight rows of `width` f32 values (rounded to bf16 here): one slab of the
+    /// product with `Wᵀ` that carries gradients back through a frozen weight.
     ///
     /// # Safety
-    /// `dy` holds `tokens` rows of `n` values ([`rows`](Self::rows)); `out` is valid for reads
-    /// and writes at `t * ldo + c` for every `t < tokens`, `c < width`, and no other thread
-    /// touches those places.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product_acc(
-        self,
-        dy: &TileRows,
-        tokens: usize,
-        w: &[f32],
-        n: usize,
-        width: usize,
-        out: *mut f32,
-        ldo: usize,
-    ) {
+    /// `a` holds `tokens` rows of `n` values ([`rows`](Self::rows)); `out` is valid for reads and
+    /// writes at `t * ld + c` for every `t < tokens`, `c < width`, and no other thread touches
+    /// those places.
+    pub unsafe fn product_acc(self, p: TileProduct) {
+        let TileProduct { a: dy, tokens, w, n, width, out, ld } = p;
         assert!(
             w.len() >= n * width
                 && dy.blocks == n.div_ceil(BLOCK)
@@ -150,7 +134,7 @@ impl Tiles {
         for (tile, lines) in b.chunks_exact_mut(blocks * TILE_PAIRS).enumerate() {
             pack_row_pairs(w, n, width, tile * EDGE, lines);
         }
-        let out = Output { at: out, ld: ldo, rows: tokens, cols: width };
+        let out = Output { at: out, ld, rows: tokens, cols: width };
         let session = Session::start();
         for t in (0..tokens).step_by(2 * EDGE) {
             for c in (0..col_tiles).step_by(2) {
@@ -526,9 +510,9 @@ mod tests {
             // Forward: y[t, r] into a wider result, beside columns it must leave alone.
             let ldy = n + 3;
             let mut y = vec![f32::NAN; tokens * ldy];
-            unsafe {
-                tiles.product(&tiles.rows(&x, tokens, k, k), tokens, &w, n, k, y.as_mut_ptr().add(1), ldy)
-            };
+            let a = tiles.rows(&x, tokens, k, k);
+            let out = unsafe { y.as_mut_ptr().add(1) };
+            unsafe { tiles.product(TileProduct { a: &a, tokens, w: &w, n, width: k, out, ld: ldy }) };
             for t in 0..tokens {
                 assert!(y[t * ldy].is_nan() && y[t * ldy + n + 1].is_nan(), "wrote outside its columns");
                 for r in 0..n {
@@ -545,9 +529,9 @@ mod tests {
             let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
             let mut dx = rng.values(tokens * k, 1.0);
             let before = dx.clone();
-            unsafe {
-                tiles.product_acc(&tiles.rows(&dy, tokens, n, n), tokens, &w, n, k, dx.as_mut_ptr(), k)
-            };
+            let a = tiles.rows(&dy, tokens, n, n);
+            let out = dx.as_mut_ptr();
+            unsafe { tiles.product_acc(TileProduct { a: &a, tokens, w: &w, n, width: k, out, ld: k }) };
             for t in 0..tokens {
                 for c in 0..k {
                     let (exact, mag) = reference(&dy, &wt, n, t, c);

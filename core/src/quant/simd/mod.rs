@@ -19,7 +19,7 @@ mod wasm;
 #[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 pub(crate) use amx::round_bf16;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub(crate) use amx::Tiles;
+pub(crate) use amx::{TileRows, Tiles};
 
 /// No tile unit on this target: the type exists so that callers need no `cfg`, and has no value.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -41,33 +41,29 @@ impl Tiles {
         match self {}
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product(
-        self,
-        _: &TileRows,
-        _: usize,
-        _: &[f32],
-        _: usize,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-    ) {
+    pub unsafe fn product(self, _: TileProduct) {
         match self {}
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product_acc(
-        self,
-        _: &TileRows,
-        _: usize,
-        _: &[f32],
-        _: usize,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-    ) {
+    pub unsafe fn product_acc(self, _: TileProduct) {
         match self {}
     }
+}
+
+/// The operands of a [`Tiles`] product: `tokens` rows of `a` (the tokens, packed), the `n`
+/// decoded weight rows `w` of `width` f32 values each, and the result at `out`, `ld` values
+/// between its rows.
+#[derive(Clone, Copy)]
+// Where there is no tile unit nothing reads them (no product runs).
+#[cfg_attr(not(all(target_arch = "x86_64", target_os = "linux")), allow(dead_code))]
+pub(crate) struct TileProduct<'a> {
+    pub a: &'a TileRows,
+    pub tokens: usize,
+    pub w: &'a [f32],
+    pub n: usize,
+    pub width: usize,
+    pub out: *mut f32,
+    pub ld: usize,
 }
 
 /// Eight-lane SIMD operations, all `#[inline(always)]` in the implementations so that they
