@@ -17,8 +17,8 @@ mod gguf;
 mod spec;
 mod stream;
 
-pub use chat::{ChatTemplate, Message, CHATML_TEMPLATE};
-pub use spec::TokenizerSpec;
+pub use chat::{ChatTemplate, Message, CHATML_TEMPLATE, GEMMA_TEMPLATE};
+pub use spec::{TokenizerSpec, VocabularyKind};
 pub use stream::StreamDecoder;
 
 use std::path::{Path, PathBuf};
@@ -54,8 +54,14 @@ pub enum TokenizerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("tokenizer.ggml.model = {model:?} is not supported (only \"gpt2\", byte-level BPE, is)")]
+    #[error("tokenizer.ggml.model = {model:?} is not supported (supported: \"gpt2\", byte-level BPE, and \"llama\", SentencePiece)")]
     UnsupportedModel { model: String },
+    #[error("this SentencePiece vocabulary has no tokenizer.ggml.scores, which rank its pieces")]
+    MissingScores,
+    #[error("tokenizer.ggml.scores has {scores} entries for {tokens} tokens")]
+    ScoresLength { tokens: usize, scores: usize },
+    #[error("tokenizer.ggml.add_space_prefix is true or absent: SentencePiece vocabularies that prepend a space (Llama 2) are not supported yet; Gemma's (false) are")]
+    SpacePrefix,
     #[error(
         "tokenizer.ggml.pre = {pre:?} is not a pre-tokenizer this runtime knows (known: {})",
         spec::known_pre_tokenizers()
@@ -248,13 +254,16 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// The model's chat template, compiled, with this tokenizer's BOS/EOS text; ChatML when the
-    /// model has none. A broken template fails here, not when the tokenizer loads, so a model
-    /// with one still tokenizes plain text.
+    /// The model's chat template, compiled, with this tokenizer's BOS/EOS text; when the model
+    /// has none, Gemma's for a vocabulary with Gemma's turn tokens and ChatML otherwise. A broken
+    /// template fails here, not when the tokenizer loads, so a model with one still tokenizes
+    /// plain text.
     pub fn chat_template(&self) -> Result<ChatTemplate, TokenizerError> {
         let bos = self.bos.and_then(|id| self.token_text(id));
         let eos = self.eos.and_then(|id| self.token_text(id));
-        let source = self.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
+        let gemma = self.token_id("<start_of_turn>").is_some() && self.token_id("<end_of_turn>").is_some();
+        let fallback = if gemma { GEMMA_TEMPLATE } else { CHATML_TEMPLATE };
+        let source = self.chat_template.as_deref().unwrap_or(fallback);
         ChatTemplate::new(source, bos.as_deref(), eos.as_deref())
     }
 }

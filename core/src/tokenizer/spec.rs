@@ -1,14 +1,20 @@
-//! A byte-level BPE described by its vocabulary, merges and special tokens, the way GGUF metadata
-//! describes it, and how it becomes a `tokenizers` tokenizer.
+//! A tokenizer described by its vocabulary, merges or scores and special tokens, the way GGUF
+//! metadata describes it, and how it becomes a `tokenizers` tokenizer: a byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`: SmolLM, Llama 3, Qwen) or a SentencePiece vocabulary (`llama`:
+//! Gemma), both as transformers builds them from the same file.
 
 use serde::{Deserialize, Serialize};
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::{Tokenizer, TokenizerError};
 
@@ -18,6 +24,10 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 /// llama.cpp's `LLAMA_TOKEN_TYPE_USER_DEFINED`: an added token (`<think>`) that is matched whole
 /// but is not special.
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+/// llama.cpp's `LLAMA_TOKEN_TYPE_NORMAL`: a piece the SentencePiece model learned.
+const TOKEN_TYPE_NORMAL: i32 = 1;
+/// SentencePiece's word-boundary mark, which stands for a space inside pieces.
+const SPACE_MARK: char = '\u{2581}';
 
 /// Llama 3's split (`tokenizer.ggml.pre` = `llama-bpe`): like GPT-2's, but case-insensitive
 /// contractions, numbers in groups of up to three digits and newlines kept apart from other
@@ -48,11 +58,27 @@ pub(super) fn known_pre_tokenizers() -> String {
     PRE_TOKENIZERS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }
 
-/// A byte-level BPE as GGUF metadata describes it (`tokenizer.ggml.*`). Tokens are spelled in
-/// GPT-2's byte alphabet (`"Ġworld"` for `" world"`); `merges` are `"Ġ w"` pairs, best first.
-/// Serde-able so that a spec can be dumped from a model once and rebuilt in tests.
+/// The kind of vocabulary (`tokenizer.ggml.model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VocabularyKind {
+    /// `gpt2`: byte-level BPE with merges.
+    #[default]
+    BytePair,
+    /// `llama`: SentencePiece pieces with scores, `▁` for spaces, byte fallback.
+    SentencePiece,
+}
+
+/// A tokenizer as GGUF metadata describes it (`tokenizer.ggml.*`). A byte-level BPE spells its
+/// tokens in GPT-2's byte alphabet (`"Ġworld"` for `" world"`) and lists `merges` as `"Ġ w"`
+/// pairs, best first; a SentencePiece vocabulary spells spaces `▁` and ranks its pieces by
+/// `scores`. Serde-able so that a spec can be dumped from a model once and rebuilt in tests.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenizerSpec {
+    #[serde(default)]
+    pub kind: VocabularyKind,
+    /// SentencePiece piece scores by id (`tokenizer.ggml.scores`), higher merging first.
+    #[serde(default)]
+    pub scores: Vec<f32>,
     /// Token text by id (`tokenizer.ggml.tokens`).
     pub tokens: Vec<String>,
     /// `"left right"` pairs in priority order (`tokenizer.ggml.merges`).
@@ -70,6 +96,10 @@ pub struct TokenizerSpec {
     pub pre: Option<String>,
     /// Jinja source (`tokenizer.chat_template`).
     pub chat_template: Option<String>,
+    /// The unknown piece (`tokenizer.ggml.unknown_token_id`), what SentencePiece gives a
+    /// character it has no piece or byte for.
+    #[serde(default)]
+    pub unknown: Option<u32>,
 }
 
 impl TokenizerSpec {
@@ -81,7 +111,7 @@ impl TokenizerSpec {
                 token_types: self.token_types.len(),
             });
         }
-        for (role, id) in [("BOS", self.bos), ("EOS", self.eos), ("PAD", self.pad)] {
+        for (role, id) in [("BOS", self.bos), ("EOS", self.eos), ("PAD", self.pad), ("UNK", self.unknown)] {
             if let Some(id) = id.filter(|&id| id as usize >= n_tokens) {
                 return Err(TokenizerError::SpecialIdOutOfRange {
                     role,
@@ -89,6 +119,9 @@ impl TokenizerSpec {
                     vocab_size: n_tokens,
                 });
             }
+        }
+        if self.kind == VocabularyKind::SentencePiece {
+            return self.build_sentencepiece();
         }
         let pre_tokenizer = pre_tokenizer(self.pre.as_deref().unwrap_or("default"))?;
         let post_processor = self.post_processor()?;
@@ -110,12 +143,85 @@ impl TokenizerSpec {
             .with_pre_tokenizer(Some(pre_tokenizer))
             .with_decoder(Some(ByteLevelDecoder::default()))
             .with_post_processor(post_processor);
-        let (special, added) = self.added_tokens();
+        self.finish(inner)
+    }
+
+    /// The special and added tokens, then the [`Tokenizer`].
+    fn finish(self, mut inner: tokenizers::Tokenizer) -> Result<Tokenizer, TokenizerError> {
+        let vocab = inner.get_vocab(false);
+        let (special, mut added) = self.added_tokens();
+        // A user-defined piece the vocabulary respelled (`"  "` as `"▁▁"`) is made by merges.
+        added.retain(|token| vocab.contains_key(&token.content));
         inner
             .add_special_tokens(special)
             .and_then(|_| inner.add_tokens(added))
             .map_err(TokenizerError::backend("to add the special tokens"))?;
         Ok(Tokenizer::assemble(inner, self.bos, self.eos, self.pad, self.chat_template))
+    }
+
+    /// A SentencePiece vocabulary as a BPE with byte fallback, as transformers builds Gemma's
+    /// from a GGUF: spaces become `▁` before BPE; pieces of only spaces, which GGUF spells with
+    /// real spaces, are respelled with `▁`; the merges are every split of a piece into two
+    /// pieces, ranked by the piece's score (pieces of other types, whose scores are placeholders,
+    /// first, in file order, as SentencePiece matches user-defined pieces before learned ones).
+    fn build_sentencepiece(self) -> Result<Tokenizer, TokenizerError> {
+        let n_tokens = self.tokens.len();
+        if self.scores.len() != n_tokens {
+            return Err(TokenizerError::ScoresLength { tokens: n_tokens, scores: self.scores.len() });
+        }
+        let post_processor = self.post_processor()?;
+        let pieces: Vec<String> = self
+            .tokens
+            .iter()
+            .map(|t| match t.contains(' ') && t.trim().is_empty() {
+                true => SPACE_MARK.to_string().repeat(t.chars().count()),
+                false => t.clone(),
+            })
+            .collect();
+        let mut vocab = Vocab::with_capacity(n_tokens);
+        for (id, piece) in (0u32..).zip(&pieces) {
+            if let Some(first) = vocab.insert(piece.clone(), id) {
+                return Err(TokenizerError::DuplicateToken { token: piece.clone(), first, second: id });
+            }
+        }
+        let normal = |id: usize| self.token_types.get(id).is_none_or(|&t| t == TOKEN_TYPE_NORMAL);
+        let mut order: Vec<usize> = (0..n_tokens).collect();
+        let scores = &self.scores;
+        order.sort_by(|&a, &b| {
+            normal(a).cmp(&normal(b)).then(scores[b].total_cmp(&scores[a])).then(a.cmp(&b))
+        });
+        let mut merges = Vec::new();
+        for id in order {
+            let piece = &pieces[id];
+            // Longer left halves first, as transformers orders the splits of one piece.
+            let splits = piece.char_indices().skip(1).map(|(at, _)| at).collect::<Vec<_>>();
+            for &at in splits.iter().rev() {
+                let (left, right) = piece.split_at(at);
+                if vocab.contains_key(left) && vocab.contains_key(right) {
+                    merges.push((left.to_string(), right.to_string()));
+                }
+            }
+        }
+        let unk = self.unknown.map(|id| pieces[id as usize].clone());
+        let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+        if let Some(unk) = unk {
+            builder = builder.unk_token(unk);
+        }
+        let bpe = builder.build().map_err(TokenizerError::backend("to build the BPE model"))?;
+        let space = Replace::new(" ", SPACE_MARK.to_string())
+            .map_err(TokenizerError::backend("to build the space normalizer"))?;
+        let unspace = Replace::new(SPACE_MARK.to_string(), " ")
+            .map_err(TokenizerError::backend("to build the space decoder"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_normalizer(Some(space)).map_err(TokenizerError::backend("to set the normalizer"))?;
+        inner
+            .with_decoder(Some(DecoderSequence::new(vec![
+                DecoderWrapper::Replace(unspace),
+                DecoderWrapper::ByteFallback(ByteFallback::new()),
+                DecoderWrapper::Fuse(Fuse::new()),
+            ])))
+            .with_post_processor(post_processor);
+        self.finish(inner)
     }
 
     /// BOS/EOS around the text when the metadata asks for them; none otherwise.
