@@ -13,15 +13,21 @@ use serde_json::json;
 use crate::args::{parse, read_text, AdapterArgs, ModelArgs};
 use crate::{emit, fetch, progress, say, CliError, Output};
 
-pub fn fetch(dir: Option<PathBuf>, out: Output) -> Result<(), CliError> {
+pub fn fetch(dir: Option<PathBuf>, model: Option<String>, out: Output) -> Result<(), CliError> {
     let dir = dir.unwrap_or_else(fetch::default_dir);
-    let fetched = fetch::fetch(&dir)?;
+    let model = model.as_deref().unwrap_or(fetch::MODELS[0]);
+    let fetched = fetch::fetch(&dir, model)?;
     let path = fetched.path.display().to_string();
-    // The model is what `fetch` is for; a missing generator only disables `personalize`.
-    let generator = fetch::install_generator(&dir)
-        .map_err(|e| eprintln!("warning: generator not installed: {}", e.message))
-        .ok()
-        .map(|p| p.display().to_string());
+    // The model is what `fetch` is for; a missing generator only disables `personalize`. Only
+    // the demo model has one.
+    let generator = (model == fetch::MODELS[0])
+        .then(|| {
+            fetch::install_generator(&dir)
+                .map_err(|e| eprintln!("warning: generator not installed: {}", e.message))
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .flatten();
     let report = json!({"model": path, "sha256": fetched.sha256, "downloaded": fetched.downloaded, "generator": generator});
     emit(out, &report, &[], || say(format_args!("{path}\n")));
     Ok(())

@@ -31,11 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download the demo model (SmolLM2-135M-Instruct, GGUF Q4_1) into the cache.
+    /// Download a model into the cache: the demo model (SmolLM2-135M-Instruct, GGUF Q4_1) or --model gemma3-270m.
     Fetch {
         /// Directory to cache it in (default: $ADAPTKIT_HOME/models or ~/.cache/adaptkit/models).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Which model: smollm2-135m (the demo model, default) or gemma3-270m (Gemma 3 270M,
+        /// GGUF Q4_K_M, under the Gemma terms, installed beside it).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fetch::MODELS))]
+        model: Option<String>,
         #[command(flatten)]
         out: Output,
     },
@@ -173,7 +177,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Fetch { dir, out } => commands::fetch(dir, out),
+        Command::Fetch { dir, model, out } => commands::fetch(dir, model, out),
         Command::Info(args) => commands::info(args),
         Command::Generate(args) => commands::generate(args),
         Command::Eval(args) => commands::eval(args),
