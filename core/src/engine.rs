@@ -16,7 +16,7 @@ use crate::format::safetensors::SafetensorsFile;
 use crate::format::{map_file_stamped, FileStamp};
 use crate::generate::{self, GenerateOptions, Generation, GenerationEvent};
 use crate::model::linear::read_f32;
-use crate::model::{Adapters, Llama, LlamaConfig};
+use crate::model::{Adapters, Decoder, DecoderConfig};
 use crate::parallel::Threads;
 use crate::tokenizer::{Message, Tokenizer};
 
@@ -75,7 +75,7 @@ pub struct Origin {
 }
 
 pub struct Engine {
-    model: Llama,
+    model: Decoder,
     tokenizer: Tokenizer,
     threads: Threads,
     files: ModelFiles,
@@ -156,7 +156,7 @@ impl Engine {
         Ok(Self { model, tokenizer, threads, files, origin, compute })
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &Decoder {
         &self.model
     }
 
@@ -383,9 +383,9 @@ fn read(path: &Path) -> Result<(SharedBytes, FileStamp), Error> {
     map_file_stamped(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
-fn load_gguf(bytes: SharedBytes, device: &Device) -> Result<(Llama, Tokenizer, ModelFiles), Error> {
+fn load_gguf(bytes: SharedBytes, device: &Device) -> Result<(Decoder, Tokenizer, ModelFiles), Error> {
     let gguf = GgufFile::from_bytes(bytes)?;
-    let model = Llama::from_gguf(&gguf, device)?;
+    let model = Decoder::from_gguf(&gguf, device)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     Ok((model, tokenizer, ModelFiles::Gguf(gguf)))
 }
@@ -395,16 +395,16 @@ fn hf_model(
     label: &str,
     shards: &[SafetensorsFile],
     device: &Device,
-) -> Result<Llama, Error> {
+) -> Result<Decoder, Error> {
     let json: serde_json::Value =
         serde_json::from_slice(config_json).map_err(|e| Error::Config(format!("{label}: {e}")))?;
     if shards.is_empty() {
         return Err(Error::Config(format!("{label}: the model has no *.safetensors files")));
     }
-    Llama::from_safetensors(LlamaConfig::from_hf_json(&json)?, shards, device)
+    Decoder::from_safetensors(DecoderConfig::from_hf_json(&json)?, shards, device)
 }
 
-fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Llama, Tokenizer, ModelFiles, Origin), Error> {
+fn load_hf_dir(dir: &Path, device: &Device) -> Result<(Decoder, Tokenizer, ModelFiles, Origin), Error> {
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let mut stamps = Vec::new();
     let mut read_small = |name: &str| -> Result<Option<Vec<u8>>, Error> {

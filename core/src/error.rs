@@ -29,7 +29,7 @@ pub enum Error {
     #[cfg(feature = "std")]
     #[error("writing failed: {0}")]
     Write(#[from] std::io::Error),
-    #[error("unsupported architecture '{0}' (supported: llama, mistral)")]
+    #[error("unsupported architecture '{0}' (supported: llama, mistral, gemma3)")]
     UnsupportedArchitecture(String),
     #[error("the model has no tensor '{0}'")]
     MissingTensor(String),

@@ -12,7 +12,7 @@ use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::control::CancelToken;
 use adaptkit::device::wait;
 use adaptkit::engine::ModelSource;
-use adaptkit::model::{Llama, Projection};
+use adaptkit::model::{Decoder, Projection};
 use adaptkit::quant::GgmlType;
 use adaptkit::runtime::personalize::GeneratorSource;
 use adaptkit::runtime::{Context, Model, OpenOptions};
@@ -31,7 +31,7 @@ fn config(window: usize) -> GeneratorConfig {
 }
 
 /// A generator with every parameter moved (so `B` is not zero and it changes the model).
-fn moved_generator(model: &Llama, window: usize) -> Generator {
+fn moved_generator(model: &Decoder, window: usize) -> Generator {
     let mut generator = Generator::new(config(window), model, 3).unwrap();
     let mut r = Rng(81);
     for (_, param) in generator.parameters_mut() {
@@ -44,7 +44,7 @@ fn moved_generator(model: &Llama, window: usize) -> Generator {
 }
 
 /// The block inputs of `tokens` as `rows` rows, for a training-style context.
-fn hidden_of(model: &Llama, tokens: &[u32], rows: usize) -> Vec<Tensor<3>> {
+fn hidden_of(model: &Decoder, tokens: &[u32], rows: usize) -> Vec<Tensor<3>> {
     let mut hidden = Vec::new();
     Generator::block_inputs(model, tokens, rows, &mut |_, x| {
         hidden.push(x.clone());
@@ -58,7 +58,7 @@ fn select(values: Vec<f32>, rows: usize, chunks: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, chunks]), &Device::flex())
 }
 
-fn encoded(generator: &Generator, model: &Llama, pieces: &[&[u32]]) -> ContextState {
+fn encoded(generator: &Generator, model: &Decoder, pieces: &[&[u32]]) -> ContextState {
     let mut state = generator.empty_state();
     for piece in pieces {
         wait(generator.encode(model, piece, &mut state, &CancelToken::new())).unwrap();
@@ -66,7 +66,7 @@ fn encoded(generator: &Generator, model: &Llama, pieces: &[&[u32]]) -> ContextSt
     state
 }
 
-fn tiny(dir: &TempDir, seed: u64) -> (std::path::PathBuf, Llama) {
+fn tiny(dir: &TempDir, seed: u64) -> (std::path::PathBuf, Decoder) {
     let path = dir.join(&format!("tiny-{seed}.gguf"));
     Weights::random(seed).write_gguf(&path, GgmlType::Q8_0, None);
     let model = load_gguf(&path);
@@ -222,7 +222,7 @@ fn train_options(steps: usize) -> GeneratorTrainOptions {
     }
 }
 
-fn trainable_generator(model: &Llama) -> Generator {
+fn trainable_generator(model: &Decoder) -> Generator {
     let mut generator = Generator::new(config(8), model, 5).unwrap();
     for (_, p) in generator.parameters_mut() {
         *p = p.clone().require_grad();
@@ -502,11 +502,11 @@ fn the_gpu_trains_and_generates_like_the_cpu() {
     Weights::random(65).write_gguf(&path, GgmlType::Q4_1, None);
     let gguf = adaptkit::format::gguf::GgufFile::open(&path).unwrap();
     let saved = dir.join("generator");
-    let cpu = Llama::from_gguf(&gguf, &Device::flex().autodiff()).unwrap();
+    let cpu = Decoder::from_gguf(&gguf, &Device::flex().autodiff()).unwrap();
     moved_generator(&cpu, 8).save(&saved, &cpu).unwrap();
     let mut results = Vec::new();
     for device in [Device::flex().autodiff(), gpu.autodiff()] {
-        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        let model = Decoder::from_gguf(&gguf, &device).unwrap();
         let peft = adaptkit::format::peft::PeftDir::read(&saved).unwrap();
         let mut generator = Generator::from_peft(&peft, &model).unwrap();
         let lora = generator.generate(&encoded(&generator, &model, &[&CONTEXT_TOKENS]), &model).unwrap();

@@ -1,6 +1,8 @@
 //! The adaptation methods beyond LoRA on the tiny random model: each starts as the base model,
 //! merges to what it computes unmerged, survives its save format, trains the same with and
-//! without activation checkpointing, and its soft prompt equals the tokens it stands for.
+//! without activation checkpointing, and its soft prompt equals the tokens it stands for. The
+//! family-independent checks run on both decoder families (Llama, and Gemma 3 with its sliding
+//! window, sandwich and q/k norms and rotate-half q/k rows in the file).
 
 use adaptkit::adapt::dept::{DeptAdapter, DeptConfig};
 use adaptkit::adapt::dora::DoraAdapter;
@@ -12,7 +14,7 @@ use adaptkit::adapt::prefix::PrefixAdapter;
 use adaptkit::adapt::prompt::{PromptAdapter, PromptInit};
 use adaptkit::adapt::{self, AdapterSet, LoraAdapter, LoraConfig, Method, MethodKind};
 use adaptkit::burn::tensor::{Device, Tensor, TensorData};
-use adaptkit::model::{Adapters, Llama, NoAdapters, Projection};
+use adaptkit::model::{Adapters, Decoder, NoAdapters, Projection};
 use adaptkit::quant::GgmlType;
 use adaptkit::train::{checkpoint, loss_and_gradients, next_token_loss, TrainState};
 use adaptkit::Error;
@@ -32,13 +34,17 @@ fn perturbed(mut method: Box<dyn Method>, seed: u64, scale: f32) -> Box<dyn Meth
     method
 }
 
-fn logits_with(model: &Llama, method: &dyn Method) -> Vec<f32> {
+fn logits_with(model: &Decoder, method: &dyn Method) -> Vec<f32> {
     adapted_logits(model, &TOKENS, method)
 }
 
-fn model_in(dir: &TempDir, ty: GgmlType) -> Llama {
-    let path = dir.join(&format!("{}.gguf", ty.name()));
-    Weights::random(40).write_gguf(&path, ty, None);
+fn model_in(dir: &TempDir, ty: GgmlType) -> Decoder {
+    family_model_in(dir, ty, Family::Llama)
+}
+
+fn family_model_in(dir: &TempDir, ty: GgmlType, family: Family) -> Decoder {
+    let path = dir.join(&format!("{}-{family:?}.gguf", ty.name()));
+    Weights::random(40).write_gguf_as(family, &path, ty, None);
     load_gguf(&path)
 }
 
@@ -47,7 +53,7 @@ fn lora_config() -> LoraConfig {
 }
 
 /// Every method, fresh, on `model` (LoFiT in its offsets stage on two heads).
-fn fresh_methods(model: &Llama) -> Vec<Box<dyn Method>> {
+fn fresh_methods(model: &Decoder) -> Vec<Box<dyn Method>> {
     let dept = DeptConfig { tokens: 3, rank: 4, alpha: 8.0, max_len: 8, embedding_lr_ratio: 0.1 };
     vec![
         Box::new(LoraAdapter::new(lora_config(), model, 1).unwrap()),
@@ -96,11 +102,17 @@ fn new_adapters_leave_the_model_as_it_was() {
 
 #[test]
 fn every_method_loads_what_it_saved() {
+    for family in FAMILIES {
+        every_method_loads_what_it_saved_on(family);
+    }
+}
+
+fn every_method_loads_what_it_saved_on(family: Family) {
     let dir = tempdir();
-    let model = model_in(&dir, GgmlType::Q4_1);
+    let model = family_model_in(&dir, GgmlType::Q4_1, family);
     let base = all_logits(&model, &TOKENS);
     for (i, method) in fresh_methods(&model).into_iter().enumerate() {
-        let name = method.kind().name();
+        let name = &format!("{}-{family:?}", method.kind().name());
         let method = perturbed(method, 50 + i as u64, 0.05);
         let path = dir.join(name);
         method.save(&path, &model).unwrap();
@@ -131,9 +143,15 @@ fn merged_logits(
 
 #[test]
 fn mergeable_methods_merge_to_what_they_compute() {
+    for family in FAMILIES {
+        mergeable_methods_merge_to_what_they_compute_on(family);
+    }
+}
+
+fn mergeable_methods_merge_to_what_they_compute_on(family: Family) {
     let dir = tempdir();
     let base_path = dir.join("base.gguf");
-    Weights::random(41).write_gguf(&base_path, GgmlType::Q8_0, None);
+    Weights::random(41).write_gguf_as(family, &base_path, GgmlType::Q8_0, None);
     let model = load_gguf(&base_path);
     let base = all_logits(&model, &TOKENS);
     let methods: Vec<Box<dyn Method>> = vec![
@@ -144,7 +162,7 @@ fn mergeable_methods_merge_to_what_they_compute() {
         perturbed(Box::new(LofitAdapter::offsets(&[(0, 0), (1, 2), (1, 3)], &model, 8).unwrap()), 64, 0.5),
     ];
     for method in methods {
-        let name = format!("{}-{}", method.kind().name(), method.parameters().len());
+        let name = format!("{}-{}-{family:?}", method.kind().name(), method.parameters().len());
         let unmerged = logits_with(&model, method.as_ref());
         let moved = max_diff(&unmerged, &base);
         assert!(moved > 0.02, "{name}: the adapter must change the model ({moved})");
@@ -181,9 +199,14 @@ fn a_merged_dora_weight_has_the_trained_magnitudes_as_row_norms() {
 #[test]
 fn peqa_scales_written_into_the_gguf_give_the_tuned_model() {
     let dir = tempdir();
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
-        let base_path = dir.join(&format!("{}.gguf", ty.name()));
-        Weights::random(42).write_gguf(&base_path, ty, None);
+    let formats =
+        [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+    // Gemma in one format: its q/k blocks go back to the file's rotate-half order.
+    for (ty, family) in
+        formats.map(|ty| (ty, Family::Llama)).into_iter().chain([(GgmlType::Q4_1, Family::Gemma3)])
+    {
+        let base_path = dir.join(&format!("{}-{family:?}.gguf", ty.name()));
+        Weights::random(42).write_gguf_as(family, &base_path, ty, None);
         let model = load_gguf(&base_path);
         let peqa = perturbed(Box::new(PeqaAdapter::new(Projection::ALL.to_vec(), &model).unwrap()), 66, 0.2);
         // Saved and loaded: the factors rounded to what f16 scales can hold.
@@ -192,7 +215,7 @@ fn peqa_scales_written_into_the_gguf_give_the_tuned_model() {
         let unmerged = logits_with(&model, tuned.as_ref());
         let mut set = AdapterSet::new();
         set.push(tuned, 1.0).unwrap();
-        let name = format!("{}-tuned.gguf", ty.name());
+        let name = format!("{}-{family:?}-tuned.gguf", ty.name());
         let merged = merged_logits(&dir, &base_path, &set, MergedType::Same, &name);
         let tuned_model = load_gguf(&dir.join(&name));
         assert_eq!(tuned_model.blocks()[0].attn_q.weight().ty(), ty, "still the base's block format");
@@ -264,9 +287,15 @@ fn soft_prompts_are_cached_once_per_session() {
 /// and embedding updates through the rebuilt first block, prefixes through each block's cache).
 #[test]
 fn every_method_trains_the_same_with_activation_checkpointing() {
+    for family in FAMILIES {
+        every_method_trains_the_same_with_activation_checkpointing_on(family);
+    }
+}
+
+fn every_method_trains_the_same_with_activation_checkpointing_on(family: Family) {
     let dir = tempdir();
     let path = dir.join("m.gguf");
-    Weights::random(43).write_gguf(&path, GgmlType::Q4_1, None);
+    Weights::random(43).write_gguf_as(family, &path, GgmlType::Q4_1, None);
     let model = load_for_training(&path);
     let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 4 != 1).collect();
     let mut methods = fresh_methods(&model);
@@ -288,9 +317,15 @@ fn every_method_trains_the_same_with_activation_checkpointing() {
 /// differences of the loss.
 #[test]
 fn method_gradients_match_finite_differences() {
+    for family in FAMILIES {
+        method_gradients_match_finite_differences_on(family);
+    }
+}
+
+fn method_gradients_match_finite_differences_on(family: Family) {
     let dir = tempdir();
     let path = dir.join("m.gguf");
-    Weights::random(44).write_gguf(&path, GgmlType::Q4_1, None);
+    Weights::random(44).write_gguf_as(family, &path, GgmlType::Q4_1, None);
     let model = load_for_training(&path);
     let dept = DeptConfig { tokens: 2, rank: 2, alpha: 8.0, max_len: 8, embedding_lr_ratio: 1.0 };
     let methods: Vec<Box<dyn Method>> = vec![
@@ -418,12 +453,18 @@ fn bad_adapters_and_prompts_are_clear_errors() {
 /// the same logits, loss and gradients on both devices.
 #[test]
 fn every_method_runs_on_the_gpu_like_on_the_cpu() {
+    for family in FAMILIES {
+        every_method_runs_on_the_gpu_like_on_the_cpu_on(family);
+    }
+}
+
+fn every_method_runs_on_the_gpu_like_on_the_cpu_on(family: Family) {
     let Some(gpu) = test_gpu() else { return };
     let dir = tempdir();
     let path = dir.join("m.gguf");
-    Weights::random(45).write_gguf(&path, GgmlType::Q4_1, None);
+    Weights::random(45).write_gguf_as(family, &path, GgmlType::Q4_1, None);
     let gguf = adaptkit::format::gguf::GgufFile::open(&path).unwrap();
-    let cpu = Llama::from_gguf(&gguf, &Device::flex().autodiff()).unwrap();
+    let cpu = Decoder::from_gguf(&gguf, &Device::flex().autodiff()).unwrap();
     let mut names = Vec::new();
     for (i, method) in fresh_methods(&cpu).into_iter().enumerate() {
         let name = method.kind().name();
@@ -433,7 +474,7 @@ fn every_method_runs_on_the_gpu_like_on_the_cpu() {
     let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 4 != 1).collect();
     let mut results = Vec::new();
     for device in [Device::flex().autodiff(), gpu.autodiff()] {
-        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        let model = Decoder::from_gguf(&gguf, &device).unwrap();
         for name in &names {
             let mut method = adapt::trainable(adapt::load(&dir.join(name), &model).unwrap());
             let logits = logits_with(&model, method.as_ref());
@@ -447,7 +488,7 @@ fn every_method_runs_on_the_gpu_like_on_the_cpu() {
         names.iter().zip(on_cpu).zip(on_gpu)
     {
         let diff = max_diff(logits, cpu_logits);
-        eprintln!("{name}: GPU vs CPU max |logit diff| {diff:.2e}, loss {loss} vs {cpu_loss}");
+        eprintln!("{name} ({family:?}): GPU vs CPU max |logit diff| {diff:.2e}, loss {loss} vs {cpu_loss}");
         assert!(diff < 1e-3, "{name}: GPU logits differ from the CPU's by {diff}");
         assert!((loss - cpu_loss).abs() < 1e-4 * cpu_loss, "{name}: loss {loss} vs CPU {cpu_loss}");
         assert_same_gradients(cpu_grads, grads);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use adaptkit::adapt::{self, AdapterSet};
 use adaptkit::format::patch_file::Encoding;
-use adaptkit::model::{Llama, NoAdapters};
+use adaptkit::model::{Decoder, NoAdapters};
 use adaptkit::patch::compress::{auto, compress, Budget, Scores};
 use adaptkit::patch::keys::signing_key;
 use adaptkit::patch::merge::combine;
@@ -29,7 +29,7 @@ struct Base {
 }
 
 impl Base {
-    fn llama(&self) -> &Llama {
+    fn llama(&self) -> &Decoder {
         self.model.engine().model()
     }
 }
@@ -50,7 +50,7 @@ fn lora_patch(dir: &TempDir, base: &Base, seed: u64, rank: usize) -> (std::path:
     (adapter, patch)
 }
 
-fn attach(model: &Llama, patch: &Patch) -> AdapterSet {
+fn attach(model: &Decoder, patch: &Patch) -> AdapterSet {
     let mut set = AdapterSet::new();
     set.push(patch.to_method(model, Path::new("test.akp")).unwrap(), patch.scale).unwrap();
     set

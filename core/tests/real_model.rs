@@ -19,19 +19,19 @@ use adaptkit::{Engine, EngineOptions};
 use serde_json::Value;
 
 mod common;
+use common::golden::{check_greedy, check_last_token_logits, check_perplexity, ids, Golden, LOGIT_TOLERANCE};
 use common::{env_flag, real_model};
 
-/// Largest |logit - reference| allowed. Logits here are 10-35 in magnitude and the measured
-/// worst case is ~1e-4, from f32 summation order (ours: blocked SIMD dot products; torch: BLAS).
-const LOGIT_TOLERANCE: f32 = 1e-3;
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden")
+fn golden() -> Golden {
+    Golden::new("")
 }
 
-fn golden(name: &str) -> Value {
-    let text = std::fs::read_to_string(golden_dir().join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
+fn golden_dir() -> PathBuf {
+    golden().dir
+}
+
+fn golden_logits(name: &str) -> (Value, usize, Vec<f32>) {
+    golden().logits(name)
 }
 
 /// The engine, loaded once for all tests of this file; `None` when the model is absent.
@@ -48,108 +48,22 @@ fn engine() -> Option<&'static Engine> {
         .as_ref()
 }
 
-/// A golden index, its vocabulary size, and the little-endian f32 logits file it names.
-fn golden_logits(name: &str) -> (Value, usize, Vec<f32>) {
-    let index = golden(name);
-    let vocab = index["vocab_size"].as_u64().unwrap() as usize;
-    let bytes = std::fs::read(golden_dir().join(index["file"].as_str().unwrap())).unwrap();
-    let logits = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    (index, vocab, logits)
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-}
-
 #[test]
 fn last_token_logits_match_the_reference() {
     let Some(engine) = engine() else { return };
-    let (index, vocab, reference) = golden_logits("logits.json");
-    let prompts = index["prompts"].as_array().unwrap();
-    assert!(prompts.len() >= 8);
-    let mut worst = 0.0f32;
-    for prompt in prompts {
-        let name = prompt["name"].as_str().unwrap();
-        let tokens = ids(&prompt["ids"]);
-        // Tokenizer and model are tested apart: the reference ids must also be ours.
-        if !prompt["chat"].as_bool().unwrap() {
-            assert_eq!(
-                engine.tokenizer().encode(prompt["text"].as_str().unwrap(), true).unwrap(),
-                tokens,
-                "{name}"
-            );
-        }
-        let row = prompt["row"].as_u64().unwrap() as usize;
-        let want = &reference[row * vocab..][..vocab];
-        let got = engine.last_logits(&tokens, &NoAdapters).unwrap();
-        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        worst = worst.max(diff);
-        assert!(diff < LOGIT_TOLERANCE, "{name}: max |logit diff| {diff}");
-        let top5 = |l: &[f32]| {
-            let mut order: Vec<usize> = (0..l.len()).collect();
-            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
-            order.truncate(5);
-            order
-        };
-        assert_eq!(top5(&got)[0], top5(want)[0], "{name}: argmax");
-    }
-    eprintln!("{} prompts, worst max |logit diff| {worst:.5}", prompts.len());
+    check_last_token_logits(engine, &golden());
 }
 
 #[test]
 fn perplexity_is_within_one_percent_of_the_reference() {
     let Some(engine) = engine() else { return };
-    let reference = golden("perplexity.json");
-    let text_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(reference["text_file"].as_str().unwrap());
-    let text = std::fs::read_to_string(text_path).unwrap();
-    let seq = reference["seq_len"].as_u64().unwrap() as usize;
-    let got = engine.perplexity(&text, seq, &NoAdapters, &CancelToken::new(), &mut |_, _| {}).unwrap();
-    let want = reference["perplexity"].as_f64().unwrap();
-    assert_eq!(got.windows as u64, reference["windows"].as_u64().unwrap());
-    let relative = (got.perplexity - want).abs() / want;
-    eprintln!("perplexity {:.5} vs reference {want:.5} ({:.4}%)", got.perplexity, relative * 100.0);
-    assert!(relative < 0.01, "perplexity {} vs reference {want}", got.perplexity);
+    check_perplexity(engine, &golden());
 }
 
-/// `--temperature 0` with every other option at its default is transformers' greedy decoding
-/// (the repetition penalty defaults to 1, as there): the golden continuations, token for token
-/// until a near-tie of the reference's top two logits.
 #[test]
 fn greedy_continuations_match_until_the_first_near_tie() {
     let Some(engine) = engine() else { return };
-    let reference = golden("greedy.json");
-    let threshold = reference["near_tie_threshold"].as_f64().unwrap();
-    let cases = reference.as_object().unwrap().values().find_map(|v| v.as_array()).unwrap();
-    let options = GenerateOptions {
-        max_tokens: reference["max_new_tokens"].as_u64().unwrap() as usize,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        stop_strings: Vec::new(),
-        stop_at_eos: false,
-    };
-    let mut compared = 0;
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let want = ids(&case["tokens"]);
-        let got = engine
-            .generate(&ids(&case["prompt_ids"]), &options, &NoAdapters, &CancelToken::new(), &mut |_| {})
-            .unwrap()
-            .tokens;
-        // Where the reference's top two logits are at least `threshold` apart the argmax is
-        // unambiguous and must be ours too; only at a near-tie may fp32 summation order pick the
-        // other token, after which the continuations legitimately differ.
-        let steps = case["steps"].as_array().unwrap();
-        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if same < want.len() {
-            let gap = steps[same]["gap"].as_f64().unwrap();
-            assert!(gap < threshold, "{name}: diverged at step {same} where the reference gap is {gap}");
-        }
-        compared += same;
-    }
-    let total = cases.len() * options.max_tokens;
-    eprintln!("{} continuations: {compared} of {total} greedy tokens identical", cases.len());
-    // Near-ties are rare: a run that diverges early everywhere proves nothing.
-    assert!(cases.len() >= 8 && compared * 10 >= total * 9, "only {compared} of {total} tokens compared");
+    check_greedy(engine, &golden());
 }
 
 #[test]
@@ -217,7 +131,7 @@ fn peft_methods_give_the_same_logits_both_ways() {
 #[test]
 fn hugging_face_peft_scores_an_adaptkit_trained_adapter_like_we_do() {
     let Some(engine) = engine() else { return };
-    let reference = golden("peft_loads_adaptkit.json");
+    let reference = golden().json("peft_loads_adaptkit.json");
     let adapter =
         LoraAdapter::load(&golden_dir().join(reference["adapter"].as_str().unwrap()), engine.model())
             .unwrap();

@@ -6,12 +6,13 @@
 use adaptkit::adapt::merge::MergedType;
 use adaptkit::adapt::{AdapterSet, LoraAdapter, LoraConfig, Method};
 use adaptkit::burn::tensor::{Device, Tensor, TensorData};
-use adaptkit::format::gguf::GgufFile;
+use adaptkit::format::gguf::{GgufFile, GgufWriter};
 use adaptkit::format::safetensors::{Dtype, SafetensorsFile};
 use adaptkit::model::{
-    Adapters, HostDecoder, KvCache, Llama, LlamaConfig, LowRankOutput, NoAdapters, Projection,
+    Adapters, Decoder, DecoderConfig, HostDecoder, KvCache, LowRankOutput, NoAdapters, Projection,
 };
 use adaptkit::quant::{self, GgmlType};
+use adaptkit::tokenizer::Tokenizer;
 use adaptkit::train::{collect_grads, loss_and_gradients, masked_next_token_loss, next_token_loss, AdamW};
 use adaptkit::Error;
 
@@ -45,7 +46,7 @@ fn gguf_and_safetensors_loaders_agree() {
             serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
         let file = SafetensorsFile::open(hf.join("model.safetensors")).unwrap();
         let model =
-            Llama::from_safetensors(LlamaConfig::from_hf_json(&json).unwrap(), &[file], &Device::flex())
+            Decoder::from_safetensors(DecoderConfig::from_hf_json(&json).unwrap(), &[file], &Device::flex())
                 .unwrap();
         assert_eq!(model.blocks()[0].attn_q.weight().ty(), ty, "matrices keep their dtype");
         let from_hf = all_logits(&model, &TOKENS);
@@ -69,8 +70,14 @@ fn every_block_format_runs_like_its_dequantized_weights() {
 
 #[test]
 fn kv_cache_decoding_equals_one_full_pass() {
+    for family in FAMILIES {
+        kv_cache_decoding_equals_one_full_pass_on(family);
+    }
+}
+
+fn kv_cache_decoding_equals_one_full_pass_on(family: Family) {
     let dir = tempdir();
-    Weights::random(4).write_gguf(&dir.join("m.gguf"), GgmlType::Q4_1, None);
+    Weights::random(4).write_gguf_as(family, &dir.join("m.gguf"), GgmlType::Q4_1, None);
     let model = load_gguf(&dir.join("m.gguf"));
     let full = all_logits(&model, &TOKENS);
     let mut cache = model.new_cache(1);
@@ -85,7 +92,43 @@ fn kv_cache_decoding_equals_one_full_pass() {
         stepwise.extend(model.logits(hidden, 0..1).unwrap());
     }
     let diff = max_diff(&full, &stepwise);
-    assert!(diff < 1e-4, "max |logit diff| {diff}");
+    assert!(diff < 1e-4, "{family:?}: max |logit diff| {diff}");
+}
+
+/// Gemma's sliding window over a long input: one pass (two prefill chunks), the graph's cache
+/// stepped token by token after it has dropped what the window hides, and the host decoder's
+/// ring all give the same logits; the window changes them (the same model without it differs).
+#[test]
+fn sliding_window_caches_equal_one_full_pass() {
+    let dir = tempdir();
+    let weights = Weights::random(23);
+    weights.write_gguf_as(Family::Gemma3, &dir.join("m.gguf"), GgmlType::Q8_0, None);
+    let model = load_gguf(&dir.join("m.gguf"));
+    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    let full = all_logits(&model, &tokens);
+    let (prefilled, rest) = tokens.split_at(200);
+    let tail = &full[prefilled.len() * VOCAB..];
+
+    let mut cache = model.new_cache(1);
+    model.forward(prefilled, 1, &mut cache).unwrap();
+    assert_eq!(cache.held_from(0), 200 - (GEMMA_WINDOW - 1), "the window's positions and no more");
+    let mut host = HostDecoder::continuing(&model, &cache, &NoAdapters, 210).unwrap().unwrap();
+    let (mut graph, mut ring) = (Vec::new(), Vec::new());
+    for &t in rest {
+        let hidden = model.forward(&[t], 1, &mut cache).unwrap();
+        graph.extend(model.logits(hidden, 0..1).unwrap());
+        ring.extend_from_slice(host.step(t).unwrap());
+    }
+    let (graph_diff, ring_diff) = (max_diff(&graph, tail), max_diff(&ring, tail));
+    assert!(graph_diff < 1e-4 && ring_diff < 1e-4, "graph cache {graph_diff}, host ring {ring_diff}");
+
+    // The same weights with a window as long as the context: other logits past the window.
+    let mut w = GgufWriter::new();
+    add_tiny_gemma3_metadata(&mut w, Some(CONTEXT), CONTEXT);
+    let unwindowed = dir.join("unwindowed.gguf");
+    weights.write_gguf_with(w, Family::Gemma3, &unwindowed, GgmlType::Q8_0, None);
+    let moved = max_diff(&all_logits(&load_gguf(&unwindowed), &tokens), &full);
+    assert!(moved > 0.1, "the window must matter here ({moved})");
 }
 
 #[test]
@@ -126,6 +169,12 @@ impl Adapters for OnEveryToken {
 
 #[test]
 fn host_decode_equals_the_burn_graph() {
+    for family in FAMILIES {
+        host_decode_equals_the_burn_graph_on(family);
+    }
+}
+
+fn host_decode_equals_the_burn_graph_on(family: Family) {
     let dir = tempdir();
     let weights = Weights::random(12);
     let mut rng = Rng(13);
@@ -144,7 +193,7 @@ fn host_decode_equals_the_burn_graph() {
         [(GgmlType::Q4_1, false), (GgmlType::Q4_1, true), (GgmlType::Q8_0, true), (GgmlType::F16, false)]
     {
         let path = dir.join(&format!("{ty}.gguf"));
-        weights.write_gguf(&path, ty, None);
+        weights.write_gguf_as(family, &path, ty, None);
         let model = load_gguf(&path);
         let model = if integer { model.with_integer_activations() } else { model };
         let lora = |name: &str| LoraAdapter::load(&dir.join(name), &model).unwrap();
@@ -179,7 +228,9 @@ fn host_decode_equals_the_burn_graph() {
                 worst = worst.max(max_diff(got, &want) / scale);
             }
             assert_eq!(host.len(), graph.len());
-            eprintln!("{ty} (integer activations: {integer}), {name}: max relative diff {worst:.2e}");
+            eprintln!(
+                "{family:?} {ty} (integer activations: {integer}), {name}: max relative diff {worst:.2e}"
+            );
             // On integer activations a last-bit difference in a product's input can move a
             // value across a rounding step of its 8-bit quantization (1/254 of its block's
             // largest value), which both paths then carry on.
@@ -205,8 +256,9 @@ fn bad_models_and_inputs_give_typed_errors() {
     let dir = tempdir();
     let weights = Weights::random(6);
     weights.write_gguf(&dir.join("missing.gguf"), GgmlType::F32, Some("blk.1.ffn_up.weight"));
-    let err =
-        Llama::from_gguf(&GgufFile::open(dir.join("missing.gguf")).unwrap(), &Device::flex()).err().unwrap();
+    let err = Decoder::from_gguf(&GgufFile::open(dir.join("missing.gguf")).unwrap(), &Device::flex())
+        .err()
+        .unwrap();
     assert!(matches!(&err, Error::MissingTensor(name) if name == "blk.1.ffn_up.weight"), "{err}");
 
     weights.write_gguf(&dir.join("m.gguf"), GgmlType::F32, None);
@@ -219,32 +271,66 @@ fn bad_models_and_inputs_give_typed_errors() {
         matches!(err, Error::ContextOverflow { tokens, context: CONTEXT } if tokens == CONTEXT + 1),
         "{err}"
     );
-    let other = LlamaConfig { n_layers: LAYERS + 1, ..model.config().clone() };
+    let other = DecoderConfig { n_layers: LAYERS + 1, ..model.config().clone() };
     let err = model.forward(&[1], 1, &mut KvCache::new(&other, 1)).err().unwrap();
     assert!(err.to_string().contains("another model"), "{err}");
 
     let mut bad = serde_json::json!({"model_type": "gpt2"});
-    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    let err = DecoderConfig::from_hf_json(&bad).err().unwrap();
     assert!(matches!(&err, Error::UnsupportedArchitecture(a) if a == "gpt2"), "{err}");
     bad = serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 3, "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 10,
         "max_position_embeddings": 16});
-    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    let err = DecoderConfig::from_hf_json(&bad).err().unwrap();
     assert!(err.to_string().contains("not a multiple"), "{err}");
     bad["num_attention_heads"] = 4.into();
     bad["attention_bias"] = true.into();
-    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    let err = DecoderConfig::from_hf_json(&bad).err().unwrap();
     assert!(err.to_string().contains("attention_bias"), "{err}");
     bad["attention_bias"] = false.into();
     bad["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 0.0});
-    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    let err = DecoderConfig::from_hf_json(&bad).err().unwrap();
     assert!(err.to_string().contains("RoPE scaling"), "{err}");
     bad["rope_scaling"] = serde_json::json!({"rope_type": "default"});
-    assert!(LlamaConfig::from_hf_json(&bad).is_ok());
+    assert!(DecoderConfig::from_hf_json(&bad).is_ok());
     bad["num_hidden_layers"] = (1u64 << 62).into();
     bad["hidden_size"] = (1u64 << 40).into();
-    let err = LlamaConfig::from_hf_json(&bad).err().unwrap();
+    let err = DecoderConfig::from_hf_json(&bad).err().unwrap();
     assert!(err.to_string().contains("overflow"), "{err}");
+}
+
+/// A file that claims Gemma 3 but lacks one of its parts, a sliding window longer than the
+/// context, and a SentencePiece vocabulary without scores: typed errors naming the part.
+#[test]
+fn bad_gemma3_files_name_what_is_missing() {
+    let dir = tempdir();
+    let weights = Weights::random(24);
+    let open = |name: &str| Decoder::from_gguf(&GgufFile::open(dir.join(name)).unwrap(), &Device::flex());
+    for tensor in
+        ["blk.1.post_ffw_norm.weight", "blk.0.attn_k_norm.weight", "blk.1.post_attention_norm.weight"]
+    {
+        weights.write_gguf_as(Family::Gemma3, &dir.join("missing.gguf"), GgmlType::Q8_0, Some(tensor));
+        let err = open("missing.gguf").err().unwrap();
+        assert!(matches!(&err, Error::MissingTensor(name) if name == tensor), "{err}");
+    }
+    let with_window = |window: Option<usize>, context: usize| {
+        let mut w = GgufWriter::new();
+        add_tiny_gemma3_metadata(&mut w, window, context);
+        weights.write_gguf_with(w, Family::Gemma3, &dir.join("config.gguf"), GgmlType::Q8_0, None);
+        open("config.gguf").err().unwrap().to_string()
+    };
+    let err = with_window(None, CONTEXT);
+    assert!(err.contains("gemma3.attention.sliding_window"), "{err}");
+    let err = with_window(Some(CONTEXT + 1), CONTEXT);
+    assert!(err.contains("sliding window of 321 positions") && err.contains("context of 320"), "{err}");
+
+    let mut w = GgufWriter::new();
+    w.add_metadata("tokenizer.ggml.model", "llama").unwrap();
+    w.add_metadata("tokenizer.ggml.tokens", vec!["<unk>".to_string(), "a".to_string()]).unwrap();
+    w.add_metadata("tokenizer.ggml.add_space_prefix", false).unwrap();
+    w.write_file(dir.join("tokenizer.gguf")).unwrap();
+    let err = Tokenizer::from_gguf(&GgufFile::open(dir.join("tokenizer.gguf")).unwrap()).err().unwrap();
+    assert!(err.to_string().contains("no tokenizer.ggml.scores"), "{err}");
 }
 
 #[test]
@@ -288,8 +374,14 @@ fn a_peft_lora_runs_like_its_merged_weights() {
 
 #[test]
 fn lora_round_trips_through_peft_and_a_zero_b_changes_nothing() {
+    for family in FAMILIES {
+        lora_round_trips_through_peft_and_a_zero_b_changes_nothing_on(family);
+    }
+}
+
+fn lora_round_trips_through_peft_and_a_zero_b_changes_nothing_on(family: Family) {
     let dir = tempdir();
-    Weights::random(12).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    Weights::random(12).write_gguf_as(family, &dir.join("m.gguf"), GgmlType::Q8_0, None);
     let model = load_gguf(&dir.join("m.gguf"));
     Lora::random(13, 3, false).write_peft(&dir.join("lora"));
     let loaded = LoraAdapter::load(&dir.join("lora"), &model).unwrap();
@@ -336,9 +428,15 @@ fn bad_adapters_are_named() {
 
 #[test]
 fn merged_gguf_equals_the_unmerged_adapters() {
+    for family in FAMILIES {
+        merged_gguf_equals_the_unmerged_adapters_on(family);
+    }
+}
+
+fn merged_gguf_equals_the_unmerged_adapters_on(family: Family) {
     use adaptkit::runtime::{AdapterSource, Model, OpenOptions};
     let dir = tempdir();
-    Weights::random(17).write_gguf(&dir.join("m.gguf"), GgmlType::Q8_0, None);
+    Weights::random(17).write_gguf_as(family, &dir.join("m.gguf"), GgmlType::Q8_0, None);
     let model = Model::open_path(&dir.join("m.gguf"), &OpenOptions::default()).unwrap();
     Lora::random(18, 4, false).write_peft(&dir.join("a"));
     Lora::random(19, 2, false).write_peft(&dir.join("b"));
@@ -353,7 +451,7 @@ fn merged_gguf_equals_the_unmerged_adapters() {
     let report = model.export_merged_file(MergedType::Fixed(GgmlType::F32), &dir.join("f32.gguf")).unwrap();
     assert_eq!(report.tensors_merged, LAYERS * 7);
     let diff = max_diff(&all_logits(&load_gguf(&dir.join("f32.gguf")), &TOKENS), &unmerged);
-    assert!(diff < 1e-3, "merged in f32: max |logit diff| {diff}");
+    assert!(diff < 1e-3, "{family:?} merged in f32: max |logit diff| {diff}");
 
     // Requantized to the base's Q8_0: what remains is Q8_0's rounding of the merged weights.
     model.export_merged_file(MergedType::Same, &dir.join("q8.gguf")).unwrap();
@@ -693,7 +791,7 @@ fn a_resumed_run_repeats_the_uninterrupted_losses() {
 
 /// Logits of the whole input at once (the decoded-matrix product) and then token by token
 /// through the KV cache (the in-kernel level product).
-fn prefill_and_decode_logits(model: &Llama) -> Vec<f32> {
+fn prefill_and_decode_logits(model: &Decoder) -> Vec<f32> {
     let mut logits = all_logits(model, &TOKENS);
     let mut cache = model.new_cache(1);
     for &t in &TOKENS {
@@ -708,16 +806,18 @@ fn every_block_format_runs_on_the_gpu_like_on_the_cpu() {
     let Some(gpu) = test_gpu() else { return };
     let dir = tempdir();
     let weights = Weights::random(30);
-    for ty in quant::SUPPORTED_TYPES {
-        let path = dir.join(&format!("{ty}.gguf"));
-        weights.write_gguf(&path, ty, None);
+    // Every format as Llama, and Gemma 3 (its parts, its window) in two.
+    let cases = quant::SUPPORTED_TYPES.into_iter().map(|ty| (ty, Family::Llama));
+    for (ty, family) in cases.chain([(GgmlType::Q4_1, Family::Gemma3), (GgmlType::Q6K, Family::Gemma3)]) {
+        let path = dir.join(&format!("{ty}-{family:?}.gguf"));
+        weights.write_gguf_as(family, &path, ty, None);
         let gguf = GgufFile::open(&path).unwrap();
-        let cpu = prefill_and_decode_logits(&Llama::from_gguf(&gguf, &Device::flex()).unwrap());
-        let on_gpu = prefill_and_decode_logits(&Llama::from_gguf(&gguf, &gpu).unwrap());
+        let cpu = prefill_and_decode_logits(&Decoder::from_gguf(&gguf, &Device::flex()).unwrap());
+        let on_gpu = prefill_and_decode_logits(&Decoder::from_gguf(&gguf, &gpu).unwrap());
         let diff = max_diff(&cpu, &on_gpu);
         let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("{ty}: max |logit diff| {diff:.2e} of logits up to {scale:.2}");
-        assert!(diff < 1e-4 * (1.0 + scale), "{ty}: CPU vs GPU max |logit diff| {diff}");
+        eprintln!("{family:?} {ty}: max |logit diff| {diff:.2e} of logits up to {scale:.2}");
+        assert!(diff < 1e-4 * (1.0 + scale), "{family:?} {ty}: CPU vs GPU max |logit diff| {diff}");
     }
 }
 
@@ -733,7 +833,7 @@ fn lora_training_on_the_gpu_matches_the_cpu() {
     let counted: Vec<bool> = (0..TOKENS.len()).map(|i| i % 5 != 2).collect();
     let mut results = Vec::new();
     for device in [Device::flex().autodiff(), gpu.autodiff()] {
-        let model = Llama::from_gguf(&gguf, &device).unwrap();
+        let model = Decoder::from_gguf(&gguf, &device).unwrap();
         let mut adapter = LoraAdapter::load(&dir.join("lora"), &model).unwrap().trainable();
         for recompute in [false, true] {
             results.push(

@@ -1,5 +1,6 @@
-//! The SmolLM2 tokenizer built from GGUF metadata against transformers reading the same file:
-//! `tests/reference/tokenizer_cases.json` holds the ids and chat renderings transformers gives.
+//! The SmolLM2 (byte-level BPE) and Gemma 3 (SentencePiece) tokenizers built from GGUF metadata
+//! against transformers reading the same file: `tests/reference/tokenizer_cases.json` and
+//! `golden/gemma3/tokenizer_cases.json` hold the ids and chat renderings transformers gives.
 //! Needs the real model (`common::real_model`: skipped with a note without it, a failure where
 //! `ADAPTKIT_REQUIRE_MODEL` is set, as in CI).
 
@@ -8,9 +9,11 @@ use adaptkit::tokenizer::{Message, StreamDecoder, Tokenizer};
 use serde::Deserialize;
 
 mod common;
-use common::{real_model, REAL_MODEL_FILE as MODEL};
+use common::{gemma_model, real_model, GEMMA_MODEL_FILE, REAL_MODEL_FILE as MODEL};
 
 const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference/tokenizer_cases.json");
+const GEMMA_CASES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reference/golden/gemma3/tokenizer_cases.json");
 
 #[derive(Deserialize)]
 struct Reference {
@@ -36,26 +39,45 @@ struct Chat {
 #[test]
 fn smollm2_tokenizer_matches_transformers() {
     let Some(path) = real_model() else { return };
-    let reference: Reference =
-        serde_json::from_slice(&std::fs::read(CASES).unwrap_or_else(|e| panic!("{CASES}: {e}")))
-            .unwrap_or_else(|e| panic!("{CASES}: {e}"));
-    assert_eq!(reference.model, MODEL);
     let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     assert_eq!((tokenizer.vocab_size(), tokenizer.bos(), tokenizer.eos()), (49152, Some(1), Some(2)));
     let im_end = tokenizer.token_id("<|im_end|>").unwrap();
     let endoftext = tokenizer.token_id("<|endoftext|>").unwrap();
     assert!(tokenizer.is_end_of_generation(im_end) && tokenizer.is_end_of_generation(endoftext));
+    // The GGUF has add_bos_token = false, so asking for special tokens adds none.
+    check_against_transformers(&tokenizer, CASES, MODEL, &[]);
+}
 
+/// Gemma 3's SentencePiece vocabulary (scores, byte fallback, control and user-defined pieces)
+/// and its chat template, against transformers on the same file.
+#[test]
+fn gemma3_tokenizer_matches_transformers() {
+    let Some(path) = gemma_model() else { return };
+    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    assert_eq!((tokenizer.vocab_size(), tokenizer.bos(), tokenizer.eos()), (262_144, Some(2), Some(1)));
+    let end_of_turn = tokenizer.token_id("<end_of_turn>").unwrap();
+    assert!(tokenizer.is_end_of_generation(end_of_turn));
+    // add_bos_token = true: asking for special tokens puts <bos> first.
+    check_against_transformers(&tokenizer, GEMMA_CASES, GEMMA_MODEL_FILE, &[2]);
+}
+
+/// `tokenizer` gives the ids and chat renderings of the transformers reference `cases` (made
+/// from `model`), decodes them back to the text, also streamed, and puts `bos` before them when
+/// asked for special tokens.
+fn check_against_transformers(tokenizer: &Tokenizer, cases: &str, model: &str, bos: &[u32]) {
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(cases).unwrap_or_else(|e| panic!("{cases}: {e}")))
+            .unwrap_or_else(|e| panic!("{cases}: {e}"));
+    assert_eq!(reference.model, model);
     let mut mismatches = Vec::new();
     for case in &reference.cases {
         let ids = tokenizer.encode(&case.text, false).unwrap();
         if ids != case.ids {
             mismatches.push(format!("{:?}: ours {ids:?}, transformers {:?}", case.text, case.ids));
         }
-        // The GGUF has add_bos_token = false, so asking for special tokens adds none.
-        assert_eq!(tokenizer.encode(&case.text, true).unwrap(), ids, "{:?}", case.text);
+        assert_eq!(tokenizer.encode(&case.text, true).unwrap(), [bos, &ids].concat(), "{:?}", case.text);
         assert_eq!(tokenizer.decode(&case.ids, false).unwrap(), case.text, "decode(encode(x)) != x");
-        assert_eq!(streamed(&tokenizer, &case.ids), case.text, "streamed pieces of {:?}", case.text);
+        assert_eq!(streamed(tokenizer, &case.ids), case.text, "streamed pieces of {:?}", case.text);
     }
     assert!(
         mismatches.is_empty(),

@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """Writes tests/reference/golden/: reference logits, perplexity and greedy continuations for
 SmolLM2-135M-Instruct (GGUF Q4_1), computed by Hugging Face transformers + PyTorch — an
-implementation independent of adaptkit's.
+implementation independent of adaptkit's. With --model gemma-3-270m-q4_k_m.gguf and
+--out golden/gemma3 the same for Gemma 3 270M (see GEMMA below for its options).
 
 Run inside the reference venv (scripts/reference-env.sh prints its python):
 
     "$(scripts/reference-env.sh)" tests/reference/make_golden.py [--model PATH] [--out DIR]
+    "$(scripts/reference-env.sh)" tests/reference/make_golden.py --model ~/.cache/adaptkit/models/gemma-3-270m-q4_k_m.gguf \
+        --out tests/reference/golden/gemma3 --ppl-seq 1024 --ppl-extra-seq 512 --full-logits capital,python,chat,window
+
+A model with a sliding window gets one more prompt, "window": the start of ../ppl_text.txt, long
+enough to pass the window by 150 tokens; logits.json records how far the logits of the same
+model with the window turned off are from the reference there (no_window_max_abs_diff), which
+is what a test that matches the reference proves it implements.
 
 How the numbers are made: transformers loads the GGUF through gguf-py, which dequantizes every
 Q4_1 / Q8_0 block to float32 (so the weights are exactly d*q + m per block, no re-quantization);
@@ -63,6 +71,16 @@ PROMPTS = [
 ]
 CHAT = ("chat", [{"role": "user", "content": "Give me three short tips for learning to cook."}])
 
+# Gemma's turns, as adaptkit's tokenizer::GEMMA_TEMPLATE (the base model ships no template).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] | trim + '\\n\\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' + (prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
 PPL_SEQ = 512
 PPL_EXTRA_SEQ = [128]
 GREEDY_TOKENS = 32
@@ -79,9 +97,11 @@ def sha256(path):
 
 def numpy_reference(model_path):
     """A second, from-scratch float64 forward pass in numpy, straight from the GGUF tensors with
-    llama.cpp's conventions (RoPE on adjacent pairs of the stored, permuted q/k weights; GQA;
-    tied output). It shares only gguf-py's dequantization with the transformers path, and
-    checks that transformers' GGUF conversion (q/k un-permutation, tying, eps, rope base) is
+    llama.cpp's conventions (Llama: RoPE on adjacent pairs of the stored, permuted q/k weights;
+    Gemma 3: RoPE on halves, norms stored as 1 + w, √d embedding scale, GELU-tanh, sandwich and
+    q/k norms, five sliding-window layers of base 10000 per global one; GQA; tied output). It
+    shares only gguf-py's dequantization with the transformers path, and checks that
+    transformers' GGUF conversion (q/k un-permutation, norm offsets, tying, eps, rope bases) is
     right. Returns forward(ids) -> logits [T, vocab] (float64)."""
     import gguf
     import numpy as np
@@ -90,43 +110,64 @@ def numpy_reference(model_path):
     r = gguf.GGUFReader(str(model_path))
     w = {t.name: dequantize(t.data, t.tensor_type).astype(np.float64) for t in r.tensors}
     f = lambda k: r.fields[k].contents()  # noqa: E731
-    n_layer, n_head = f("llama.block_count"), f("llama.attention.head_count")
-    n_kv, eps = f("llama.attention.head_count_kv"), f("llama.attention.layer_norm_rms_epsilon")
-    base, dim = f("llama.rope.freq_base"), f("llama.embedding_length")
-    hd = dim // n_head
+    arch = f("general.architecture")
+    a = lambda k: f(f"{arch}.{k}")  # noqa: E731
+    n_layer, n_head = a("block_count"), a("attention.head_count")
+    n_kv, eps = a("attention.head_count_kv"), a("attention.layer_norm_rms_epsilon")
+    base, dim = a("rope.freq_base"), a("embedding_length")
+    gemma = arch == "gemma3"
+    hd = a("attention.key_length") if gemma else dim // n_head
+    window = a("attention.sliding_window") if gemma else None
 
     def rms(x, g):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
-    def rope(x, pos):
-        ang = pos[:, None] * base ** (-2 * np.arange(hd // 2) / hd)[None, :]
+    def rope(x, pos, theta):
+        ang = pos[:, None] * theta ** (-2 * np.arange(hd // 2) / hd)[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         out = np.empty_like(x)
-        out[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
-        out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
+        if gemma:  # NeoX: the first half of a head rotates with the second
+            x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+            out[..., : hd // 2], out[..., hd // 2:] = x1 * c - x2 * s, x2 * c + x1 * s
+        else:
+            out[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
+            out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
         return out
+
+    def act(g):
+        if gemma:
+            return 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        return g / (1 + np.exp(-g))
 
     def forward(ids):
         t = len(ids)
-        x = w["token_embd.weight"][ids]
+        x = w["token_embd.weight"][ids] * (np.sqrt(dim) if gemma else 1.0)
         pos = np.arange(t, dtype=np.float64)
-        mask = np.triu(np.full((t, t), -np.inf), 1)
+        causal = np.triu(np.full((t, t), -np.inf), 1)
         for l in range(n_layer):
             p = f"blk.{l}."
+            local = gemma and (l + 1) % 6 != 0
+            mask = causal + (np.tril(np.full((t, t), -np.inf), -window) if local else 0)
+            theta = 10000.0 if local else base
             h = rms(x, w[p + "attn_norm.weight"])
-            q = rope((h @ w[p + "attn_q.weight"].T).reshape(t, n_head, hd), pos)
-            k = rope((h @ w[p + "attn_k.weight"].T).reshape(t, n_kv, hd), pos)
+            q = (h @ w[p + "attn_q.weight"].T).reshape(t, n_head, hd)
+            k = (h @ w[p + "attn_k.weight"].T).reshape(t, n_kv, hd)
+            if gemma:
+                q, k = rms(q, w[p + "attn_q_norm.weight"]), rms(k, w[p + "attn_k_norm.weight"])
+            q, k = rope(q, pos, theta), rope(k, pos, theta)
             v = (h @ w[p + "attn_v.weight"].T).reshape(t, n_kv, hd)
             o = np.empty((t, n_head, hd))
             for hh in range(n_head):
                 kv = hh // (n_head // n_kv)
-                a = q[:, hh] @ k[:, kv].T / np.sqrt(hd) + mask
-                a = np.exp(a - a.max(-1, keepdims=True))
-                o[:, hh] = (a / a.sum(-1, keepdims=True)) @ v[:, kv]
-            x = x + o.reshape(t, dim) @ w[p + "attn_output.weight"].T
+                s = q[:, hh] @ k[:, kv].T / np.sqrt(hd) + mask
+                s = np.exp(s - s.max(-1, keepdims=True))
+                o[:, hh] = (s / s.sum(-1, keepdims=True)) @ v[:, kv]
+            out = o.reshape(t, n_head * hd) @ w[p + "attn_output.weight"].T
+            x = x + (rms(out, w[p + "post_attention_norm.weight"]) if gemma else out)
             h = rms(x, w[p + "ffn_norm.weight"])
             g, u = h @ w[p + "ffn_gate.weight"].T, h @ w[p + "ffn_up.weight"].T
-            x = x + (g / (1 + np.exp(-g)) * u) @ w[p + "ffn_down.weight"].T
+            out = (act(g) * u) @ w[p + "ffn_down.weight"].T
+            x = x + (rms(out, w[p + "post_ffw_norm.weight"]) if gemma else out)
         return rms(x, w["output_norm.weight"]) @ w["token_embd.weight"].T
 
     return forward
@@ -143,6 +184,11 @@ def main():
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--out", default=str(HERE / "golden"))
     ap.add_argument("--ppl-text", default=str(HERE / "ppl_text.txt"))
+    ap.add_argument("--ppl-seq", type=int, default=PPL_SEQ)
+    ap.add_argument("--ppl-extra-seq", type=int, nargs="*", default=PPL_EXTRA_SEQ)
+    ap.add_argument("--full-logits", default=None,
+                    help="comma-separated prompt names whose full last-position logits are stored "
+                         "(default: all; a 262k vocabulary makes each row 1 MB)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,28 +248,41 @@ def main():
         return ([bos_id] if add_bos else []) + ids
 
     prompts = [{"name": n, "text": t, "chat": False, "ids": encode(t)} for n, t in PROMPTS]
+    if tok.chat_template is None:
+        # A base model without a template (Gemma 3 270M): the family's own, as adaptkit falls
+        # back to it; the golden ids then check that both render the same text.
+        tok.chat_template = GEMMA_TEMPLATE
     chat_text = tok.apply_chat_template(CHAT[1], tokenize=False, add_generation_prompt=True)
+    chat_ids = tok(chat_text, add_special_tokens=False)["input_ids"]
     prompts.append({"name": CHAT[0], "text": chat_text, "chat": True, "messages": CHAT[1],
-                    "add_generation_prompt": True, "ids": encode(chat_text)})
+                    "add_generation_prompt": True, "ids": chat_ids if chat_ids[:1] == [bos_id] else encode(chat_text)})
+    window = getattr(model.config, "sliding_window", None)
+    if window:
+        # Characters of the perplexity text, cut at a space, until it passes the window by 150.
+        text = Path(args.ppl_text).read_text(encoding="utf-8")
+        cut = next(i for i in range(0, len(text)) if text[i] == " " and len(encode(text[:i])) >= window + 150)
+        prompts.append({"name": "window", "text": text[:cut], "chat": False, "ids": encode(text[:cut])})
 
     @torch.no_grad()
     def forward(ids):
         return model(torch.tensor([ids], dtype=torch.long), use_cache=False).logits[0]
 
     # ---- logits -------------------------------------------------------------------------
+    full = set(args.full_logits.split(",")) if args.full_logits else {p["name"] for p in prompts}
     rows = []
     entries = []
     t_logits = time.perf_counter()
-    for i, p in enumerate(prompts):
+    for p in prompts:
         t = time.perf_counter()
         logits = forward(p["ids"])
         dt = time.perf_counter() - t
         last = logits[-1].contiguous()
-        rows.append(last.numpy().astype("<f4"))
+        if p["name"] in full:
+            rows.append(last.numpy().astype("<f4"))
         top_v, top_i = logits.topk(TOPK_POSITIONS, dim=-1)
         entries.append({
             **p,
-            "row": i,
+            "row": len(rows) - 1 if p["name"] in full else None,
             "n_tokens": len(p["ids"]),
             "argmax": int(last.argmax()),
             "top5_last": [[int(a), float(b)] for a, b in zip(top_i[-1], top_v[-1])],
@@ -236,13 +295,23 @@ def main():
               f"{tok.decode([entries[-1]['argmax']])!r}", file=sys.stderr)
     logits_s = time.perf_counter() - t_logits
     np.stack(rows).astype("<f4").tofile(out / "logits.f32")
+    no_window_diff = None
+    if window:
+        # The same model seeing every position in every layer: how far it is from the reference
+        # on the prompt that passes the window.
+        p = next(p for p in prompts if p["name"] == "window")
+        row = rows[next(e["row"] for e in entries if e["name"] == "window")]
+        model.config.sliding_window = 10 ** 9
+        no_window_diff = float((forward(p["ids"])[-1] - torch.from_numpy(row)).abs().max())
+        model.config.sliding_window = window
+        print(f"without the sliding window the window prompt's logits move by {no_window_diff:.3f}", file=sys.stderr)
 
     # Cross-check against the SDPA attention path (same weights), to bound implementation noise.
     sdpa_diff = None
     try:
         model.set_attn_implementation("sdpa")
         sdpa_diff = max(float((forward(p["ids"])[-1] - torch.from_numpy(r)).abs().max())
-                        for p, r in zip(prompts, rows))
+                        for p, r in zip([p for p, e in zip(prompts, entries) if e["row"] is not None], rows))
         model.set_attn_implementation("eager")
     except Exception as e:  # older/newer transformers without set_attn_implementation
         print(f"sdpa cross-check skipped: {e}", file=sys.stderr)
@@ -251,10 +320,11 @@ def main():
     t = time.perf_counter()
     np_forward = numpy_reference(model_path)
     np_diff = {}
-    for p, r, e in zip(prompts, rows, entries):
+    for p, e in zip(prompts, entries):
         ref = np_forward(p["ids"])
         pos_diff = max(abs(ref[k, i] - v) for k, top in enumerate(e["top5_per_position"]) for i, v in top)
-        np_diff[p["name"]] = max(float(np.abs(ref[-1] - r).max()), float(pos_diff))
+        last_diff = 0.0 if e["row"] is None else float(np.abs(ref[-1] - rows[e["row"]]).max())
+        np_diff[p["name"]] = max(last_diff, float(pos_diff))
         if np_diff[p["name"]] > 1e-3:
             sys.exit(f"transformers and the numpy float64 reference disagree on {p['name']}: "
                      f"{np_diff[p['name']]}")
@@ -266,7 +336,10 @@ def main():
         "numpy_f64_max_abs_diff": np_diff,
         "vocab_size": vocab,
         "file": "logits.f32",
-        "layout": "little-endian float32, shape [len(prompts)][vocab_size], row = prompts[i].row",
+        "layout": "little-endian float32, shape [rows][vocab_size], row = prompts[i].row "
+                  "(null: only the top-5 per position is stored)",
+        "sliding_window": window,
+        "no_window_max_abs_diff": no_window_diff,
         "sdpa_vs_eager_max_abs_diff": sdpa_diff,
         "total_s": round(logits_s, 3),
         "prompts": entries,
@@ -299,9 +372,9 @@ def main():
             "seconds": round(dt, 3),
         }
 
-    main_ppl = perplexity(PPL_SEQ)
-    extra = [perplexity(s) for s in PPL_EXTRA_SEQ]
-    print(f"perplexity L={PPL_SEQ}: {main_ppl['perplexity']:.4f} over {main_ppl['windows']} windows, "
+    main_ppl = perplexity(args.ppl_seq)
+    extra = [perplexity(s) for s in args.ppl_extra_seq]
+    print(f"perplexity L={args.ppl_seq}: {main_ppl['perplexity']:.4f} over {main_ppl['windows']} windows, "
           f"{len(stream)} tokens", file=sys.stderr)
     write_json(out / "perplexity.json", {
         **common,
@@ -349,7 +422,7 @@ def main():
         "max_new_tokens": GREEDY_TOKENS,
         "decoding": "argmax of the full-sequence fp32 logits at each step (no KV cache, no sampling, "
                     "no repetition penalty); generation does NOT stop at EOS (id "
-                    f"{eos_id}, <|im_end|>) — it always runs {GREEDY_TOKENS} steps",
+                    f"{eos_id}, {tok.decode([eos_id])}) — it always runs {GREEDY_TOKENS} steps",
         "near_tie_threshold": 0.5,
         "total_s": round(time.perf_counter() - t_greedy, 3),
         "generations": gens,

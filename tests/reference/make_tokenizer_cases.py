@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Writes tests/reference/tokenizer_cases.json: golden token ids and chat renderings for
 SmolLM2-135M-Instruct (GGUF Q4_1), made with Hugging Face transformers' own GGUF tokenizer
-loader (an implementation independent of ours).
+loader (an implementation independent of ours). With --model gemma-3-270m-q4_k_m.gguf --out
+golden/gemma3/tokenizer_cases.json the same for Gemma 3's SentencePiece vocabulary, with a few
+texts of its own (its turn markers, byte fallback) and Gemma's chat template (the base model
+ships none; GEMMA_TEMPLATE in make_golden.py, as adaptkit's).
 
 Run inside the reference venv (scripts/reference-env.sh prints its python):
 
-    "$(scripts/reference-env.sh)" tests/reference/make_tokenizer_cases.py [--model PATH]
+    "$(scripts/reference-env.sh)" tests/reference/make_tokenizer_cases.py [--model PATH] [--out FILE]
 
 Every text below was written for this file. Ids are produced with add_special_tokens=False
 (the GGUF says tokenizer.ggml.add_bos_token = false anyway). Special-token strings inside a text
@@ -92,6 +95,16 @@ TEXTS = [
     LONG_PARAGRAPH,
 ]
 
+# Gemma's own: turn markers, its user-defined whitespace pieces, characters only byte fallback
+# spells, and unknown control tokens.
+GEMMA_TEXTS = [
+    "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+    "<bos>text after a literal BOS",
+    "ancient glyphs: \U00012000\U00012001 and \u0fff\u0378 unassigned",
+    "tabs\t\t\tand      six spaces\n\n\n\nfour newlines",
+    "<unused0> <mask> [multimodal]",
+]
+
 CHATS = [
     {
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -159,9 +172,16 @@ def main():
 
     model = Path(args.model)
     tok = AutoTokenizer.from_pretrained(str(model.parent), gguf_file=model.name)
+    reader = gguf.GGUFReader(str(model))
+    byte_level = reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    texts = TEXTS if byte_level else TEXTS + GEMMA_TEXTS
+    if tok.chat_template is None:
+        sys.path.insert(0, str(HERE))
+        from make_golden import GEMMA_TEMPLATE
+        tok.chat_template = GEMMA_TEMPLATE
 
     cases = []
-    for text in TEXTS:
+    for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         # Byte-level BPE is lossless except around special tokens; check the round trip.
         back = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -177,7 +197,7 @@ def main():
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
-    for c in cases:
+    for c in cases if byte_level else []:
         alt = upstream.encode(c["text"], add_special_tokens=False).ids
         if alt != c["ids"]:
             sys.exit(f"digit pre-tokenizer disagrees on {c['text']!r}: {c['ids']} vs {alt}")
@@ -195,7 +215,7 @@ def main():
         "transformers": transformers.__version__,
         "tokenizers": __import__("tokenizers").__version__,
         "add_special_tokens": False,
-        "gguf_add_bos_token": bool(gguf.GGUFReader(str(model)).fields["tokenizer.ggml.add_bos_token"].contents()),
+        "gguf_add_bos_token": bool(reader.fields["tokenizer.ggml.add_bos_token"].contents()),
         "cases": cases,
         "chat": chats,
     }

@@ -17,7 +17,7 @@ use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, LlamaConfig};
+use crate::model::{Adapters, Decoder, DecoderConfig};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "dept",
@@ -101,7 +101,7 @@ const KEY_A: &str = "lora_embedding_A";
 const KEY_B: &str = "lora_embedding_B";
 
 impl DeptAdapter {
-    pub fn new(config: DeptConfig, init: PromptInit, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(config: DeptConfig, init: PromptInit, model: &Decoder, seed: u64) -> Result<Self, Error> {
         let c = model.config();
         config.check(c.context_len).map_err(Error::InvalidArgument)?;
         let prompt = PromptAdapter::new(config.tokens, init, model, seed)?;
@@ -118,7 +118,7 @@ impl DeptAdapter {
         &self.config
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
         let json = &peft.config;
@@ -189,7 +189,7 @@ impl Method for DeptAdapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, model: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let (mut config, mut tensors) = self.prompt.prompt_peft(model, SPEC.peft_type)?;
         let c = &self.config;
         for (key, value) in [

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::linear::QuantLinear;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, Projection};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "dora",
@@ -49,7 +49,7 @@ pub struct DoraAdapter {
 
 impl DoraAdapter {
     /// A fresh DoRA: PEFT's LoRA initialisation and `m = ‖W‖_row`, so it starts as the base.
-    pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(config: LoraConfig, model: &Decoder, seed: u64) -> Result<Self, Error> {
         let lora = LoraAdapter::new(config, model, seed)?;
         let weights = frozen_weights(&lora, model)?;
         let magnitudes =
@@ -61,7 +61,7 @@ impl DoraAdapter {
         &self.lora
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let lora = LoraAdapter::read_weights(peft, model)?;
         let weights = frozen_weights(&lora, model)?;
@@ -99,7 +99,7 @@ impl DoraAdapter {
 type FrozenWeights = BTreeMap<(usize, Projection), (QuantLinear, Tensor<2>)>;
 
 /// The frozen layers `lora` adapts, with their squared row norms.
-fn frozen_weights(lora: &LoraAdapter, model: &Llama) -> Result<FrozenWeights, Error> {
+fn frozen_weights(lora: &LoraAdapter, model: &Decoder) -> Result<FrozenWeights, Error> {
     let mut weights = BTreeMap::new();
     for (layer, p) in lora.sites() {
         let linear = model.blocks()[layer].linear(p).clone();
@@ -165,7 +165,7 @@ impl Method for DoraAdapter {
         fixed
     }
 
-    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, c: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let (mut config, mut tensors) = self.lora.lora_peft(c)?;
         config["use_dora"] = Value::Bool(true);
         for (&(layer, p), m) in &self.magnitudes {

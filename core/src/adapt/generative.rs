@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::fused::rms_norm;
 use crate::model::linear::read_f32;
-use crate::model::{Adapters, Llama, LlamaConfig, NoAdapters, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, NoAdapters, Projection};
 
 /// The generator's entry: it is not trained on a user's data (`adaptkit train` does not list
 /// it, see `METHODS`); the spec names its checkpoints and its saved form.
@@ -199,7 +199,7 @@ pub struct Generator {
 impl Generator {
     /// A fresh generator for `model`: `A₁, A₂, A₃` Kaiming-normal (`a = √5`, as the
     /// reference), `B` zero and the norms one, so it generates zero updates until trained.
-    pub fn new(config: GeneratorConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(config: GeneratorConfig, model: &Decoder, seed: u64) -> Result<Self, Error> {
         config.check()?;
         let c = model.config();
         let device = model.device();
@@ -257,7 +257,7 @@ impl Generator {
     /// The block inputs of `tokens` (`batch` equal rows) under the base model, one
     /// `[batch, len, d_model]` per block, handed to `each` as they are computed.
     pub fn block_inputs(
-        model: &Llama,
+        model: &Decoder,
         tokens: &[u32],
         batch: usize,
         each: &mut dyn FnMut(usize, &Tensor<3>) -> Result<(), Error>,
@@ -292,7 +292,7 @@ impl Generator {
     /// base model (memory does not grow with the context); `cancel` is looked at between windows.
     pub async fn encode(
         &self,
-        model: &Llama,
+        model: &Decoder,
         tokens: &[u32],
         state: &mut ContextState,
         cancel: &crate::control::CancelToken,
@@ -337,7 +337,7 @@ impl Generator {
 
     /// The adapter generated from `state`: a LoRA of rank `R₂` on the targeted projections,
     /// `lora_A = S_nᵀ A₁`, `lora_B = B`, at LoRA's scale `α / R₂` (equal to the generator's).
-    pub fn generate(&self, state: &ContextState, model: &Llama) -> Result<LoraAdapter, Error> {
+    pub fn generate(&self, state: &ContextState, model: &Decoder) -> Result<LoraAdapter, Error> {
         self.check_model(model.config())?;
         let c = &self.config;
         let device = model.device();
@@ -356,7 +356,7 @@ impl Generator {
 
     /// Refuses a model of another shape than the generator's, or whose context is shorter than
     /// the generator's window.
-    fn check_model(&self, config: &LlamaConfig) -> Result<(), Error> {
+    fn check_model(&self, config: &DecoderConfig) -> Result<(), Error> {
         if self.config.window > config.context_len {
             return Err(Error::option(
                 "window",
@@ -379,7 +379,7 @@ impl Generator {
 
     /// Reads a saved generator made for `model` (every shape checked against the config it
     /// states and the model).
-    pub fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         let bad = |message: String| super::tensors::bad(peft, message);
         let config: GeneratorConfig = serde_json::from_value(peft.config["generator"].clone())
             .map_err(|e| bad(format!("field 'generator' of the config: {e}")))?;
@@ -475,7 +475,7 @@ impl Method for Generator {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, _config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, _config: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let config = json!({
             "peft_type": SPEC.peft_type,
             "generator": self.config,

@@ -19,7 +19,7 @@ use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, Projection};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "ia3",
@@ -88,7 +88,7 @@ pub struct Ia3Adapter {
 
 impl Ia3Adapter {
     /// All-ones vectors on `config.targets` of every layer: the base model.
-    pub fn new(config: Ia3Config, model: &Llama) -> Result<Self, Error> {
+    pub fn new(config: Ia3Config, model: &Decoder) -> Result<Self, Error> {
         config.check().map_err(Error::InvalidArgument)?;
         let c = model.config();
         let mut vectors = BTreeMap::new();
@@ -106,7 +106,7 @@ impl Ia3Adapter {
         &self.config
     }
 
-    fn width(config: &Ia3Config, model: &Llama, projection: Projection) -> usize {
+    fn width(config: &Ia3Config, model: &Decoder, projection: Projection) -> usize {
         let (out, inp) = model.config().projection_shape(projection);
         if config.feedforward.contains(&projection) {
             inp
@@ -115,7 +115,7 @@ impl Ia3Adapter {
         }
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let json = &peft.config;
         let config = Ia3Config {
@@ -194,7 +194,7 @@ impl Method for Ia3Adapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, c: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut tensors = Vec::new();
         for (&(layer, p), vector) in &self.vectors {
             let v = values(vector)?;

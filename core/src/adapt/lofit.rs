@@ -22,7 +22,7 @@ use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, Projection};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "lofit",
@@ -104,7 +104,7 @@ const INIT_STD: f32 = 1e-3;
 
 impl LofitAdapter {
     /// Stage 1: scaling vectors on every head of every layer, penalised by `l1·Σ|A|`.
-    pub fn selection(model: &Llama, l1: f32, seed: u64) -> Result<Self, Error> {
+    pub fn selection(model: &Decoder, l1: f32, seed: u64) -> Result<Self, Error> {
         if !(l1 >= 0.0 && l1.is_finite()) {
             return Err(Error::InvalidArgument(format!("LoFiT's L1 weight {l1} must be >= 0")));
         }
@@ -115,7 +115,7 @@ impl LofitAdapter {
     }
 
     /// Stage 2: offset vectors on `heads` (`(layer, head)` pairs).
-    pub fn offsets(heads: &[(usize, usize)], model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn offsets(heads: &[(usize, usize)], model: &Decoder, seed: u64) -> Result<Self, Error> {
         let c = model.config();
         if heads.is_empty() {
             return Err(Error::InvalidArgument("LoFiT needs at least one head".into()));
@@ -129,7 +129,7 @@ impl LofitAdapter {
         Ok(Self::random(Stage::Offsets, heads, 0.0, model, seed))
     }
 
-    fn random(stage: Stage, heads: &[(usize, usize)], l1: f32, model: &Llama, seed: u64) -> Self {
+    fn random(stage: Stage, heads: &[(usize, usize)], l1: f32, model: &Decoder, seed: u64) -> Self {
         let c = model.config();
         let mut rng = Rng::new(seed);
         let heads = heads
@@ -176,7 +176,7 @@ impl LofitAdapter {
         self.heads.keys().copied().collect()
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
         let field = |message: String| tensors::bad(peft, message);
@@ -263,7 +263,7 @@ impl Method for LofitAdapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, _model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, _model: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut all = Vec::with_capacity(self.heads.len() * self.head_dim);
         for v in self.heads.values() {
             all.extend(values(v)?);

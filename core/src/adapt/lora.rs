@@ -20,7 +20,7 @@ use crate::format::peft::PeftDir;
 use crate::model::fused;
 use crate::model::linear::host_f32;
 use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, LowRankOutput, Projection};
 use crate::parallel::for_each_chunk_mut;
 use crate::quant::QuantMatrix;
 
@@ -236,7 +236,7 @@ impl LoraAdapter {
 
     /// A fresh adapter on `config.targets` of every layer, initialised as PEFT does: `A`
     /// Kaiming-uniform (bound `1/sqrt(in)`), `B` zero, so it starts as the base model.
-    pub fn new(config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(config: LoraConfig, model: &Decoder, seed: u64) -> Result<Self, Error> {
         config.check()?;
         if config.init == LoraInit::Pissa {
             return Err(Error::InvalidArgument(
@@ -287,7 +287,7 @@ impl LoraAdapter {
     /// of each targeted weight, trained against the residual `W − s·B₀A₀`, which the adapter
     /// itself subtracts (the shared model is not changed). The same `seed` gives the same split,
     /// so a resumed run rebuilds the same adapter. Runs on the installed worker pool.
-    pub fn new_pissa(mut config: LoraConfig, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new_pissa(mut config: LoraConfig, model: &Decoder, seed: u64) -> Result<Self, Error> {
         config.check()?;
         config.init = LoraInit::Pissa;
         for &projection in &config.targets {
@@ -349,17 +349,17 @@ impl LoraAdapter {
     }
 
     /// Reads a PEFT LoRA adapter made for `model` (shapes are checked against it).
-    pub fn load(dir: &Path, model: &Llama) -> Result<Self, Error> {
+    pub fn load(dir: &Path, model: &Decoder) -> Result<Self, Error> {
         Self::from_peft(&PeftDir::read(dir)?, model)
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         Self::read_weights(peft, model)
     }
 
     /// The LoRA part of a saved PEFT `LORA` adapter (DoRA's too).
-    pub(crate) fn read_weights(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn read_weights(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         let bad = |message: String| tensors::bad(peft, message);
         let config = parse_config(&peft.config).map_err(bad)?;
         let c = model.config();
@@ -425,7 +425,7 @@ impl LoraAdapter {
 impl LoraAdapter {
     /// The PEFT config and tensors of the adapter (q/k `lora_B` rows back in HF order), which
     /// `peft.PeftModel.from_pretrained` loads.
-    pub(crate) fn lora_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    pub(crate) fn lora_peft(&self, c: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         // PiSSA trains against a residual base; for the original base it is the LoRA of rank
         // 2r with `A' = [A; A₀]`, `B' = [B, −B₀]` and the same scale (PEFT's conversion).
         let (rank, alpha) = match (&self.initial, self.config.use_rslora) {
@@ -540,7 +540,7 @@ impl Method for LoraAdapter {
         frozen_a.chain(initial).collect()
     }
 
-    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, config: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         self.lora_peft(config)
     }
 

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use crate::adapt::AdapterSet;
 use crate::error::Error;
 use crate::format::gguf::{GgufFile, GgufStream, GgufWriter, TensorInfo};
-use crate::model::{Llama, LlamaConfig, Projection};
+use crate::model::rope::{permute_rotary_rows, permute_rotary_values, RowOrder};
+use crate::model::{Decoder, DecoderConfig, Projection, RotaryRows};
 use crate::quant::{self, GgmlType, QuantMatrix};
 
 /// What block format merged matrices are written in.
@@ -56,14 +57,14 @@ pub struct MergeReport {
 /// `W'` (dense) in `merged_type`. Soft prompts do not merge and are refused.
 pub fn export_merged(
     base: &GgufFile,
-    model: &Llama,
+    model: &Decoder,
     adapters: &AdapterSet,
     merged_type: MergedType,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<MergeReport, Error> {
     adapters.check_mergeable()?;
     let config = model.config();
-    if LlamaConfig::from_gguf(base)? != *config {
+    if DecoderConfig::from_gguf(base)? != *config {
         return Err(Error::InvalidArgument(
             "this GGUF is not the model the adapters were loaded for (its configuration differs)".into(),
         ));
@@ -122,7 +123,7 @@ pub fn export_merged(
         plan.push(Tensor::Bias { layer, projection: p, base: None });
     }
 
-    let mut merger = Merger { base, adapters, merged_type, pending: HashMap::new() };
+    let mut merger = Merger { base, config, adapters, merged_type, pending: HashMap::new() };
     let mut report = MergeReport { tensors_merged: 0, tensors_copied: 0 };
     // `plan[i]` is the `i`-th tensor declared.
     stream.write(out, |i| -> Result<Vec<u8>, Error> {
@@ -166,6 +167,7 @@ enum Tensor<'a> {
 /// its turn (one matrix at most).
 struct Merger<'a> {
     base: &'a GgufFile,
+    config: &'a DecoderConfig,
     adapters: &'a AdapterSet,
     merged_type: MergedType,
     pending: HashMap<(usize, Projection), Merged>,
@@ -238,24 +240,48 @@ impl Merger<'_> {
         ty: GgmlType,
     ) -> Result<Merged, Error> {
         let data = self.base.tensor_data(info);
+        let (cols, rows) = (info.dims[0] as usize, info.dims.get(1).copied().unwrap_or(1) as usize);
+        // The adapters work in the decoder's row order; a rotate-half file's q/k rows are
+        // permuted into it and back.
+        let rotated_heads = match (self.config.parts.rotary_rows, projection) {
+            (RotaryRows::Halves, Projection::Q) => Some(self.config.n_heads),
+            (RotaryRows::Halves, Projection::K) => Some(self.config.n_kv_heads),
+            _ => None,
+        };
+        let head_dim = self.config.head_dim;
         if self.merged_type == MergedType::Same {
-            if let Some(blocks) = self.adapters.merge_blocks(layer, projection)? {
+            if let Some(mut blocks) = self.adapters.merge_blocks(layer, projection)? {
                 if blocks.len() != data.len() {
                     return Err(Error::InvalidArgument(format!(
                         "tensor '{}' of this GGUF is not the one the adapter was trained on",
                         info.name
                     )));
                 }
+                if let Some(heads) = rotated_heads {
+                    blocks = permute_rotary_rows(
+                        &blocks,
+                        heads,
+                        head_dim,
+                        blocks.len() / rows,
+                        RowOrder::ToRotateHalf,
+                    );
+                }
                 return Ok(Merged { weight: Some(blocks), bias: None });
             }
         }
-        let (cols, rows) = (info.dims[0] as usize, info.dims.get(1).copied().unwrap_or(1) as usize);
         let mut weights = QuantMatrix::new(info.ty, rows, cols, data)?.dequantize();
+        if let Some(heads) = rotated_heads {
+            weights = permute_rotary_values(&weights, heads, head_dim, cols, RowOrder::ToPairs);
+        }
         let changed = self.adapters.merge_weight(layer, projection, &mut weights)?;
         if changed && weights.iter().any(|w| !w.is_finite()) {
             return Err(Error::NonFiniteOutput { what: format!("the merged tensor '{}'", info.name) });
         }
-        let bias = self.adapters.merge_bias(layer, projection, &weights)?;
+        let mut bias = self.adapters.merge_bias(layer, projection, &weights)?;
+        if let Some(heads) = rotated_heads {
+            weights = permute_rotary_values(&weights, heads, head_dim, cols, RowOrder::ToRotateHalf);
+            bias = bias.map(|b| permute_rotary_values(&b, heads, head_dim, 1, RowOrder::ToRotateHalf));
+        }
         let weight = if changed { Some(quant::quantize(ty, &weights)?) } else { None };
         Ok(Merged { weight, bias })
     }

@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::model::linear::read_f32;
-use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, LowRankOutput, Projection};
 
 /// What every adaptation method offers beyond acting on the forward pass: its parameters for
 /// the optimizer and checkpoints, saving, and merging where that is exact.
@@ -51,10 +51,10 @@ pub trait Method: Adapters {
     }
 
     /// The adapter as a PEFT-style `adapter_config.json` and tensors, for `config`'s model.
-    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error>;
+    fn to_peft(&self, config: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error>;
 
     /// Writes the adapter as a PEFT-style directory that [`load`] reads back.
-    fn save(&self, dir: &Path, model: &Llama) -> Result<(), Error> {
+    fn save(&self, dir: &Path, model: &Decoder) -> Result<(), Error> {
         let (config, tensors) = self.to_peft(model.config())?;
         Ok(PeftDir::write(dir, &config, &tensors)?)
     }
@@ -195,13 +195,13 @@ pub fn parameter_count(method: &dyn Method) -> usize {
 }
 
 /// Reads a saved adapter of any registered method, made for `model` (shapes are checked).
-pub fn load(dir: &Path, model: &Llama) -> Result<Box<dyn Method>, Error> {
+pub fn load(dir: &Path, model: &Decoder) -> Result<Box<dyn Method>, Error> {
     from_peft(&PeftDir::read(dir)?, model)
 }
 
 /// The adapter of any registered method in `peft` (read from disk or built in memory), made
 /// for `model`.
-pub fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Box<dyn Method>, Error> {
+pub fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Box<dyn Method>, Error> {
     let kind = MethodKind::of_config(&peft.config)
         .map_err(|message| Error::Adapter { path: peft.path.display().to_string(), message })?;
     (kind.spec().load)(peft, model)

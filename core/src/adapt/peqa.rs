@@ -20,7 +20,7 @@ use super::tensors::{self, read, saved, tensor2, untracked, values, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, LlamaConfig, Projection};
+use crate::model::{Adapters, Decoder, DecoderConfig, Projection};
 use crate::quant::{Levels, QuantMatrix};
 
 pub static SPEC: MethodSpec = MethodSpec {
@@ -53,7 +53,7 @@ pub struct PeqaAdapter {
 impl PeqaAdapter {
     /// Zero factors (the base model) on `targets` of every layer, whose weights must be in a
     /// block format with a scale (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
-    pub fn new(targets: Vec<Projection>, model: &Llama) -> Result<Self, Error> {
+    pub fn new(targets: Vec<Projection>, model: &Decoder) -> Result<Self, Error> {
         if targets.is_empty() {
             return Err(Error::InvalidArgument("PEQA needs at least one target module".into()));
         }
@@ -76,7 +76,7 @@ impl PeqaAdapter {
         Ok(Self { targets, factors, matrices })
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let targets =
             super::parse_targets(&peft.config, "target_modules").map_err(|m| tensors::bad(peft, m))?;
@@ -174,7 +174,7 @@ impl Method for PeqaAdapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, _model: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, _model: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let mut tensors = Vec::new();
         for (&(layer, p), factor) in &self.factors {
             tensors.push(saved(key(layer, p), factor.dims().to_vec(), &self.snapped(layer, p)?));

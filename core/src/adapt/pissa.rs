@@ -8,7 +8,7 @@
 
 use crate::error::Error;
 use crate::linalg::symmetric_eigen;
-use crate::model::{Llama, Projection};
+use crate::model::{Decoder, Projection};
 use crate::quant::QuantMatrix;
 
 /// The top `rank` singular triplets of a row-major `rows x cols` matrix: `u` (`rows x rank`,
@@ -141,7 +141,7 @@ pub(crate) fn split(weight: &QuantMatrix, rank: usize, scale: f32, seed: u64) ->
 
 /// Whether `projection` of every layer can be split at `rank` (PiSSA needs `rank` below both
 /// dimensions of the weight).
-pub(crate) fn check_rank(model: &Llama, projection: Projection, rank: usize) -> Result<(), Error> {
+pub(crate) fn check_rank(model: &Decoder, projection: Projection, rank: usize) -> Result<(), Error> {
     let (out, inp) = model.config().projection_shape(projection);
     if rank > out.min(inp) {
         return Err(Error::InvalidArgument(format!(

@@ -16,12 +16,12 @@ use super::fields;
 use super::registry::{
     peft_type, Coding, Combine, MethodKind, MethodOption, MethodSpec, OptionDefault, OptionSpec,
 };
-use super::tensors::{self, head_rows, read, saved, tensor2, untracked, values, Rng, Saved};
+use super::tensors::{self, read, saved, tensor2, untracked, values, Rng, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::rope::RowOrder;
-use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput, NoAdapters};
+use crate::model::rope::{permute_rotary_values, RowOrder};
+use crate::model::{Adapters, Decoder, DecoderConfig, LowRankOutput, NoAdapters};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "prefix",
@@ -57,7 +57,7 @@ const KEY: &str = "prompt_embeddings";
 impl PrefixAdapter {
     /// Prefixes of `tokens` positions, starting as the keys and values of that many vocabulary
     /// tokens drawn at random (real activations train better than PEFT's `N(0, 1)`).
-    pub fn new(tokens: usize, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(tokens: usize, model: &Decoder, seed: u64) -> Result<Self, Error> {
         let c = model.config();
         if tokens == 0 || tokens > c.context_len {
             return Err(Error::InvalidArgument(format!(
@@ -74,7 +74,7 @@ impl PrefixAdapter {
 
     /// The keys and values of `ids` run through the base model: attending to this prefix is
     /// attending to those tokens.
-    pub fn from_tokens(ids: &[u32], model: &Llama) -> Result<Self, Error> {
+    pub fn from_tokens(ids: &[u32], model: &Decoder) -> Result<Self, Error> {
         let c = model.config();
         let mut cache = model.new_cache(1);
         model.forward_adapted(ids, 1, &mut cache, &NoAdapters)?;
@@ -99,7 +99,7 @@ impl PrefixAdapter {
         self.len() == 0
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         let c = model.config();
         let m = fields::count(&peft.config, "num_virtual_tokens")
@@ -125,7 +125,13 @@ impl PrefixAdapter {
         };
         let layers = (0..c.n_layers)
             .map(|layer| {
-                let keys = head_rows(&column(layer, 0), m * c.n_kv_heads, c.head_dim, 1, RowOrder::ToPairs);
+                let keys = permute_rotary_values(
+                    &column(layer, 0),
+                    m * c.n_kv_heads,
+                    c.head_dim,
+                    1,
+                    RowOrder::ToPairs,
+                );
                 (
                     tensor2(keys, [m, width], model.device()),
                     tensor2(column(layer, 1), [m, width], model.device()),
@@ -169,11 +175,17 @@ impl Method for PrefixAdapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, c: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, c: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         let (m, width) = (self.len(), self.kv_heads * self.head_dim);
         let mut rows = vec![Vec::with_capacity(self.layers.len() * 2 * width); m];
         for (k, v) in &self.layers {
-            let keys = head_rows(&values(k)?, m * self.kv_heads, self.head_dim, 1, RowOrder::ToRotateHalf);
+            let keys = permute_rotary_values(
+                &values(k)?,
+                m * self.kv_heads,
+                self.head_dim,
+                1,
+                RowOrder::ToRotateHalf,
+            );
             let vals = values(v)?;
             for (i, row) in rows.iter_mut().enumerate() {
                 row.extend(&keys[i * width..][..width]);

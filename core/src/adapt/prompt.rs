@@ -14,7 +14,7 @@ use super::tensors::{self, read, saved, tensor2, values, Rng, Saved};
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Adapters, Llama, LlamaConfig, LowRankOutput};
+use crate::model::{Adapters, Decoder, DecoderConfig, LowRankOutput};
 
 pub static SPEC: MethodSpec = MethodSpec {
     name: "prompt",
@@ -73,7 +73,7 @@ pub struct PromptAdapter {
 
 impl PromptAdapter {
     /// A soft prompt of `tokens` virtual tokens.
-    pub fn new(tokens: usize, init: PromptInit, model: &Llama, seed: u64) -> Result<Self, Error> {
+    pub fn new(tokens: usize, init: PromptInit, model: &Decoder, seed: u64) -> Result<Self, Error> {
         Ok(Self { embeddings: initial_prompt(tokens, &init, model, seed)?, init })
     }
 
@@ -86,7 +86,7 @@ impl PromptAdapter {
         self.len() == 0
     }
 
-    pub(crate) fn from_peft(peft: &PeftDir, model: &Llama) -> Result<Self, Error> {
+    pub(crate) fn from_peft(peft: &PeftDir, model: &Decoder) -> Result<Self, Error> {
         super::expect_type(peft, KIND)?;
         Ok(Self::from_embeddings(read_prompt(peft, model)?))
     }
@@ -97,7 +97,11 @@ impl PromptAdapter {
     }
 
     /// The PEFT config fields and tensor of the prompt, saved as `peft_type`.
-    pub(crate) fn prompt_peft(&self, c: &LlamaConfig, peft_type: &str) -> Result<(Value, Vec<Saved>), Error> {
+    pub(crate) fn prompt_peft(
+        &self,
+        c: &DecoderConfig,
+        peft_type: &str,
+    ) -> Result<(Value, Vec<Saved>), Error> {
         let m = self.len();
         let mut tensors = Vec::new();
         if let Some(e) = &self.embeddings {
@@ -130,7 +134,7 @@ const KEY: &str = "prompt_embeddings";
 pub(crate) fn initial_prompt(
     tokens: usize,
     init: &PromptInit,
-    model: &Llama,
+    model: &Decoder,
     seed: u64,
 ) -> Result<Option<Tensor<2>>, Error> {
     let c = model.config();
@@ -161,7 +165,7 @@ pub(crate) fn initial_prompt(
 }
 
 /// The `prompt_embeddings` of a saved prompt-tuning (or DePT) adapter.
-pub(crate) fn read_prompt(peft: &PeftDir, model: &Llama) -> Result<Tensor<2>, Error> {
+pub(crate) fn read_prompt(peft: &PeftDir, model: &Decoder) -> Result<Tensor<2>, Error> {
     let c = model.config();
     let field = |result: Result<Option<usize>, String>| result.map_err(|m| tensors::bad(peft, m));
     let m = field(fields::count(&peft.config, "num_virtual_tokens"))?.unwrap_or(0);
@@ -207,7 +211,7 @@ impl Method for PromptAdapter {
         Box::new(self.clone())
     }
 
-    fn to_peft(&self, config: &LlamaConfig) -> Result<(Value, Vec<Saved>), Error> {
+    fn to_peft(&self, config: &DecoderConfig) -> Result<(Value, Vec<Saved>), Error> {
         self.prompt_peft(config, SPEC.peft_type)
     }
 }

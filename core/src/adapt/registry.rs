@@ -16,7 +16,7 @@ use super::lora::LoraInit;
 use super::Method;
 use crate::error::Error;
 use crate::format::peft::PeftDir;
-use crate::model::{Llama, Projection};
+use crate::model::{Decoder, Projection};
 use crate::tokenizer::Tokenizer;
 
 /// Every registered method, in the order help texts list them.
@@ -60,7 +60,7 @@ pub struct MethodSpec {
 }
 
 /// Reads a saved adapter of one method for a model (shapes checked).
-pub type LoadFn = fn(&PeftDir, &Llama) -> Result<Box<dyn Method>, Error>;
+pub type LoadFn = fn(&PeftDir, &Decoder) -> Result<Box<dyn Method>, Error>;
 /// Builds the kept adapter of a staged method from its first stage's record.
 pub type NextStageFn = fn(&Value, &BuildContext) -> Result<Box<dyn Method>, Error>;
 
@@ -434,7 +434,7 @@ impl MethodOptions {
 /// learning rate and seed.
 pub struct BuildContext<'a> {
     pub method: MethodKind,
-    pub model: &'a Llama,
+    pub model: &'a Decoder,
     pub tokenizer: &'a Tokenizer,
     pub options: &'a MethodOptions,
     pub seq: usize,

@@ -7,8 +7,8 @@ use crate::error::Error;
 use crate::format::peft::PeftDir;
 use crate::format::safetensors::Dtype;
 use crate::model::linear::host_f32;
-use crate::model::rope::{permute_rotary_rows, RowOrder};
-use crate::model::{LlamaConfig, Projection};
+use crate::model::rope::{permute_rotary_values, RowOrder};
+use crate::model::{DecoderConfig, Projection};
 
 /// `x` off the autodiff graph. (`detach` would keep a parameter's `require_grad`, so ops on it
 /// would still record a graph.)
@@ -67,7 +67,7 @@ pub(crate) fn values<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, Error> {
 /// Rows of a q/k output (`heads · head_dim` rows of `row_len` values) reordered between
 /// Hugging Face's rotate-half order and our RoPE-pair order; other projections unchanged.
 pub(crate) fn rotary_rows(
-    config: &LlamaConfig,
+    config: &DecoderConfig,
     projection: Projection,
     values: Vec<f32>,
     row_len: usize,
@@ -77,22 +77,7 @@ pub(crate) fn rotary_rows(
         return values;
     }
     let heads = if projection == Projection::Q { config.n_heads } else { config.n_kv_heads };
-    head_rows(&values, heads, config.head_dim, row_len, order)
-}
-
-/// [`rotary_rows`] of `heads` blocks of `head_dim` rows of `row_len` values.
-pub(crate) fn head_rows(
-    values: &[f32],
-    heads: usize,
-    head_dim: usize,
-    row_len: usize,
-    order: RowOrder,
-) -> Vec<f32> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    permute_rotary_rows(&bytes, heads, head_dim, row_len * 4, order)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    permute_rotary_values(&values, heads, config.head_dim, row_len, order)
 }
 
 /// xorshift64*: the same stream on every platform from the same seed.

@@ -12,7 +12,7 @@ use crate::control::CancelToken;
 use crate::device::{is_host, release_untracked_graphs};
 use crate::error::Error;
 use crate::model::linear::{read_f32, read_i64};
-use crate::model::{soft_prompt_len, Adapters, HostDecoder, KvCache, Llama};
+use crate::model::{soft_prompt_len, Adapters, Decoder, HostDecoder, KvCache};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -95,7 +95,7 @@ pub struct Generation {
 /// Generates from `prompt`. Async because every token is read back from the device: awaited in
 /// the browser, blocked on natively ([`crate::device::wait`]).
 pub async fn generate(
-    model: &Llama,
+    model: &Decoder,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     options: &GenerateOptions,
@@ -256,7 +256,7 @@ fn partial_stop_start(text: &str, stop: &str) -> usize {
 /// logits the sampler needs are read back (the top few and the penalized tokens' ones, not the
 /// whole vocabulary); on the host, where reading is free, it takes them all.
 async fn next_token(
-    model: &Llama,
+    model: &Decoder,
     hidden: Tensor<3>,
     at: usize,
     text_vocab: usize,

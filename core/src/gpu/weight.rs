@@ -2,11 +2,13 @@
 //! values of a float-format weight, uploaded once from the host blocks. Products with few tokens
 //! (decode) read the levels in-kernel; products with many tokens (prefill, training) decode the
 //! matrix into a transient f32 buffer for burn's tiled matmul and free it straight after, as
-//! llama.cpp's GPU backends do: no f32 copy of the base is ever kept.
+//! llama.cpp's GPU backends do: no f32 copy of the base is ever kept. A matrix whose f32 form
+//! would not fit one storage binding (wgpu's default limit is 128 MiB: Gemma's tied 262k x 640
+//! embedding is 671 MB) is kept as bands of rows, each its own weight, their outputs side by side.
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::TensorMetadata;
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, Slice};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeDevice};
@@ -21,7 +23,18 @@ use crate::quant::{Levels, QuantMatrix};
 /// once for a tiled matmul, whose reuse of each weight across tokens then pays off.
 const FEW_TOKENS: usize = 8;
 
+/// The most bytes of one band's f32 form: wgpu's default `max_storage_buffer_binding_size`,
+/// which lavapipe and most phones keep.
+const BAND_BYTES: usize = 128 << 20;
+
+/// A frozen weight on a device: one band of rows, or several where one would not fit a binding.
 pub struct DeviceMatrix {
+    bands: Vec<Band>,
+    cols: usize,
+}
+
+/// Rows `first..first + rows` of a weight, on the device.
+struct Band {
     client: Client,
     device: CubeDevice,
     rows: usize,
@@ -45,8 +58,75 @@ enum Form {
 }
 
 impl DeviceMatrix {
-    /// Uploads `matrix` to the device of `client`.
+    /// Uploads `matrix` to the device of `client`, in bands of rows where it is large.
     pub fn upload(matrix: &QuantMatrix, client: &Client, device: &CubeDevice) -> Self {
+        let (rows, cols) = (matrix.rows(), matrix.cols());
+        let band_rows = (BAND_BYTES / (4 * cols.max(1))).max(1);
+        if rows <= band_rows {
+            return Self { bands: vec![Band::upload(matrix, client, device)], cols };
+        }
+        let row_bytes = matrix.data().len() / rows;
+        let bands = (0..rows)
+            .step_by(band_rows)
+            .map(|first| {
+                let n = band_rows.min(rows - first);
+                let bytes =
+                    matrix.data().slice(first * row_bytes..(first + n) * row_bytes).expect("rows in range");
+                let band = QuantMatrix::new(matrix.ty(), n, cols, bytes).expect("a band of a valid matrix");
+                Band::upload(&band, client, device)
+            })
+            .collect();
+        Self { bands, cols }
+    }
+
+    pub fn device(&self) -> &CubeDevice {
+        &self.bands[0].device
+    }
+
+    /// `x·Wᵀ` over the last dimension of `x` (f32, `cols` wide).
+    pub fn forward(&self, x: CubeTensor) -> CubeTensor {
+        if let [band] = &self.bands[..] {
+            return band.forward(x);
+        }
+        let last = x.shape().num_dims() - 1;
+        CubeBackend::float_cat(self.bands.iter().map(|band| band.forward(x.clone())).collect(), last)
+    }
+
+    /// `dy·W` over the last dimension of `dy` (`rows` wide): the gradient with respect to the
+    /// input of [`forward`](Self::forward), the sum of the bands' over their columns of `dy`.
+    pub fn input_grad(&self, dy: CubeTensor) -> CubeTensor {
+        if let [band] = &self.bands[..] {
+            return band.input_grad(dy);
+        }
+        let shape = dy.shape();
+        let last = shape.num_dims() - 1;
+        let mut first = 0;
+        let mut sum: Option<CubeTensor> = None;
+        for band in &self.bands {
+            let slices: Vec<Slice> =
+                (0..=last)
+                    .map(|d| {
+                        if d == last {
+                            Slice::from(first..first + band.rows)
+                        } else {
+                            Slice::from(0..shape[d])
+                        }
+                    })
+                    .collect();
+            let part = band.input_grad(CubeBackend::float_slice(dy.clone(), &slices));
+            sum = Some(match sum {
+                Some(total) => CubeBackend::float_add(total, part),
+                None => part,
+            });
+            first += band.rows;
+        }
+        debug_assert_eq!(self.cols, sum.as_ref().map_or(self.cols, |s| s.shape()[last]));
+        sum.expect("a banded matrix has bands")
+    }
+}
+
+impl Band {
+    fn upload(matrix: &QuantMatrix, client: &Client, device: &CubeDevice) -> Self {
         let form = match Levels::of(matrix) {
             Some(levels) => Form::Levels {
                 words: client.create_from_slice(u32::as_bytes(&levels.words)),
@@ -68,13 +148,9 @@ impl DeviceMatrix {
         }
     }
 
-    pub fn device(&self) -> &CubeDevice {
-        &self.device
-    }
-
-    /// The whole matrix `[rows, cols]` in f32: a fresh buffer for levels, the resident one for
+    /// The whole band `[rows, cols]` in f32: a fresh buffer for levels, the resident one for
     /// float formats.
-    pub fn dequantized(&self) -> CubeTensor {
+    fn dequantized(&self) -> CubeTensor {
         let shape = Shape::new([self.rows, self.cols]);
         let handle = match &self.form {
             Form::Dense { values } => values.clone(),
@@ -103,8 +179,7 @@ impl DeviceMatrix {
         CubeTensor::new_contiguous(self.client.clone(), self.device.clone(), shape, handle, DType::F32)
     }
 
-    /// `x·Wᵀ` over the last dimension of `x` (f32, `cols` wide).
-    pub fn forward(&self, x: CubeTensor) -> CubeTensor {
+    fn forward(&self, x: CubeTensor) -> CubeTensor {
         let (x, tokens, shape) = as_rows(x, self.cols, self.rows);
         if let (true, Form::Levels { words, word_count, groups, group_count, bits, group, zero }) =
             (tokens <= FEW_TOKENS, &self.form)
@@ -143,9 +218,7 @@ impl DeviceMatrix {
         CubeBackend::float_reshape(CubeBackend::float_matmul(x, w_t), shape)
     }
 
-    /// `dy·W` over the last dimension of `dy` (`rows` wide): the gradient with respect to the
-    /// input of [`forward`](Self::forward).
-    pub fn input_grad(&self, dy: CubeTensor) -> CubeTensor {
+    fn input_grad(&self, dy: CubeTensor) -> CubeTensor {
         let (dy, _, shape) = as_rows(dy, self.rows, self.cols);
         CubeBackend::float_reshape(CubeBackend::float_matmul(dy, self.dequantized()), shape)
     }

@@ -1,5 +1,7 @@
-//! Hyper-parameters of a Llama-family decoder, read from GGUF metadata or a HF `config.json`.
+//! Hyper-parameters of a decoder, read from GGUF metadata or a HF `config.json`: the shapes every
+//! family shares, and the [`Parts`] that tell the families apart.
 
+use super::architecture::{Parts, RotaryRows};
 use super::sites::Projection;
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
@@ -20,7 +22,7 @@ pub enum RopeScaling {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
+pub struct DecoderConfig {
     pub architecture: String,
     pub n_layers: usize,
     pub d_model: usize,
@@ -34,17 +36,16 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     pub rms_eps: f32,
     pub tied_embeddings: bool,
+    pub parts: Parts,
 }
 
-/// GGUF architectures that are plain Llama decoders under another name.
-const LLAMA_ARCHITECTURES: &[&str] = &["llama", "mistral"];
+/// HF `model_type`s whose checkpoints this loader reads (plain Llama decoders).
+const HF_ARCHITECTURES: &[&str] = &["llama", "mistral"];
 
-impl LlamaConfig {
+impl DecoderConfig {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, Error> {
         let arch = gguf.get_str("general.architecture")?.to_string();
-        if !LLAMA_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(Error::UnsupportedArchitecture(arch));
-        }
+        let parts = Parts::from_gguf(gguf, &arch)?;
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize, Error> { Ok(gguf.get_u64(&key(k))? as usize) };
         let d_model = usize_of("embedding_length")?;
@@ -100,6 +101,7 @@ impl LlamaConfig {
             rms_eps: gguf.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             tied_embeddings: gguf.tensor("output.weight").is_none(),
             architecture: arch.clone(),
+            parts,
         };
         if let Some(dims) = gguf.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()) {
             if dims != config.head_dim as u64 {
@@ -133,7 +135,7 @@ impl LlamaConfig {
                 .ok_or_else(|| Error::Config(format!("config.json: missing or non-integer '{k}'")))
         };
         let arch = field("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        if !LLAMA_ARCHITECTURES.contains(&arch.as_str()) {
+        if !HF_ARCHITECTURES.contains(&arch.as_str()) {
             return Err(Error::UnsupportedArchitecture(arch));
         }
         let d_model = usize_of("hidden_size")?;
@@ -196,8 +198,9 @@ impl LlamaConfig {
             context_len: usize_of("max_position_embeddings")?,
             rope_theta,
             rope_scaling,
-            rms_eps: f32_of("rms_norm_eps", 1e-6), // transformers' LlamaConfig default
+            rms_eps: f32_of("rms_norm_eps", 1e-6), // transformers' DecoderConfig default
             tied_embeddings: field("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            parts: Parts { rotary_rows: RotaryRows::Halves, ..Parts::llama() },
         };
         config.validate()?;
         Ok(config)
@@ -236,6 +239,14 @@ impl LlamaConfig {
         let widest = self.head_dim.max(self.d_model).max(self.ffn_dim);
         if widths.iter().any(|&w| w.checked_mul(widest).is_none_or(|p| p > isize::MAX as usize / 4)) {
             return bad(format!("dimensions {widths:?} x {widest} overflow"));
+        }
+        if let Some(window) = self.parts.sliding_window {
+            if window.size == 0 || window.size > self.context_len || window.global_every == 0 {
+                return bad(format!(
+                    "sliding window of {} positions (every {}th layer global) for a context of {}: the window must be 1..=context",
+                    window.size, window.global_every, self.context_len
+                ));
+            }
         }
         let factors_ok = match &self.rope_scaling {
             RopeScaling::None => true,

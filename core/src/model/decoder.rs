@@ -1,11 +1,14 @@
-//! The Llama decoder: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP, tied
-//! or separate output head. Everything between the frozen quantized linears runs as burn ops
-//! (on the CPU the fused ones of [`super::fused`]), so the same graph carries gradients to
-//! adapters.
+//! The decoder every supported family runs: RMSNorm, RoPE, grouped-query attention with a KV
+//! cache, a gated MLP, tied or separate output head, and the [`Parts`] a family adds (scaled
+//! embeddings, sandwich norms, q/k norms, sliding-window layers with their own RoPE base).
+//! Everything between the frozen quantized linears runs as burn ops (on the CPU the fused ones
+//! of [`super::fused`]), so the same graph carries gradients to adapters.
+//!
+//! [`Parts`]: super::architecture::Parts
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::config::LlamaConfig;
+use super::config::DecoderConfig;
 use super::fused::{self, graph::causal_mask, rms_norm};
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
@@ -29,10 +32,16 @@ pub struct Block {
     pub ffn_gate: QuantLinear,
     pub ffn_up: QuantLinear,
     pub ffn_down: QuantLinear,
+    /// Sandwich norms (`Parts::sandwich_norms`): on attention's and the MLP's outputs.
+    pub post_attn_norm: Option<Tensor<1>>,
+    pub post_ffn_norm: Option<Tensor<1>>,
+    /// Per-head query and key norms (`Parts::qk_norms`), `head_dim` weights in pair order.
+    pub q_norm: Option<Tensor<1>>,
+    pub k_norm: Option<Tensor<1>>,
 }
 
-pub struct Llama {
-    pub(super) config: LlamaConfig,
+pub struct Decoder {
+    pub(super) config: DecoderConfig,
     pub(super) device: Device,
     pub(super) token_embedding: QuantMatrix,
     /// The head; the token embedding itself when they are tied (the embedding lookup reads the
@@ -41,10 +50,12 @@ pub struct Llama {
     pub(super) output_norm: Tensor<1>,
     pub(super) blocks: Vec<Block>,
     pub(super) rope: Rope,
+    /// The sliding-window layers' rotation, where they have their own base.
+    pub(super) local_rope: Option<Rope>,
 }
 
-impl Llama {
-    pub fn config(&self) -> &LlamaConfig {
+impl Decoder {
+    pub fn config(&self) -> &DecoderConfig {
         &self.config
     }
 
@@ -238,12 +249,23 @@ impl Llama {
         Ok(Some(if batch == 1 { x } else { x.expand([batch, len, d]) }))
     }
 
-    /// The token embeddings `[batch, len, d_model]` of `tokens` (`batch` equal rows).
+    /// The token embeddings `[batch, len, d_model]` of `tokens` (`batch` equal rows), scaled
+    /// where the family scales them.
     pub fn embed(&self, tokens: &[u32], batch: usize) -> Result<Tensor<3>, Error> {
         let d = self.config.d_model;
         let mut embedded = vec![0.0; tokens.len() * d];
-        self.token_embedding.get_rows(tokens, &mut embedded)?;
+        self.embed_rows(tokens, &mut embedded)?;
         Ok(Tensor::from_data(TensorData::new(embedded, [batch, tokens.len() / batch, d]), &self.device))
+    }
+
+    /// [`embed`](Self::embed) into a host buffer of `tokens.len() x d_model` values.
+    pub fn embed_rows(&self, tokens: &[u32], out: &mut [f32]) -> Result<(), Error> {
+        self.token_embedding.get_rows(tokens, out)?;
+        if self.config.parts.scaled_embeddings {
+            let scale = (self.config.d_model as f32).sqrt();
+            out.iter_mut().for_each(|v| *v *= scale);
+        }
+        Ok(())
     }
 
     /// What every block of a pass over positions `start..start + len` shares.
@@ -251,7 +273,9 @@ impl Llama {
         let groups = self.config.n_heads / self.config.n_kv_heads;
         Positions {
             rope: self.rope.tables(start, len, &self.device),
-            mask: (len > 1 && !is_host(&self.device)).then(|| causal_mask(start, len, groups, &self.device)),
+            local_rope: self.local_rope.as_ref().map(|rope| rope.tables(start, len, &self.device)),
+            mask: (len > 1 && !is_host(&self.device))
+                .then(|| causal_mask(start, len, groups, None, &self.device)),
         }
     }
 
@@ -299,13 +323,16 @@ impl Llama {
 /// RoPE tables and causal mask of one pass over a range of positions.
 pub struct Positions {
     rope: RopeTables,
-    /// For the burn graph's attention (GPUs); the fused op on the host masks as it goes.
+    /// The sliding-window layers' tables, where they rotate with their own base.
+    local_rope: Option<RopeTables>,
+    /// For the burn graph's global attention (GPUs); the fused op on the host masks as it goes,
+    /// and a sliding-window layer's mask depends on how many keys its cache kept.
     mask: Option<Tensor<4>>,
 }
 
 /// What every layer's attention shares within one forward pass.
 struct Attention<'a> {
-    config: &'a LlamaConfig,
+    config: &'a DecoderConfig,
     positions: &'a Positions,
     adapters: &'a dyn Adapters,
 }
@@ -322,29 +349,54 @@ impl Block {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let groups = h / kv;
+        let window = c.parts.window(layer);
+        let positions = attn.positions;
+        let tables = match (window, &positions.local_rope) {
+            (Some(_), Some(local)) => local,
+            _ => &positions.rope,
+        };
 
         let normed = rms_norm(x.clone(), &self.attn_norm, c.rms_eps);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let heads = |y: Tensor<3>, n: usize, norm: &Option<Tensor<1>>| {
+            let y = match norm {
+                Some(weight) => rms_norm(y.reshape([b, t * n, hd]), weight, c.rms_eps),
+                None => y,
+            };
+            y.reshape([b, t, n, hd]).swap_dims(1, 2)
+        };
         let linear = |projection: Projection, x: Tensor<3>| -> Result<Tensor<3>, Error> {
             let x = attn.adapters.linear_input(layer, projection, x);
             let y = self.linear(projection).forward(x.clone())?;
             Ok(attn.adapters.linear_output(layer, projection, &x, y))
         };
-        let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h), &attn.positions.rope);
-        let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv), &attn.positions.rope);
-        let v = heads(linear(Projection::V, normed)?, kv);
+        let q = rope::apply(heads(linear(Projection::Q, normed.clone())?, h, &self.q_norm), tables);
+        let k = rope::apply(heads(linear(Projection::K, normed.clone())?, kv, &self.k_norm), tables);
+        let v = heads(linear(Projection::V, normed)?, kv, &None);
         let (keys, values) = cache.append(layer, k, v);
 
         // Query heads h = kv*groups + g share kv head `kv`: fold the group into the query rows
         // instead of repeating keys and values `groups` times.
         let q = q.reshape([b, kv, groups * t, hd]);
-        let context = fused::attention(q, keys, values, groups, attn.positions.mask.as_ref());
+        let mask = if window.is_none() { positions.mask.as_ref() } else { None };
+        let context = fused::attention(q, keys, values, groups, window, mask);
         let context = context.reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
-        let x = x + linear(Projection::O, context)?;
+        let x = x + post_norm(linear(Projection::O, context)?, &self.post_attn_norm, c.rms_eps);
 
         let normed = rms_norm(x.clone(), &self.ffn_norm, c.rms_eps);
-        let gated = fused::swiglu(linear(Projection::Gate, normed.clone())?, linear(Projection::Up, normed)?);
-        Ok(x + linear(Projection::Down, gated)?)
+        let gated = fused::gated(
+            c.parts.activation,
+            linear(Projection::Gate, normed.clone())?,
+            linear(Projection::Up, normed)?,
+        );
+        Ok(x + post_norm(linear(Projection::Down, gated)?, &self.post_ffn_norm, c.rms_eps))
+    }
+}
+
+/// A sublayer's output through its sandwich norm, where the family has one.
+fn post_norm(y: Tensor<3>, norm: &Option<Tensor<1>>, eps: f32) -> Tensor<3> {
+    match norm {
+        Some(weight) => rms_norm(y, weight, eps),
+        None => y,
     }
 }
 

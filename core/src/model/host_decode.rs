@@ -7,12 +7,12 @@
 //! tokens in other ways; this one takes over after the prefill and equals it
 //! (`tiny_model::host_decode_equals_the_burn_graph`).
 
-use super::fused::{rms_norm_row, silu};
+use super::fused::{activate, rms_norm_row};
 use super::kv_cache::KvCache;
 use super::linear::{host_f32, QuantLinear};
 use super::rope::rotate_pairs;
 use super::sites::{Adapters, LowRankOutput, Projection};
-use super::Llama;
+use super::Decoder;
 use crate::device::is_host;
 use crate::error::Error;
 use crate::parallel::for_each_chunk_mut_spinning;
@@ -23,7 +23,7 @@ const GROWTH: usize = 128;
 
 /// The decode state of one sequence: its keys and values on the host and the step's buffers.
 pub struct HostDecoder<'m> {
-    model: &'m Llama,
+    model: &'m Decoder,
     layers: Vec<HostBlock<'m>>,
     output_norm: Vec<f32>,
     output: HostLinear<'m>,
@@ -42,6 +42,10 @@ struct HostBlock<'m> {
     gate: HostLinear<'m>,
     up: HostLinear<'m>,
     down: HostLinear<'m>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
 }
 
 /// A projection as decode runs it: the frozen weight, its bias, the adapters' low-rank changes.
@@ -115,11 +119,14 @@ impl<'m> HostLinear<'m> {
     }
 }
 
-/// Keys and values of every layer, `[kv_heads, capacity, head_dim]` each, so that a head's
-/// positions are contiguous for attention.
+/// Keys and values of every layer, `[kv_heads, slots, head_dim]` each, so that a head's
+/// positions are contiguous for attention. A global layer's slots are positions and grow to
+/// `capacity`; a sliding-window layer has one slot per position of its window, position `p` in
+/// slot `p % window` (attention does not care about the order of its keys).
 struct HostKvCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    windows: Vec<Option<usize>>,
     kv_heads: usize,
     head_dim: usize,
     len: usize,
@@ -142,6 +149,9 @@ struct Buffers {
     up: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding-window layers' angles, where they have their own RoPE base.
+    local_cos: Vec<f32>,
+    local_sin: Vec<f32>,
     logits: Vec<f32>,
     /// `A·x` of a low-rank change.
     low_rank: Vec<f32>,
@@ -154,7 +164,7 @@ impl<'m> HostDecoder<'m> {
     /// low-rank changes of the projections' outputs, or `cache` is empty (the graph's first pass
     /// writes the adapters' soft prompt, which this path does not).
     pub fn continuing(
-        model: &'m Llama,
+        model: &'m Decoder,
         cache: &KvCache,
         adapters: &dyn Adapters,
         expected: usize,
@@ -168,6 +178,7 @@ impl<'m> HostDecoder<'m> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for (layer, block) in model.blocks.iter().enumerate() {
             let mut linear = |p: Projection| HostLinear::new(block.linear(p), layer, Some(p), &mut low_rank);
+            let optional = |norm: &Option<burn::tensor::Tensor<1>>| norm.clone().map(host_f32).transpose();
             layers.push(HostBlock {
                 attn_norm: host_f32(block.attn_norm.clone())?,
                 q: linear(Projection::Q)?,
@@ -178,6 +189,10 @@ impl<'m> HostDecoder<'m> {
                 gate: linear(Projection::Gate)?,
                 up: linear(Projection::Up)?,
                 down: linear(Projection::Down)?,
+                post_attn_norm: optional(&block.post_attn_norm)?,
+                post_ffn_norm: optional(&block.post_ffn_norm)?,
+                q_norm: optional(&block.q_norm)?,
+                k_norm: optional(&block.k_norm)?,
             });
         }
         if let Some(stray) = low_rank.first() {
@@ -190,21 +205,28 @@ impl<'m> HostDecoder<'m> {
         let mut host_cache = HostKvCache {
             keys: Vec::new(),
             values: Vec::new(),
+            windows: (0..c.n_layers).map(|layer| c.parts.window(layer)).collect(),
             kv_heads: kv,
             head_dim: hd,
             len: cache.len(),
             capacity,
         };
         for layer in 0..c.n_layers {
-            let mut keys = vec![0.0; kv * capacity * hd];
-            let mut values = vec![0.0; kv * capacity * hd];
+            let slots = host_cache.slots(layer);
+            let mut keys = vec![0.0; kv * slots * hd];
+            let mut values = vec![0.0; kv * slots * hd];
             if let Some((k, v)) = cache.layer(layer) {
-                // `[1, kv_heads, len, head_dim]` into the first `len` rows of each head.
+                // `[1, kv_heads, held, head_dim]`, positions `held_from..len`, into their slots.
+                let (from, held) = (cache.held_from(layer), cache.len() - cache.held_from(layer));
+                let first = from.max(cache.len().saturating_sub(slots));
                 for (cached, host) in [(host_f32(k)?, &mut keys), (host_f32(v)?, &mut values)] {
-                    for (from, to) in
-                        cached.chunks_exact(cache.len() * hd).zip(host.chunks_exact_mut(capacity * hd))
+                    for (cached, host) in
+                        cached.chunks_exact(held * hd).zip(host.chunks_exact_mut(slots * hd))
                     {
-                        to[..from.len()].copy_from_slice(from);
+                        for pos in first..cache.len() {
+                            let row = &cached[(pos - from) * hd..][..hd];
+                            host[host_cache.slot(layer, pos) * hd..][..hd].copy_from_slice(row);
+                        }
                     }
                 }
             }
@@ -217,13 +239,15 @@ impl<'m> HostDecoder<'m> {
             q: vec![0.0; c.n_heads * hd],
             k: vec![0.0; kv * hd],
             v: vec![0.0; kv * hd],
-            heads: vec![0.0; kv * attention_chunk(capacity, hd, c.n_heads / kv)],
+            heads: vec![0.0; kv * attention_chunk(host_cache.widest(), hd, c.n_heads / kv)],
             context: vec![0.0; c.n_heads * hd],
             residual: vec![0.0; c.d_model],
             gate: vec![0.0; c.ffn_dim],
             up: vec![0.0; c.ffn_dim],
             cos: vec![0.0; hd / 2],
             sin: vec![0.0; hd / 2],
+            local_cos: vec![0.0; hd / 2],
+            local_sin: vec![0.0; hd / 2],
             logits: vec![0.0; c.vocab_size],
             low_rank: Vec::new(),
         };
@@ -262,37 +286,58 @@ impl<'m> HostDecoder<'m> {
         if pos == self.cache.capacity {
             let capacity = (2 * pos).next_multiple_of(GROWTH).min(c.context_len);
             self.cache.grow(capacity);
-            let chunk = attention_chunk(capacity, c.head_dim, c.n_heads / c.n_kv_heads);
+            let chunk = attention_chunk(self.cache.widest(), c.head_dim, c.n_heads / c.n_kv_heads);
             self.buffers.heads = vec![0.0; c.n_kv_heads * chunk];
         }
         let b = &mut self.buffers;
-        self.model.token_embedding.get_rows(&[token], &mut b.x)?;
+        self.model.embed_rows(&[token], &mut b.x)?;
         self.model.rope.angles(pos, &mut b.cos, &mut b.sin);
+        if let Some(local) = &self.model.local_rope {
+            local.angles(pos, &mut b.local_cos, &mut b.local_sin);
+        }
+        let (eps, hd) = (c.rms_eps, c.head_dim);
+        let head_norm = |x: &mut [f32], weight: &Option<Vec<f32>>, scratch: &mut [f32]| {
+            let Some(weight) = weight else { return };
+            for head in x.chunks_exact_mut(hd) {
+                rms_norm_row(head, weight, eps, &mut scratch[..hd]);
+                head.copy_from_slice(&scratch[..hd]);
+            }
+        };
+        let post_norm = |y: &mut [f32], weight: &Option<Vec<f32>>, scratch: &mut [f32]| {
+            let Some(weight) = weight else { return };
+            rms_norm_row(y, weight, eps, scratch);
+            y.copy_from_slice(scratch);
+        };
         for (layer, block) in self.layers.iter().enumerate() {
-            rms_norm_row(&b.x, &block.attn_norm, c.rms_eps, &mut b.normed);
+            rms_norm_row(&b.x, &block.attn_norm, eps, &mut b.normed);
             block.q.apply(&b.normed, &mut b.q, &mut b.low_rank)?;
             block.k.apply(&b.normed, &mut b.k, &mut b.low_rank)?;
             block.v.apply(&b.normed, &mut b.v, &mut b.low_rank)?;
-            rotate_pairs(&mut b.q, &b.cos, &b.sin);
-            rotate_pairs(&mut b.k, &b.cos, &b.sin);
+            head_norm(&mut b.q, &block.q_norm, &mut b.normed);
+            head_norm(&mut b.k, &block.k_norm, &mut b.normed);
+            let local = self.cache.windows[layer].is_some() && self.model.local_rope.is_some();
+            let (cos, sin) = if local { (&b.local_cos, &b.local_sin) } else { (&b.cos, &b.sin) };
+            rotate_pairs(&mut b.q, cos, sin);
+            rotate_pairs(&mut b.k, cos, sin);
             self.cache.store(layer, pos, &b.k, &b.v);
             attend(&self.cache, layer, pos + 1, &b.q, &mut b.heads);
             let groups = c.n_heads / c.n_kv_heads;
-            let chunk = attention_chunk(self.cache.capacity, c.head_dim, groups);
-            for (kv, out) in b.heads.chunks_exact(chunk).zip(b.context.chunks_exact_mut(groups * c.head_dim))
-            {
+            let chunk = attention_chunk(self.cache.widest(), hd, groups);
+            for (kv, out) in b.heads.chunks_exact(chunk).zip(b.context.chunks_exact_mut(groups * hd)) {
                 out.copy_from_slice(&kv[chunk - out.len()..]);
             }
             block.o.apply(&b.context, &mut b.residual, &mut b.low_rank)?;
+            post_norm(&mut b.residual, &block.post_attn_norm, &mut b.normed);
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
 
-            rms_norm_row(&b.x, &block.ffn_norm, c.rms_eps, &mut b.normed);
+            rms_norm_row(&b.x, &block.ffn_norm, eps, &mut b.normed);
             block.gate.apply(&b.normed, &mut b.gate, &mut b.low_rank)?;
             block.up.apply(&b.normed, &mut b.up, &mut b.low_rank)?;
             for (g, u) in b.gate.iter_mut().zip(&b.up) {
-                *g = silu(*g) * u;
+                *g = activate(c.parts.activation, *g) * u;
             }
             block.down.apply(&b.gate, &mut b.residual, &mut b.low_rank)?;
+            post_norm(&mut b.residual, &block.post_ffn_norm, &mut b.normed);
             b.x.iter_mut().zip(&b.residual).for_each(|(x, r)| *x += r);
         }
         self.cache.len += 1;
@@ -303,42 +348,63 @@ impl<'m> HostDecoder<'m> {
 }
 
 impl HostKvCache {
-    /// Moves every head's rows to a layout of `capacity` positions.
+    /// Slots per kv head of `layer`.
+    fn slots(&self, layer: usize) -> usize {
+        self.windows[layer].unwrap_or(self.capacity)
+    }
+
+    /// The most slots any layer has (the stride of [`attend`]'s buffer).
+    fn widest(&self) -> usize {
+        (0..self.windows.len()).map(|layer| self.slots(layer)).max().unwrap_or(self.capacity)
+    }
+
+    fn slot(&self, layer: usize, pos: usize) -> usize {
+        self.windows[layer].map_or(pos, |w| pos % w)
+    }
+
+    /// Moves every global layer's rows to a layout of `capacity` positions.
     fn grow(&mut self, capacity: usize) {
         let head_dim = self.head_dim;
         let (old, live) = (self.capacity * head_dim, self.len * head_dim);
-        for cache in self.keys.iter_mut().chain(&mut self.values) {
-            let mut grown = vec![0.0; self.kv_heads * capacity * head_dim];
-            for (from, to) in cache.chunks_exact(old).zip(grown.chunks_exact_mut(capacity * head_dim)) {
-                to[..live].copy_from_slice(&from[..live]);
+        for (layer, window) in self.windows.iter().enumerate() {
+            if window.is_some() {
+                continue;
             }
-            *cache = grown;
+            for cache in [&mut self.keys[layer], &mut self.values[layer]] {
+                let mut grown = vec![0.0; self.kv_heads * capacity * head_dim];
+                for (from, to) in cache.chunks_exact(old).zip(grown.chunks_exact_mut(capacity * head_dim)) {
+                    to[..live].copy_from_slice(&from[..live]);
+                }
+                *cache = grown;
+            }
         }
         self.capacity = capacity;
     }
 
     fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let head_dim = self.head_dim;
+        let (head_dim, slots, slot) = (self.head_dim, self.slots(layer), self.slot(layer, pos));
         for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
             for (head, row) in new.chunks_exact(head_dim).enumerate() {
-                let at = (head * self.capacity + pos) * head_dim;
+                let at = (head * slots + slot) * head_dim;
                 cache[at..at + head_dim].copy_from_slice(row);
             }
         }
     }
 }
 
-/// Attention of one token's query heads `q` over the first `len` cached positions of `layer`,
+/// Attention of one token's query heads `q` over the first `len` cached positions of `layer`
+/// (those of them in its window),
 /// kv head by kv head on the team's threads: the `groups` query heads that share a kv head read
 /// its keys and values once, as one product of `groups` tokens (at 2048 positions, reading them
 /// once per query head made attention bound by cache bandwidth). Each kv head's chunk of `out`
 /// ([`attention_chunk`] values) holds its raw scores `[len, groups]`, their probabilities
 /// `[groups, capacity]`, then the query heads' outputs `[groups, head_dim]`.
 fn attend(cache: &HostKvCache, layer: usize, len: usize, q: &[f32], out: &mut [f32]) {
-    let (head_dim, capacity) = (cache.head_dim, cache.capacity);
+    let (head_dim, capacity) = (cache.head_dim, cache.widest());
     let groups = q.len() / head_dim / cache.kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let span = capacity * head_dim;
+    let span = cache.slots(layer) * head_dim;
+    let len = cache.windows[layer].map_or(len, |w| len.min(w));
     for_each_chunk_mut_spinning(out, attention_chunk(capacity, head_dim, groups), |kv, chunk| {
         let (raw, rest) = chunk.split_at_mut(groups * capacity);
         let (probabilities, context) = rest.split_at_mut(groups * capacity);

@@ -1,13 +1,14 @@
-//! Builds a [`Llama`] from a GGUF file (weights stay in their blocks, borrowed from the mapped
+//! Builds a [`Decoder`] from a GGUF file (weights stay in their blocks, borrowed from the mapped
 //! file) or from a Hugging Face safetensors checkpoint (F32/F16/BF16 matrices kept in their
 //! dtype). One builder; each format only says where a tensor is and how to read it.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::config::LlamaConfig;
+use super::architecture::RotaryRows;
+use super::config::DecoderConfig;
+use super::decoder::{Block, Decoder};
 use super::linear::QuantLinear;
-use super::llama::{Block, Llama};
-use super::rope::{permute_rotary_rows, Rope, RowOrder};
+use super::rope::{permute_rotary_rows, permute_rotary_values, Rope, RowOrder};
 use super::sites::Projection;
 use crate::bytes::SharedBytes;
 use crate::error::Error;
@@ -23,46 +24,72 @@ enum Part {
     OutputNorm,
     AttnNorm(usize),
     FfnNorm(usize),
+    PostAttnNorm(usize),
+    PostFfnNorm(usize),
+    QNorm(usize),
+    KNorm(usize),
     Linear(usize, Projection),
     /// The optional output bias of a projection (e.g. LoFiT's merged head offsets).
     Bias(usize, Projection),
 }
 
-/// Where a format keeps each part, and how to read it.
+/// Where a format keeps each part, and how to read it, in the file's own row order (the builder
+/// permutes q/k rows of rotate-half files into pairs).
 trait WeightSource {
-    /// A `[rows, cols]` matrix, its rows in our layout (q/k in RoPE-pair order).
+    /// A `[rows, cols]` matrix.
     fn matrix(&self, part: Part, rows: usize, cols: usize) -> Result<QuantMatrix, Error>;
     fn vector(&self, part: Part, len: usize) -> Result<Vec<f32>, Error>;
     /// Whether the file has this part (for optional ones).
     fn has(&self, part: Part) -> bool;
 }
 
-impl Llama {
+impl Decoder {
     pub fn from_gguf(gguf: &GgufFile, device: &Device) -> Result<Self, Error> {
-        build(LlamaConfig::from_gguf(gguf)?, &Gguf(gguf), device)
+        build(DecoderConfig::from_gguf(gguf)?, &Gguf(gguf), device)
     }
 
     /// Loads a HF checkpoint: `config` from its `config.json`, tensors by HF names from the
     /// mapped shards.
     pub fn from_safetensors(
-        config: LlamaConfig,
+        config: DecoderConfig,
         files: &[SafetensorsFile],
         device: &Device,
     ) -> Result<Self, Error> {
-        let source = HuggingFace { files, config: &config };
-        build(config.clone(), &source, device)
+        build(config, &HuggingFace { files }, device)
     }
 }
 
-fn build(config: LlamaConfig, source: &dyn WeightSource, device: &Device) -> Result<Llama, Error> {
+fn build(config: DecoderConfig, source: &dyn WeightSource, device: &Device) -> Result<Decoder, Error> {
     let c = &config;
+    // The heads whose rows a rotate-half file stores in the other order (q/k weights, their
+    // biases and their head norms).
+    let rotated_heads = |part: Part| match (c.parts.rotary_rows, part) {
+        (RotaryRows::Pairs, _) => None,
+        (_, Part::Linear(_, Projection::Q) | Part::Bias(_, Projection::Q)) => Some(c.n_heads),
+        (_, Part::Linear(_, Projection::K) | Part::Bias(_, Projection::K)) => Some(c.n_kv_heads),
+        (_, Part::QNorm(_) | Part::KNorm(_)) => Some(1),
+        _ => None,
+    };
     let vector_of = |part, len| -> Result<Tensor<1>, Error> {
-        Ok(Tensor::from_data(TensorData::new(source.vector(part, len)?, [len]), device))
+        let mut values = source.vector(part, len)?;
+        if let Some(heads) = rotated_heads(part) {
+            values = permute_rotary_values(&values, heads, c.head_dim, 1, RowOrder::ToPairs);
+        }
+        Ok(Tensor::from_data(TensorData::new(values, [len]), device))
     };
     let vector = |part| vector_of(part, c.d_model);
+    let optional = |present: bool, part, len| present.then(|| vector_of(part, len)).transpose();
     let linear = |layer, projection| -> Result<QuantLinear, Error> {
         let (rows, cols) = c.projection_shape(projection);
-        let linear = QuantLinear::new(source.matrix(Part::Linear(layer, projection), rows, cols)?);
+        let part = Part::Linear(layer, projection);
+        let mut matrix = source.matrix(part, rows, cols)?;
+        if let Some(heads) = rotated_heads(part) {
+            let bytes: &[u8] = matrix.data();
+            let permuted =
+                permute_rotary_rows(bytes, heads, c.head_dim, bytes.len() / rows, RowOrder::ToPairs);
+            matrix = QuantMatrix::new(matrix.ty(), rows, cols, SharedBytes::from_vec(permuted))?;
+        }
+        let linear = QuantLinear::new(matrix);
         let bias = Part::Bias(layer, projection);
         Ok(if source.has(bias) { linear.with_bias(vector_of(bias, rows)?) } else { linear })
     };
@@ -85,14 +112,20 @@ fn build(config: LlamaConfig, source: &dyn WeightSource, device: &Device) -> Res
             ffn_gate: linear(i, Projection::Gate)?,
             ffn_up: linear(i, Projection::Up)?,
             ffn_down: linear(i, Projection::Down)?,
+            post_attn_norm: optional(c.parts.sandwich_norms, Part::PostAttnNorm(i), c.d_model)?,
+            post_ffn_norm: optional(c.parts.sandwich_norms, Part::PostFfnNorm(i), c.d_model)?,
+            q_norm: optional(c.parts.qk_norms, Part::QNorm(i), c.head_dim)?,
+            k_norm: optional(c.parts.qk_norms, Part::KNorm(i), c.head_dim)?,
         });
     }
-    Ok(Llama {
+    let (rope, local_rope) = Rope::for_layers(c);
+    Ok(Decoder {
         output_norm: vector(Part::OutputNorm)?,
         token_embedding,
         output,
         blocks,
-        rope: Rope::new(c),
+        rope,
+        local_rope,
         device: device.clone(),
         config,
     })
@@ -108,6 +141,10 @@ impl Gguf<'_> {
             Part::OutputNorm => "output_norm.weight".into(),
             Part::AttnNorm(i) => format!("blk.{i}.attn_norm.weight"),
             Part::FfnNorm(i) => format!("blk.{i}.ffn_norm.weight"),
+            Part::PostAttnNorm(i) => format!("blk.{i}.post_attention_norm.weight"),
+            Part::PostFfnNorm(i) => format!("blk.{i}.post_ffw_norm.weight"),
+            Part::QNorm(i) => format!("blk.{i}.attn_q_norm.weight"),
+            Part::KNorm(i) => format!("blk.{i}.attn_k_norm.weight"),
             Part::Linear(i, projection) => projection.gguf_tensor(i),
             Part::Bias(i, projection) => projection.gguf_bias(i),
         }
@@ -115,7 +152,7 @@ impl Gguf<'_> {
 }
 
 impl WeightSource for Gguf<'_> {
-    /// GGUF dims are `[cols, rows]`; its q/k rows are already in pair order.
+    /// GGUF dims are `[cols, rows]`.
     fn matrix(&self, part: Part, rows: usize, cols: usize) -> Result<QuantMatrix, Error> {
         let name = Self::name(part);
         let info = self.0.tensor(&name).ok_or_else(|| Error::MissingTensor(name.clone()))?;
@@ -151,7 +188,6 @@ impl WeightSource for Gguf<'_> {
 
 struct HuggingFace<'a> {
     files: &'a [SafetensorsFile],
-    config: &'a LlamaConfig,
 }
 
 impl HuggingFace<'_> {
@@ -162,6 +198,12 @@ impl HuggingFace<'_> {
             Part::OutputNorm => "model.norm.weight".into(),
             Part::AttnNorm(i) => format!("model.layers.{i}.input_layernorm.weight"),
             Part::FfnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+            // Llama checkpoints have none of these (`from_hf_json` reads only Llama); the names
+            // are Gemma's, where `post_attention_layernorm` is the sandwich norm instead.
+            Part::PostAttnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+            Part::PostFfnNorm(i) => format!("model.layers.{i}.post_feedforward_layernorm.weight"),
+            Part::QNorm(i) => format!("model.layers.{i}.self_attn.q_norm.weight"),
+            Part::KNorm(i) => format!("model.layers.{i}.self_attn.k_norm.weight"),
             Part::Linear(i, projection) => format!("model.layers.{i}.{}.weight", projection.hf_path()),
             Part::Bias(i, projection) => format!("model.layers.{i}.{}.bias", projection.hf_path()),
         }
@@ -196,36 +238,16 @@ impl HuggingFace<'_> {
 }
 
 impl WeightSource for HuggingFace<'_> {
-    /// HF keeps q/k rows in rotate-half order: permuted (as bytes) into pair order.
     fn matrix(&self, part: Part, rows: usize, cols: usize) -> Result<QuantMatrix, Error> {
         let name = Self::name(part);
         let (file, ty) = self.find(&name, &[rows, cols])?;
-        let bytes = file.tensor_data(&name)?;
-        let heads = match part {
-            Part::Linear(_, Projection::Q) => self.config.n_heads,
-            Part::Linear(_, Projection::K) => self.config.n_kv_heads,
-            _ => return Ok(QuantMatrix::new(ty, rows, cols, bytes)?),
-        };
-        let permuted =
-            permute_rotary_rows(&bytes, heads, self.config.head_dim, bytes.len() / rows, RowOrder::ToPairs);
-        Ok(QuantMatrix::new(ty, rows, cols, SharedBytes::from_vec(permuted))?)
+        Ok(QuantMatrix::new(ty, rows, cols, file.tensor_data(&name)?)?)
     }
 
-    /// q/k biases are permuted like the rows of their weights.
     fn vector(&self, part: Part, len: usize) -> Result<Vec<f32>, Error> {
         let name = Self::name(part);
         let (file, _) = self.find(&name, &[len])?;
-        let values = file.tensor_f32(&name)?;
-        let heads = match part {
-            Part::Bias(_, Projection::Q) => self.config.n_heads,
-            Part::Bias(_, Projection::K) => self.config.n_kv_heads,
-            _ => return Ok(values),
-        };
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(permute_rotary_rows(&bytes, heads, self.config.head_dim, 4, RowOrder::ToPairs)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(file.tensor_f32(&name)?)
     }
 
     fn has(&self, part: Part) -> bool {

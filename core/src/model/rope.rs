@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::config::{LlamaConfig, RopeScaling};
+use super::config::{DecoderConfig, RopeScaling};
 
 pub struct Rope {
     inv_freq: Vec<f32>,
@@ -12,12 +12,13 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(config: &LlamaConfig) -> Self {
-        let d = config.head_dim;
+    /// The rotation of `head_dim`-wide heads with base `theta`, stretched by `scaling`.
+    pub fn new(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Self {
+        let d = head_dim;
         // f32 like the reference implementations, so positions round the same way.
         let mut inv_freq: Vec<f32> =
-            (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
-        match &config.rope_scaling {
+            (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect();
+        match scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
             RopeScaling::PerFrequency { factors } => {
@@ -25,6 +26,17 @@ impl Rope {
             }
         }
         Self { inv_freq, head_dim: d }
+    }
+
+    /// The rotations of `config`'s layers: the global one, and the local layers' own where a
+    /// sliding window gives them another base (unscaled, as llama.cpp and transformers do).
+    pub fn for_layers(config: &DecoderConfig) -> (Self, Option<Self>) {
+        let global = Self::new(config.head_dim, config.rope_theta, &config.rope_scaling);
+        let local = config
+            .parts
+            .sliding_window
+            .map(|w| Self::new(config.head_dim, w.local_rope_theta, &RopeScaling::None));
+        (global, local)
     }
 
     /// cos and sin tables for positions `start..start+len`, each angle repeated for both
@@ -92,6 +104,21 @@ pub enum RowOrder {
     ToRotateHalf,
 }
 
+/// [`permute_rotary_rows`] of f32 values: `heads` blocks of `head_dim` rows of `row_len`.
+pub fn permute_rotary_values(
+    values: &[f32],
+    heads: usize,
+    head_dim: usize,
+    row_len: usize,
+    order: RowOrder,
+) -> Vec<f32> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    permute_rotary_rows(&bytes, heads, head_dim, row_len * 4, order)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Reorders the output rows of a q or k projection (`heads * head_dim` rows of `row_bytes`).
 /// HF keeps each head's rows as [first halves; second halves]; GGUF interleaves them, so that
 /// row 2i+p of a head is HF row p*head_dim/2 + i. Rows move as bytes, whatever the dtype.
@@ -145,22 +172,7 @@ mod tests {
 
     #[test]
     fn apply_rotates_each_pair_and_its_gradient_rotates_back() {
-        let config = LlamaConfig {
-            architecture: "llama".into(),
-            n_layers: 1,
-            d_model: 48,
-            n_heads: 3,
-            n_kv_heads: 3,
-            head_dim: 16,
-            ffn_dim: 8,
-            vocab_size: 8,
-            context_len: 64,
-            rope_theta: 10_000.0,
-            rope_scaling: RopeScaling::None,
-            rms_eps: 1e-5,
-            tied_embeddings: true,
-        };
-        let rope = Rope::new(&config);
+        let rope = Rope::new(16, 10_000.0, &RopeScaling::None);
         let (b, h, len, d, start) = (2, 3, 5, 16, 7);
         let values: Vec<f32> = (0..b * h * len * d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let upstream: Vec<f32> = (0..b * h * len * d).map(|i| ((i * 53 % 89) as f32 / 44.0) - 1.0).collect();

@@ -12,7 +12,7 @@ use crate::engine::{Engine, ModelFiles};
 use crate::error::Error;
 use crate::format::patch_file::hex;
 use crate::format::FileStamp;
-use crate::model::{Llama, Projection};
+use crate::model::{Decoder, Projection};
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
 
@@ -47,7 +47,11 @@ impl Fingerprint {
 
     /// Fingerprints the model read from `files` and loaded as `model` with `tokenizer` (`None`
     /// for a model without one: its vocabulary hash is that of an empty vocabulary).
-    pub fn compute(files: &ModelFiles, model: &Llama, tokenizer: Option<&Tokenizer>) -> Result<Self, Error> {
+    pub fn compute(
+        files: &ModelFiles,
+        model: &Decoder,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Self, Error> {
         let config = model.config();
         let weights_sha256 = hex(&weights_digest(files)?);
         let mut vocab = Sha256::new();

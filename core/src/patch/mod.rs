@@ -36,7 +36,7 @@ mod std_only {
     use crate::format::patch_file::{hex, require_signer, Encoding, PatchFile, StoredTensor};
     use crate::format::peft::PeftDir;
     use crate::format::safetensors::{safetensors_to_bytes, Dtype, SafetensorsFile};
-    use crate::model::Llama;
+    use crate::model::Decoder;
 
     /// Where `train` records what the adapter was trained on; a patch made from the directory
     /// carries it.
@@ -177,7 +177,7 @@ mod std_only {
 
         /// The adapter, ready to attach to `model` at the patch's own scale. The caller checks
         /// the base first ([`Patch::check_base`]).
-        pub fn to_method(&self, model: &Llama, label: &Path) -> Result<Box<dyn Method>, Error> {
+        pub fn to_method(&self, model: &Decoder, label: &Path) -> Result<Box<dyn Method>, Error> {
             adapt::from_peft(&self.to_peft(label)?, model)
         }
 
@@ -351,7 +351,7 @@ mod std_only {
         /// checked. Nothing about the model changes, whatever fails.
         pub fn attach(
             &self,
-            model: &Llama,
+            model: &Decoder,
             label: &str,
             fingerprint: &mut dyn FnMut() -> Result<Fingerprint, Error>,
             options: &AttachOptions,

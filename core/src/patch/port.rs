@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Fingerprint, Patch};
 use crate::error::Error;
-use crate::model::{Llama, Projection};
+use crate::model::{Decoder, Projection};
 
 /// How far one weight moved between the bases: `‖W' − W‖_F / ‖W‖_F` when both bases are at
 /// hand; otherwise `|‖W'‖_F − ‖W‖_F| / ‖W‖_F` from the norms the patch carries (a lower bound).
@@ -59,7 +59,11 @@ pub fn targets(patch: &Patch, layers: usize) -> Vec<(usize, Projection)> {
 }
 
 /// Exact drift of `targets` from `old` to `new` (same shapes).
-pub fn weight_drift(old: &Llama, new: &Llama, targets: &[(usize, Projection)]) -> Result<DriftReport, Error> {
+pub fn weight_drift(
+    old: &Decoder,
+    new: &Decoder,
+    targets: &[(usize, Projection)],
+) -> Result<DriftReport, Error> {
     let mut weights = Vec::with_capacity(targets.len());
     for &(layer, projection) in targets {
         let (Some(a), Some(b)) = (old.blocks().get(layer), new.blocks().get(layer)) else {

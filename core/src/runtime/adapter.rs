@@ -14,7 +14,7 @@ use crate::bytes::SharedBytes;
 use crate::error::Error;
 use crate::format::peft::{PeftDir, CONFIG_FILE, WEIGHTS_FILE};
 use crate::format::safetensors::{safetensors_to_bytes, SafetensorsFile};
-use crate::model::{Llama, LlamaConfig};
+use crate::model::{Decoder, DecoderConfig};
 use crate::patch::{DenseType, Fingerprint, Patch, Values, TRAINING_FILE};
 use crate::store::{FileStore, Store};
 
@@ -103,7 +103,7 @@ pub struct AdapterInfo {
 pub struct Adapter {
     method: Arc<dyn Method>,
     /// The model it was made for (q/k row order and widths when saving).
-    model: LlamaConfig,
+    model: DecoderConfig,
     /// Where its tensors live: the device of the model it was loaded or trained for.
     device: Device,
     info: AdapterInfo,
@@ -111,7 +111,7 @@ pub struct Adapter {
 
 impl Adapter {
     /// `method` (its parameters taken off any autodiff graph), made for `model`.
-    pub(crate) fn new(method: &dyn Method, model: &Llama, label: String, training: Option<Value>) -> Self {
+    pub(crate) fn new(method: &dyn Method, model: &Decoder, label: String, training: Option<Value>) -> Self {
         let info = AdapterInfo {
             method: method.kind(),
             label,
@@ -133,7 +133,7 @@ impl Adapter {
     }
 
     /// Refuses a model other than one of the kind and on the device it was made for.
-    pub(crate) fn check_model(&self, model: &Llama) -> Result<(), Error> {
+    pub(crate) fn check_model(&self, model: &Decoder) -> Result<(), Error> {
         if *model.config() != self.model || *model.device() != self.device {
             return Err(Error::Adapter {
                 path: self.info.label.clone(),

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::adapt::Method;
 use crate::device::is_host;
 use crate::error::Error;
-use crate::model::Llama;
+use crate::model::Decoder;
 
 /// MiB, the unit of budgets and predictions.
 const MIB: f64 = (1u64 << 20) as f64;
@@ -93,7 +93,7 @@ mod measured {
 
 /// The predicted peak resident memory (MiB) of training `adapter` on `model` as `request`
 /// asks.
-pub fn predict(model: &Llama, adapter: &dyn Method, request: Request) -> f64 {
+pub fn predict(model: &Decoder, adapter: &dyn Method, request: Request) -> f64 {
     use measured::*;
     let c = model.config();
     let weights: usize = model
@@ -130,7 +130,7 @@ pub fn predict(model: &Llama, adapter: &dyn Method, request: Request) -> f64 {
 /// as micro-batches of `batch`, `batch / 2`, … (more accumulation), each without and then with
 /// activation checkpointing. Refused, with the smallest budget any plan needs, when none fits.
 pub fn choose(
-    model: &Llama,
+    model: &Decoder,
     adapter: &dyn Method,
     request: Request,
     budget_mb: f64,
@@ -191,7 +191,7 @@ pub fn choose(
 }
 
 /// A plan without a budget: the request as it is, and its predicted peak.
-pub fn unbudgeted(model: &Llama, adapter: &dyn Method, request: Request) -> MemoryPlan {
+pub fn unbudgeted(model: &Decoder, adapter: &dyn Method, request: Request) -> MemoryPlan {
     let predicted_peak_mb = predict(model, adapter, request);
     MemoryPlan {
         budget_mb: None,

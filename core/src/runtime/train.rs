@@ -19,7 +19,7 @@ use crate::control::CancelToken;
 use crate::device::wait;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::model::Llama;
+use crate::model::Decoder;
 use crate::store::Store;
 use crate::train::data::{self, Format, Packing, Windows};
 use crate::train::{
@@ -286,7 +286,7 @@ fn build_context<'a>(engine: &'a Engine, config: &'a TrainConfig) -> BuildContex
 }
 
 /// The plan a run of `config` follows: within its memory budget, or the prediction when it has none.
-fn plan_of(model: &Llama, adapter: &dyn Method, config: &TrainConfig) -> Result<MemoryPlan, Error> {
+fn plan_of(model: &Decoder, adapter: &dyn Method, config: &TrainConfig) -> Result<MemoryPlan, Error> {
     let request = Request {
         batch: config.batch,
         accumulate: config.accumulate,

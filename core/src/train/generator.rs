@@ -24,7 +24,7 @@ use crate::adapt::Method;
 use crate::control::CancelToken;
 use crate::error::Error;
 use crate::model::linear::read_f32;
-use crate::model::{Llama, NoAdapters};
+use crate::model::{Decoder, NoAdapters};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GeneratorTrainOptions {
@@ -181,7 +181,7 @@ fn tokens_of(rows: &[(Vec<u32>, Vec<usize>)]) -> Vec<u32> {
 }
 
 /// The block inputs of every chunk under the base model, off the autodiff graph.
-fn encode_chunks(model: &Llama, batch: &Batch) -> Result<Vec<Tensor<3>>, Error> {
+fn encode_chunks(model: &Decoder, batch: &Batch) -> Result<Vec<Tensor<3>>, Error> {
     let mut hidden = Vec::with_capacity(model.config().n_layers);
     Generator::block_inputs(model, &batch.chunk_tokens, batch.chunks, &mut |_, x| {
         hidden.push(x.clone().set_require_grad(false));
@@ -223,7 +223,7 @@ fn draw_batch(documents: &[Vec<u32>], options: &GeneratorTrainOptions, stream: u
 /// continues a run from one.
 #[allow(clippy::too_many_arguments)]
 pub async fn fit_generator(
-    model: &Llama,
+    model: &Decoder,
     generator: &mut Generator,
     documents: &[Vec<u32>],
     held_out: &[Vec<u32>],
@@ -341,7 +341,7 @@ pub async fn fit_generator(
 /// Mean held-out losses over `options.eval_samples` fixed samples (the same at every
 /// evaluation), with and without the generator.
 pub async fn evaluate(
-    model: &Llama,
+    model: &Decoder,
     generator: &Generator,
     held_out: &[Vec<u32>],
     options: &GeneratorTrainOptions,

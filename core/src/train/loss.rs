@@ -21,7 +21,7 @@ use crate::adapt::{detached, Method};
 use crate::device::is_host;
 use crate::error::Error;
 use crate::model::linear::host_f32;
-use crate::model::{Adapters, KvCache, Llama};
+use crate::model::{Adapters, Decoder, KvCache};
 use crate::parallel::for_each_chunk_pair_mut;
 use crate::quant::QuantMatrix;
 
@@ -76,7 +76,7 @@ impl TokenTargets {
 /// Mean next-token negative log-likelihood of `tokens` (`batch` rows of equal length): every
 /// position but the last predicts the next token.
 pub fn next_token_loss(
-    model: &Llama,
+    model: &Decoder,
     adapters: &dyn Adapters,
     tokens: &[u32],
     batch: usize,
@@ -87,7 +87,7 @@ pub fn next_token_loss(
 /// [`next_token_loss`] counting only the tokens with `targets[i]` set (e.g. the completion of a
 /// prompt/completion pair): the mean over those predictions.
 pub fn masked_next_token_loss(
-    model: &Llama,
+    model: &Decoder,
     adapters: &dyn Adapters,
     tokens: &[u32],
     targets: Option<&[bool]>,
@@ -100,7 +100,7 @@ pub fn masked_next_token_loss(
 }
 
 /// The loss of final-normed hidden states `[batch, len, d_model]` against `targets`.
-fn head_loss(model: &Llama, hidden: Tensor<3>, targets: TokenTargets) -> Result<Tensor<1>, Error> {
+fn head_loss(model: &Decoder, hidden: Tensor<3>, targets: TokenTargets) -> Result<Tensor<1>, Error> {
     if hidden.dtype() != DType::F32 {
         return Err(Error::Backend(format!("the loss takes f32 hidden states, not {:?}", hidden.dtype())));
     }
@@ -119,7 +119,11 @@ fn head_loss(model: &Llama, hidden: Tensor<3>, targets: TokenTargets) -> Result<
 /// `CHUNK` positions at a time through the head's linear op, their log-softmax and the targets'
 /// entries. Autodiff keeps each chunk's softmax for backward (about 50 MB per 128 positions of a
 /// 49k vocabulary), which GPU memory affords.
-fn head_loss_on_device(model: &Llama, hidden: Tensor<3>, targets: &TokenTargets) -> Result<Tensor<1>, Error> {
+fn head_loss_on_device(
+    model: &Decoder,
+    hidden: Tensor<3>,
+    targets: &TokenTargets,
+) -> Result<Tensor<1>, Error> {
     let [b, len, d] = hidden.dims();
     let positions = b * len;
     let vocab = model.config().vocab_size;
@@ -149,7 +153,7 @@ fn head_loss_on_device(model: &Llama, hidden: Tensor<3>, targets: &TokenTargets)
 /// and each block is run again during backward (activation checkpointing): activation memory
 /// falls from all blocks' to one block's, for one more forward pass of compute.
 pub fn loss_and_gradients(
-    model: &Llama,
+    model: &Decoder,
     adapter: &mut dyn Method,
     tokens: &[u32],
     targets: Option<&[bool]>,
@@ -163,7 +167,7 @@ pub fn loss_and_gradients(
 /// [`loss_and_gradients`] with the loss left on the device (one value, off the graph), for a
 /// caller that awaits its read-back.
 pub fn loss_and_gradients_on_device(
-    model: &Llama,
+    model: &Decoder,
     adapter: &mut dyn Method,
     tokens: &[u32],
     targets: Option<&[bool]>,

@@ -19,7 +19,7 @@ use burn::tensor::Tensor;
 use crate::adapt::{detached, trainable, Method};
 use crate::error::Error;
 use crate::model::linear::read_f32;
-use crate::model::{soft_prompt_len, Adapters, Llama, NoAdapters};
+use crate::model::{soft_prompt_len, Adapters, Decoder, NoAdapters};
 use crate::store::Store;
 
 /// Where a run starts (`resume`: a state from [`checkpoint::load`]), where it saves (`save`: a
@@ -236,7 +236,7 @@ pub const FORGETTING_LIMIT: f32 = 0.05;
 /// Async because each step's loss and gradient norm are read back from the device: awaited in
 /// the browser, blocked on natively ([`crate::device::wait`]).
 pub async fn fit(
-    model: &Llama,
+    model: &Decoder,
     adapter: &mut Box<dyn Method>,
     windows: &data::Windows,
     options: &TrainOptions,
@@ -437,7 +437,7 @@ fn next_batch(state: &mut TrainState, windows: &data::Windows, options: &TrainOp
 
 /// The held-out and general-text losses of `adapter` at `step`.
 async fn evaluate(
-    model: &Llama,
+    model: &Decoder,
     adapter: &dyn Method,
     step: usize,
     windows: &data::Windows,
@@ -456,7 +456,7 @@ async fn evaluate(
 
 /// Mean next-token loss over `windows` (one at a time; `adapters` off the autodiff graph).
 async fn mean_loss(
-    model: &Llama,
+    model: &Decoder,
     adapters: &dyn Adapters,
     windows: &[data::Window],
 ) -> Result<Option<f32>, Error> {

@@ -4,6 +4,7 @@
 //! part of it.
 #![allow(dead_code)]
 
+pub mod golden;
 mod real_model;
 pub use real_model::*;
 
@@ -14,7 +15,7 @@ use adaptkit::burn::tensor::{Device, Tensor, TensorData};
 use adaptkit::format::gguf::{GgufFile, GgufWriter};
 use adaptkit::format::peft::PeftDir;
 use adaptkit::format::safetensors::{write_safetensors, Dtype};
-use adaptkit::model::{Adapters, Llama, Projection};
+use adaptkit::model::{Adapters, Decoder, Projection};
 use adaptkit::quant::{self, GgmlType};
 use adaptkit::train::next_token_loss;
 
@@ -126,27 +127,59 @@ impl Weights {
 
     /// GGUF with every matrix (embedding included) in `ty`; `skip` leaves one tensor out.
     pub fn write_gguf(&self, path: &Path, ty: GgmlType, skip: Option<&str>) {
+        self.write_gguf_as(Family::Llama, path, ty, skip);
+    }
+
+    /// [`write_gguf`](Self::write_gguf) as a model of `family`: for Gemma 3 with its metadata
+    /// (a sliding window of [`GEMMA_WINDOW`]), q/k rows in its rotate-half order, and the norms
+    /// it adds (random, from the layer's index).
+    pub fn write_gguf_as(&self, family: Family, path: &Path, ty: GgmlType, skip: Option<&str>) {
         let mut w = GgufWriter::new();
-        add_tiny_metadata(&mut w, None);
+        match family {
+            Family::Llama => add_tiny_metadata(&mut w, None),
+            Family::Gemma3 => add_tiny_gemma3_metadata(&mut w, Some(GEMMA_WINDOW), CONTEXT),
+        }
+        self.write_gguf_with(w, family, path, ty, skip);
+    }
+
+    /// The tensors of [`write_gguf_as`](Self::write_gguf_as) after the metadata already in `w`.
+    pub fn write_gguf_with(
+        &self,
+        mut w: GgufWriter,
+        family: Family,
+        path: &Path,
+        ty: GgmlType,
+        skip: Option<&str>,
+    ) {
         let mut add = |name: String, ty: GgmlType, dims: &[u64], values: &[f32]| {
             if skip != Some(name.as_str()) {
                 w.add_tensor(name, ty, dims, quant::quantize(ty, values).unwrap()).unwrap();
             }
         };
+        let gemma = family == Family::Gemma3;
+        let rotary =
+            |w: &[f32], heads: usize| if gemma { pairs_to_rotate_half(w, heads, D) } else { w.to_vec() };
         add("token_embd.weight".into(), ty, &[D as u64, VOCAB as u64], &self.embed);
         add("output_norm.weight".into(), GgmlType::F32, &[D as u64], &self.output_norm);
         let kv = (KV_HEADS * HEAD_DIM) as u64;
         for (i, l) in self.layers.iter().enumerate() {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
             add(n("attn_norm"), GgmlType::F32, &[D as u64], &l.attn_norm);
-            add(n("attn_q"), ty, &[D as u64, D as u64], &l.q);
-            add(n("attn_k"), ty, &[D as u64, kv], &l.k);
+            add(n("attn_q"), ty, &[D as u64, D as u64], &rotary(&l.q, HEADS));
+            add(n("attn_k"), ty, &[D as u64, kv], &rotary(&l.k, KV_HEADS));
             add(n("attn_v"), ty, &[D as u64, kv], &l.v);
             add(n("attn_output"), ty, &[D as u64, D as u64], &l.o);
             add(n("ffn_norm"), GgmlType::F32, &[D as u64], &l.ffn_norm);
             add(n("ffn_gate"), ty, &[D as u64, FFN as u64], &l.gate);
             add(n("ffn_up"), ty, &[D as u64, FFN as u64], &l.up);
             add(n("ffn_down"), ty, &[FFN as u64, D as u64], &l.down);
+            if gemma {
+                let mut r = Rng(1000 + i as u64);
+                add(n("post_attention_norm"), GgmlType::F32, &[D as u64], &r.norm(D));
+                add(n("post_ffw_norm"), GgmlType::F32, &[D as u64], &r.norm(D));
+                add(n("attn_q_norm"), GgmlType::F32, &[HEAD_DIM as u64], &r.norm(HEAD_DIM));
+                add(n("attn_k_norm"), GgmlType::F32, &[HEAD_DIM as u64], &r.norm(HEAD_DIM));
+            }
         }
         w.write_file(path).unwrap();
     }
@@ -320,6 +353,42 @@ pub fn add_tiny_metadata(w: &mut GgufWriter, head_dim: Option<usize>) {
     add_tiny_tokenizer(w);
 }
 
+/// The decoder families the tiny models are written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Gemma3,
+}
+
+pub const FAMILIES: [Family; 2] = [Family::Llama, Family::Gemma3];
+
+/// The tiny Gemma's sliding window: shorter than [`TOKENS`], so that it hides keys.
+pub const GEMMA_WINDOW: usize = 5;
+
+/// The tiny model's shapes under Gemma 3's keys, with a sliding `window` (`None`: the key left
+/// out) and `context`.
+pub fn add_tiny_gemma3_metadata(w: &mut GgufWriter, window: Option<usize>, context: usize) {
+    if let Some(window) = window {
+        w.add_metadata("gemma3.attention.sliding_window", window as u32).unwrap();
+    }
+    for (key, value) in [
+        ("gemma3.block_count", LAYERS),
+        ("gemma3.embedding_length", D),
+        ("gemma3.feed_forward_length", FFN),
+        ("gemma3.attention.head_count", HEADS),
+        ("gemma3.attention.head_count_kv", KV_HEADS),
+        ("gemma3.attention.key_length", HEAD_DIM),
+        ("gemma3.attention.value_length", HEAD_DIM),
+        ("gemma3.context_length", context),
+    ] {
+        w.add_metadata(key, value as u32).unwrap();
+    }
+    w.add_metadata("general.architecture", "gemma3").unwrap();
+    w.add_metadata("gemma3.rope.freq_base", 1_000_000.0f32).unwrap();
+    w.add_metadata("gemma3.attention.layer_norm_rms_epsilon", EPS).unwrap();
+    add_tiny_tokenizer(w);
+}
+
 /// A byte-level BPE of exactly [`VOCAB`] tokens for the tiny models: three special tokens, the
 /// symbols of space, newline and printable ASCII, and merges of a few frequent pairs (ASCII text
 /// only), with ChatML as its chat template.
@@ -357,7 +426,7 @@ pub fn add_tiny_tokenizer(w: &mut GgufWriter) {
 
 pub const TOKENS: [u32; 12] = [1, 17, 99, 3, 3, 64, 127, 0, 42, 8, 77, 5];
 
-pub fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+pub fn all_logits(model: &Decoder, tokens: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache(1);
     let hidden = model.forward(tokens, 1, &mut cache).unwrap();
     model.logits(hidden, 0..tokens.len()).unwrap()
@@ -382,8 +451,8 @@ pub fn write_merged(
     std::io::Write::flush(&mut file).unwrap();
 }
 
-pub fn load_gguf(path: &Path) -> Llama {
-    Llama::from_gguf(&GgufFile::open(path).unwrap(), &Device::flex()).unwrap()
+pub fn load_gguf(path: &Path) -> Decoder {
+    Decoder::from_gguf(&GgufFile::open(path).unwrap(), &Device::flex()).unwrap()
 }
 
 /// A scratch directory removed when the test ends.
@@ -490,14 +559,14 @@ impl Lora {
     }
 }
 
-pub fn adapted_logits(model: &Llama, tokens: &[u32], adapters: &dyn Adapters) -> Vec<f32> {
+pub fn adapted_logits(model: &Decoder, tokens: &[u32], adapters: &dyn Adapters) -> Vec<f32> {
     let mut cache = model.new_cache(1);
     let hidden = model.forward_adapted(tokens, 1, &mut cache, adapters).unwrap();
     model.logits(hidden, 0..tokens.len()).unwrap()
 }
 
-pub fn load_for_training(path: &Path) -> Llama {
-    Llama::from_gguf(&GgufFile::open(path).unwrap(), &Device::flex().autodiff()).unwrap()
+pub fn load_for_training(path: &Path) -> Decoder {
+    Decoder::from_gguf(&GgufFile::open(path).unwrap(), &Device::flex().autodiff()).unwrap()
 }
 
 pub fn scalar(t: adaptkit::burn::tensor::Tensor<1>) -> f32 {
@@ -556,7 +625,7 @@ pub fn test_compute_gpu() -> Option<adaptkit::device::ComputeDevice> {
 /// central finite difference of the next-token loss with step `eps` (the parameter is restored
 /// after): within 5% plus 2e-4.
 pub fn assert_finite_difference(
-    model: &Llama,
+    model: &Decoder,
     method: &mut dyn Method,
     name: &str,
     at: usize,

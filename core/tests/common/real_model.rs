@@ -1,6 +1,7 @@
-//! Where the real test model is (SmolLM2-135M-Instruct, GGUF Q4_1, from
-//! `scripts/fetch-model.sh`), for every test binary that uses it: the core's golden tests and
-//! the CLI's (which includes this file by path); and the pinned Flower venv.
+//! Where the real test models are (SmolLM2-135M-Instruct, GGUF Q4_1, from
+//! `scripts/fetch-model.sh`; Gemma 3 270M, GGUF Q4_K_M), for every test binary that uses them:
+//! the core's golden tests and the CLI's (which includes this file by path); and the pinned
+//! Flower venv.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -17,21 +18,34 @@ pub fn env_flag(name: &str) -> bool {
 /// `~/.cache/adaptkit/models/…`). When it is missing the test is skipped with a note, unless
 /// `ADAPTKIT_REQUIRE_MODEL` is set (CI sets it), where a missing model fails the test.
 pub fn real_model() -> Option<PathBuf> {
-    let path = std::env::var_os("ADAPTKIT_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+    cached_model("ADAPTKIT_TEST_MODEL", REAL_MODEL_FILE, "scripts/fetch-model.sh")
+}
+
+/// The second family's model: Gemma 3 270M (GGUF Q4_K_M, from `adaptkit fetch --model
+/// gemma3-270m`), `$ADAPTKIT_TEST_GEMMA` or the cache; skipped or failed as [`real_model`].
+pub fn gemma_model() -> Option<PathBuf> {
+    cached_model("ADAPTKIT_TEST_GEMMA", GEMMA_MODEL_FILE, "scripts/fetch-model.sh gemma3-270m")
+}
+
+/// The Gemma model's file name in the cache.
+pub const GEMMA_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
+fn cached_model(variable: &str, file: &str, fetch: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
         let home = std::env::var_os("ADAPTKIT_HOME").map(PathBuf::from).unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/adaptkit")
         });
-        home.join("models").join(REAL_MODEL_FILE)
+        home.join("models").join(file)
     });
     if path.is_file() {
         return Some(path);
     }
     assert!(
         !env_flag("ADAPTKIT_REQUIRE_MODEL"),
-        "ADAPTKIT_REQUIRE_MODEL is set but {} is missing: run scripts/fetch-model.sh",
+        "ADAPTKIT_REQUIRE_MODEL is set but {} is missing: run {fetch}",
         path.display()
     );
-    eprintln!("note: {} not found; real-model test skipped (run scripts/fetch-model.sh)", path.display());
+    eprintln!("note: {} not found; real-model test skipped (run {fetch})", path.display());
     None
 }
 

@@ -13,7 +13,8 @@ const QUERY_BLOCK: usize = 64;
 
 /// The sizes of one call: `heads` independent (sequence, kv head) pairs, each with `rows`
 /// query rows (`groups` query heads of `len` tokens, head by head) over `keys` positions, the
-/// last `len` of them the queries' own; `head_dim` values per row.
+/// last `len` of them the queries' own; `head_dim` values per row. A row sees at most `window`
+/// keys, its own and those just before it (`usize::MAX`: all before it).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Shape {
     pub heads: usize,
@@ -21,12 +22,19 @@ pub(super) struct Shape {
     pub len: usize,
     pub keys: usize,
     pub head_dim: usize,
+    pub window: usize,
 }
 
 impl Shape {
-    /// How many keys query row `row` sees: those before the pass and its own token's prefix.
+    /// The end of the keys query row `row` sees: those before the pass and its own token's
+    /// prefix.
     fn visible(&self, row: usize) -> usize {
         self.keys - self.len + row % self.len + 1
+    }
+
+    /// The first key query row `row` sees (0 unless a sliding window hides older ones).
+    fn first_visible(&self, row: usize) -> usize {
+        self.visible(row).saturating_sub(self.window)
     }
 
     /// The most keys a row of the block `first..first + n` sees.
@@ -66,7 +74,8 @@ pub(super) fn forward(
             let p = &mut scores[..n * seen];
             f32_gemm(&q[first * hd..(first + n) * hd], &keys[..seen * hd], hd, seen, p);
             for (i, row) in p.chunks_exact_mut(seen).enumerate() {
-                log_sum_exp[first + i] = softmax_visible(row, s.visible(first + i), scale);
+                let r = first + i;
+                log_sum_exp[r] = softmax_visible(row, s.first_visible(r)..s.visible(r), scale);
             }
             let ops = AccOperands { a: p, lda: seen, w: &values[..seen * hd], n: seen, tokens: n };
             f32_gemm_acc(ops, &mut out[first * hd..(first + n) * hd]);
@@ -74,11 +83,12 @@ pub(super) fn forward(
     });
 }
 
-/// Turns the raw scores `row[..visible]` into the softmax of `scale · score`, zeroes the masked
+/// Turns the raw scores `row[visible]` into the softmax of `scale · score`, zeroes the masked
 /// rest, and returns the log-sum-exp of the scaled scores.
-fn softmax_visible(row: &mut [f32], visible: usize, scale: f32) -> f32 {
-    let (seen, masked) = row.split_at_mut(visible);
-    masked.fill(0.0);
+fn softmax_visible(row: &mut [f32], visible: core::ops::Range<usize>, scale: f32) -> f32 {
+    row[..visible.start].fill(0.0);
+    row[visible.end..].fill(0.0);
+    let seen = &mut row[visible];
     let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
     let mut sum = 0.0;
     for v in seen.iter_mut() {
@@ -133,16 +143,18 @@ pub(super) fn backward(
             f32_gemm(&d_out[rows.clone()], &values[..seen * hd], hd, seen, ds);
             for (i, (p, ds)) in p.chunks_exact_mut(seen).zip(ds.chunks_exact_mut(seen)).enumerate() {
                 let r = first + i;
-                let visible = s.visible(r);
+                let visible = s.first_visible(r)..s.visible(r);
                 let lse = log_sum_exp[r];
                 let row = r * hd..(r + 1) * hd;
                 let d_out_dot_out: f32 = d_out[row.clone()].iter().zip(&out[row]).map(|(a, b)| a * b).sum();
-                for (p, ds) in p[..visible].iter_mut().zip(&mut ds[..visible]) {
+                for (p, ds) in p[visible.clone()].iter_mut().zip(&mut ds[visible.clone()]) {
                     *p = (*p * scale - lse).exp();
                     *ds = *p * (*ds - d_out_dot_out) * scale;
                 }
-                p[visible..].fill(0.0);
-                ds[visible..].fill(0.0);
+                for masked in [0..visible.start, visible.end..seen] {
+                    p[masked.clone()].fill(0.0);
+                    ds[masked].fill(0.0);
+                }
             }
             f32_gemm_acc(
                 AccOperands { a: ds, lda: seen, w: &keys[..seen * hd], n: seen, tokens: n },
@@ -185,7 +197,8 @@ mod tests {
         for h in 0..s.heads {
             let [q, keys, values] = head(&s, h, q, keys, values);
             for r in 0..s.rows {
-                let scores: Vec<f64> = (0..s.visible(r))
+                let first = s.first_visible(r);
+                let scores: Vec<f64> = (first..s.visible(r))
                     .map(|j| {
                         let dot: f64 =
                             (0..hd).map(|c| f64::from(q[r * hd + c]) * f64::from(keys[j * hd + c])).sum();
@@ -194,7 +207,7 @@ mod tests {
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|v| (v - max).exp()).sum();
-                for (j, v) in scores.iter().enumerate() {
+                for (j, v) in (first..).zip(&scores) {
                     let p = (v - max).exp() / sum;
                     for c in 0..hd {
                         out[(h * s.rows + r) * hd + c] += p * f64::from(values[j * hd + c]);
@@ -212,14 +225,17 @@ mod tests {
     #[test]
     fn forward_equals_the_softmax_written_out_across_blocks() {
         // Two heads, 3 groups of 50 tokens after 30 cached positions: 150 rows, three blocks,
-        // a block straddling two query heads.
-        let s = Shape { heads: 2, rows: 150, len: 50, keys: 80, head_dim: 16 };
-        let (q, k, v) = (values(2 * 150 * 16, 1), values(2 * 80 * 16, 2), values(2 * 80 * 16, 3));
-        let mut out = vec![0.0; q.len()];
-        let mut lse = vec![0.0; 2 * 150];
-        forward(s, &q, &k, &v, &mut out, &mut lse);
-        for (i, (got, want)) in out.iter().zip(reference(s, &q, &k, &v)).enumerate() {
-            assert!((f64::from(*got) - want).abs() < 1e-5, "out[{i}]: {got} vs {want}");
+        // a block straddling two query heads; without a window and with one shorter than the
+        // pass.
+        for window in [usize::MAX, 37] {
+            let s = Shape { heads: 2, rows: 150, len: 50, keys: 80, head_dim: 16, window };
+            let (q, k, v) = (values(2 * 150 * 16, 1), values(2 * 80 * 16, 2), values(2 * 80 * 16, 3));
+            let mut out = vec![0.0; q.len()];
+            let mut lse = vec![0.0; 2 * 150];
+            forward(s, &q, &k, &v, &mut out, &mut lse);
+            for (i, (got, want)) in out.iter().zip(reference(s, &q, &k, &v)).enumerate() {
+                assert!((f64::from(*got) - want).abs() < 1e-5, "window {window}: out[{i}]: {got} vs {want}");
+            }
         }
     }
 }

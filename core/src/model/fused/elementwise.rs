@@ -1,10 +1,12 @@
-//! RMSNorm, SwiGLU and RoPE on host buffers, row blocks spread over the installed thread pool.
+//! RMSNorm, the gated MLP's activation (SwiGLU, GeGLU) and RoPE on host buffers, row blocks
+//! spread over the installed thread pool.
 
+use super::super::architecture::Activation;
 use crate::parallel::{for_each_chunk_mut, for_each_chunk_pair_mut};
 
 /// Rows per task of RMSNorm (of 576 values, about 70 KB of input per task).
 const ROWS_PER_TASK: usize = 32;
-/// Values per task of SwiGLU.
+/// Values per task of the gated activation.
 const VALUES_PER_TASK: usize = 1 << 14;
 
 /// `out = x / rms(x) * weight` for one row; returns `1 / rms(x)`.
@@ -71,26 +73,65 @@ pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `y = silu(gate) ⊙ up`.
-pub(super) fn swiglu(gate: &[f32], up: &[f32], y: &mut [f32]) {
+/// `√(2/π)` and the cubic coefficient of GELU's tanh approximation.
+const GELU_SCALE: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// GELU, tanh-approximated (PyTorch's `gelu(x, approximate="tanh")`).
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh())
+}
+
+/// `activation(x)` and its derivative.
+fn activation_and_slope(activation: Activation, x: f32) -> (f32, f32) {
+    match activation {
+        Activation::Silu => {
+            let s = sigmoid(x);
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }
+        Activation::GeluTanh => {
+            let t = (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh();
+            let inner_slope = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+            (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner_slope)
+        }
+    }
+}
+
+/// `activation(x)` of one value (the host decoder's MLP).
+pub(crate) fn activate(activation: Activation, x: f32) -> f32 {
+    match activation {
+        Activation::Silu => silu(x),
+        Activation::GeluTanh => gelu_tanh(x),
+    }
+}
+
+/// `y = activation(gate) ⊙ up`.
+pub(super) fn gated(activation: Activation, gate: &[f32], up: &[f32], y: &mut [f32]) {
     for_each_chunk_mut(y, VALUES_PER_TASK, |task, y| {
         let at = task * VALUES_PER_TASK;
         for ((y, g), u) in y.iter_mut().zip(&gate[at..]).zip(&up[at..]) {
-            *y = silu(*g) * u;
+            *y = activate(activation, *g) * u;
         }
     });
 }
 
-/// The gradients of [`swiglu`]: with `s = sigmoid(gate)`,
-/// `d_gate = dy ⊙ up ⊙ s(1 + gate(1 − s))` and `d_up = dy ⊙ gate ⊙ s`.
-pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+/// The gradients of [`gated`]: `d_gate = dy ⊙ up ⊙ activation'(gate)` and
+/// `d_up = dy ⊙ activation(gate)`.
+pub(super) fn gated_backward(
+    activation: Activation,
+    gate: &[f32],
+    up: &[f32],
+    dy: &[f32],
+    d_gate: &mut [f32],
+    d_up: &mut [f32],
+) {
     for_each_chunk_pair_mut(d_gate, VALUES_PER_TASK, d_up, VALUES_PER_TASK, |task, d_gate, d_up| {
         let at = task * VALUES_PER_TASK;
         let inputs = gate[at..].iter().zip(&up[at..]).zip(&dy[at..]);
         for ((dg, du), ((g, u), dy)) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(inputs) {
-            let s = sigmoid(*g);
-            *dg = dy * u * s * (1.0 + g * (1.0 - s));
-            *du = dy * g * s;
+            let (value, slope) = activation_and_slope(activation, *g);
+            *dg = dy * u * slope;
+            *du = dy * value;
         }
     });
 }

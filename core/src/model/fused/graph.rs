@@ -2,6 +2,8 @@
 //! run, and the reference the fused ops are tested against.
 
 use burn::tensor::activation::{silu, softmax};
+
+use super::super::architecture::Activation;
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
@@ -10,8 +12,19 @@ pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
     x * inverse_rms * weight.clone().reshape([1, 1, d])
 }
 
-pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
-    silu(gate) * up
+pub fn gated(activation: Activation, gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    let activated = match activation {
+        Activation::Silu => silu(gate),
+        Activation::GeluTanh => gelu_tanh(gate),
+    };
+    activated * up
+}
+
+/// `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`, as PyTorch's `gelu(approximate="tanh")` (burn's
+/// `gelu` is the exact, erf one).
+fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044_715)).mul_scalar(0.797_884_6);
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
 /// `x ⊙ cos + swap(x) ⊙ signed_sin`, where `swap` exchanges the members of every pair: a flip of
@@ -34,15 +47,23 @@ pub fn attention(q: Tensor<4>, keys: Tensor<4>, values: Tensor<4>, mask: Option<
     softmax(scores, 3).matmul(values)
 }
 
-/// Additive mask `[1, 1, groups*len, start+len]`: query `i` (absolute position `start+i`) sees
-/// keys `0..=start+i`.
-pub fn causal_mask(start: usize, len: usize, groups: usize, device: &Device) -> Tensor<4> {
+/// Additive mask `[1, 1, groups*len, start+len]`: query `i` (key `start+i`) sees keys
+/// `0..=start+i`, or with a sliding `window` the last `window` of them.
+pub fn causal_mask(
+    start: usize,
+    len: usize,
+    groups: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Tensor<4> {
     let keys = start + len;
     let mut mask = vec![0.0f32; groups * len * keys];
     for g in 0..groups {
         for i in 0..len {
             let row = &mut mask[(g * len + i) * keys..][..keys];
-            row[start + i + 1..].fill(f32::NEG_INFINITY);
+            let end = start + i + 1;
+            row[end..].fill(f32::NEG_INFINITY);
+            row[..end.saturating_sub(window.unwrap_or(usize::MAX))].fill(f32::NEG_INFINITY);
         }
     }
     Tensor::from_data(TensorData::new(mask, [1, 1, groups * len, keys]), device)

@@ -23,9 +23,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 
+use super::architecture::Activation;
 use crate::device::is_host;
 use crate::parallel::zeroed;
-pub(crate) use elementwise::{rms_norm_row, silu};
+pub(crate) use elementwise::{activate, rms_norm_row};
 
 /// `x / rms(x) * weight` over the last dimension of `x: [batch, len, d]`.
 pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
@@ -36,12 +37,13 @@ pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f32) -> Tensor<3> {
     Tensor::from_dispatch(y)
 }
 
-/// `silu(gate) * up`, element by element.
-pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+/// `activation(gate) * up`, element by element (SwiGLU, GeGLU).
+pub fn gated(activation: Activation, gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     if !fuses(&gate) {
-        return graph::swiglu(gate, up);
+        return graph::gated(activation, gate, up);
     }
-    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_swiglu(gate.into_dispatch(), up.into_dispatch()))
+    let y = <Dispatch as FusedOps>::fused_gated(gate.into_dispatch(), up.into_dispatch(), activation);
+    Tensor::from_dispatch(y)
 }
 
 /// RoPE's rotation of `x: [batch, heads, len, head_dim]` by the tables `cos` and `signed_sin`
@@ -61,19 +63,22 @@ pub fn rope(x: Tensor<4>, cos: &Tensor<4>, signed_sin: &Tensor<4>) -> Tensor<4> 
 /// Causal grouped-query attention: `q: [batch, kv_heads, groups * len, head_dim]` (query head
 /// `kv * groups + g`'s token `i` at row `g * len + i`) over `keys`, `values:
 /// [batch, kv_heads, context, head_dim]`, whose last `len` positions are the queries' own.
-/// Row `g * len + i` sees positions `0..=context - len + i`. Without the fused op (GPUs) the
-/// burn graph adds `mask`, [`graph::causal_mask`] of these sizes, made here when not given.
+/// Row `g * len + i` sees positions `0..=context - len + i`, or with a sliding `window` only the
+/// last `window` of them. Without the fused op (GPUs) the burn graph adds `mask`,
+/// [`graph::causal_mask`] of these sizes, made here when not given.
 pub fn attention(
     q: Tensor<4>,
     keys: Tensor<4>,
     values: Tensor<4>,
     groups: usize,
+    window: Option<usize>,
     mask: Option<&Tensor<4>>,
 ) -> Tensor<4> {
     if !fuses(&q) {
         let (len, context) = (q.dims()[2] / groups, keys.dims()[2]);
-        let made =
-            (mask.is_none() && len > 1).then(|| graph::causal_mask(context - len, len, groups, &q.device()));
+        let masked = len > 1 || window.is_some_and(|w| w < context);
+        let made = (mask.is_none() && masked)
+            .then(|| graph::causal_mask(context - len, len, groups, window, &q.device()));
         return graph::attention(q, keys, values, mask.or(made.as_ref()));
     }
     let out = <Dispatch as FusedOps>::fused_attention(
@@ -81,6 +86,7 @@ pub fn attention(
         keys.into_dispatch(),
         values.into_dispatch(),
         groups,
+        window.unwrap_or(usize::MAX),
     );
     Tensor::from_dispatch(out)
 }
@@ -108,7 +114,11 @@ fn fuses<const D: usize>(x: &Tensor<D>) -> bool {
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
     fn fused_rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
-    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_gated(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
     fn fused_rope(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
@@ -119,6 +129,7 @@ pub trait FusedOps: Backend {
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
         groups: usize,
+        window: usize,
     ) -> FloatTensor<Self>;
     fn fused_low_rank(
         x: FloatTensor<Self>,
@@ -149,6 +160,7 @@ pub struct AttentionSaved<B: Backend> {
     /// Each query row's log-sum-exp of its scaled scores, `[batch, kv_heads, rows]`.
     log_sum_exp: FloatTensor<B>,
     groups: usize,
+    window: usize,
 }
 
 /// The host kernels of a backend whose tensors live in host memory, forward and backward.
@@ -167,12 +179,17 @@ pub trait FusedKernels: Backend {
         dy: FloatTensor<Self>,
         weight_grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
-    fn swiglu_forward(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn gated_forward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
     /// The gradients of `gate` and `up`.
-    fn swiglu_backward(
+    fn gated_backward(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
+        activation: Activation,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// The rotation of `x`, or with `back` its transpose (the gradient).
     fn rope_forward(
@@ -187,6 +204,7 @@ pub trait FusedKernels: Backend {
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
         groups: usize,
+        window: usize,
     ) -> (FloatTensor<Self>, AttentionSaved<Self>);
     /// The gradients of `q`, `keys` and `values`.
     fn attention_backward(
@@ -256,18 +274,23 @@ impl FusedKernels for Flex {
         (host_tensor(dx, x.shape()), dw.map(|dw| host_tensor(dw, weight.shape())))
     }
 
-    fn swiglu_forward(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+    fn gated_forward(gate: FlexTensor, up: FlexTensor, activation: Activation) -> FlexTensor {
         let (gate, up) = (contiguous(gate), contiguous(up));
         let mut y = zeroed(gate.shape().num_elements());
-        elementwise::swiglu(data(&gate), data(&up), &mut y);
+        elementwise::gated(activation, data(&gate), data(&up), &mut y);
         host_tensor(y, gate.shape())
     }
 
-    fn swiglu_backward(gate: FlexTensor, up: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+    fn gated_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        dy: FlexTensor,
+        activation: Activation,
+    ) -> (FlexTensor, FlexTensor) {
         let (gate, up, dy) = (contiguous(gate), contiguous(up), contiguous(dy));
         let n = gate.shape().num_elements();
         let (mut d_gate, mut d_up) = (zeroed(n), zeroed(n));
-        elementwise::swiglu_backward(data(&gate), data(&up), data(&dy), &mut d_gate, &mut d_up);
+        elementwise::gated_backward(activation, data(&gate), data(&up), data(&dy), &mut d_gate, &mut d_up);
         (host_tensor(d_gate, gate.shape()), host_tensor(d_up, up.shape()))
     }
 
@@ -285,25 +308,26 @@ impl FusedKernels for Flex {
         keys: FlexTensor,
         values: FlexTensor,
         groups: usize,
+        window: usize,
     ) -> (FlexTensor, AttentionSaved<Self>) {
         let (q, keys, values) = (contiguous(q), contiguous(keys), contiguous(values));
-        let shape = attention_shape(&q, &keys, groups);
+        let shape = attention_shape(&q, &keys, groups, window);
         let mut out = zeroed(q.shape().num_elements());
         let mut log_sum_exp = vec![0.0; shape.heads * shape.rows];
         attention::forward(shape, data(&q), data(&keys), data(&values), &mut out, &mut log_sum_exp);
         let [b, kv, rows, _] = dims4(&q);
         let out = host_tensor(out, q.shape());
         let log_sum_exp = host_tensor(log_sum_exp, Shape::from(vec![b, kv, rows]));
-        (out.clone(), AttentionSaved { q, keys, values, out, log_sum_exp, groups })
+        (out.clone(), AttentionSaved { q, keys, values, out, log_sum_exp, groups, window })
     }
 
     fn attention_backward(
         saved: AttentionSaved<Self>,
         d_out: FlexTensor,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let AttentionSaved { q, keys, values, out, log_sum_exp, groups } = saved;
+        let AttentionSaved { q, keys, values, out, log_sum_exp, groups, window } = saved;
         let d_out = contiguous(d_out);
-        let shape = attention_shape(&q, &keys, groups);
+        let shape = attention_shape(&q, &keys, groups, window);
         let mut dq = zeroed(q.shape().num_elements());
         let mut dk = zeroed(keys.shape().num_elements());
         let mut dv = zeroed(keys.shape().num_elements());
@@ -358,9 +382,9 @@ fn dims4(x: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
-fn attention_shape(q: &FlexTensor, keys: &FlexTensor, groups: usize) -> attention::Shape {
+fn attention_shape(q: &FlexTensor, keys: &FlexTensor, groups: usize, window: usize) -> attention::Shape {
     let [b, kv, rows, head_dim] = dims4(q);
-    attention::Shape { heads: b * kv, rows, len: rows / groups, keys: dims4(keys)[2], head_dim }
+    attention::Shape { heads: b * kv, rows, len: rows / groups, keys: dims4(keys)[2], head_dim, window }
 }
 
 impl FusedOps for Flex {
@@ -368,16 +392,22 @@ impl FusedOps for Flex {
         Self::rms_norm_forward(x, weight, eps).0
     }
 
-    fn fused_swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
-        Self::swiglu_forward(gate, up)
+    fn fused_gated(gate: FlexTensor, up: FlexTensor, activation: Activation) -> FlexTensor {
+        Self::gated_forward(gate, up, activation)
     }
 
     fn fused_rope(x: FlexTensor, cos: FlexTensor, signed_sin: FlexTensor) -> FlexTensor {
         Self::rope_forward(x, cos, signed_sin, false)
     }
 
-    fn fused_attention(q: FlexTensor, keys: FlexTensor, values: FlexTensor, groups: usize) -> FlexTensor {
-        Self::attention_forward(q, keys, values, groups).0
+    fn fused_attention(
+        q: FlexTensor,
+        keys: FlexTensor,
+        values: FlexTensor,
+        groups: usize,
+        window: usize,
+    ) -> FlexTensor {
+        Self::attention_forward(q, keys, values, groups, window).0
     }
 
     fn fused_low_rank(x: FlexTensor, a: FlexTensor, b: FlexTensor, scale: f32) -> FlexTensor {
@@ -419,19 +449,23 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_gated(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct SwigluBackward;
+        struct GatedBackward;
 
-        impl<B: FusedKernels> Backward<B, 2> for SwigluBackward {
-            /// Both inputs.
-            type State = (FloatTensor<B>, FloatTensor<B>);
+        impl<B: FusedKernels> Backward<B, 2> for GatedBackward {
+            /// Both inputs and the activation.
+            type State = (FloatTensor<B>, FloatTensor<B>, Activation);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [gate_node, up_node] = ops.parents;
                 let dy = grads.consume::<B>(&ops.node);
-                let (gate, up) = ops.state;
-                let (d_gate, d_up) = B::swiglu_backward(gate, up, dy);
+                let (gate, up, activation) = ops.state;
+                let (d_gate, d_up) = B::gated_backward(gate, up, dy, activation);
                 if let Some(node) = gate_node {
                     grads.register::<B>(node.id, d_gate);
                 }
@@ -443,12 +477,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
         let (gate, gate_node) = gate.into_parts();
         let (up, up_node) = up.into_parts();
-        match SwigluBackward.prepare::<C>([gate_node, up_node]).compute_bound().stateful() {
+        match GatedBackward.prepare::<C>([gate_node, up_node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let y = B::swiglu_forward(gate.clone(), up.clone());
-                prep.finish((gate, up), y)
+                let y = B::gated_forward(gate.clone(), up.clone(), activation);
+                prep.finish((gate, up, activation), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::swiglu_forward(gate, up)),
+            OpsKind::UnTracked(prep) => prep.finish(B::gated_forward(gate, up, activation)),
         }
     }
 
@@ -491,6 +525,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         keys: FloatTensor<Self>,
         values: FloatTensor<Self>,
         groups: usize,
+        window: usize,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
@@ -515,10 +550,10 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (values, values_node) = values.into_parts();
         match AttentionBackward.prepare::<C>([q_node, keys_node, values_node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = B::attention_forward(q, keys, values, groups);
+                let (out, saved) = B::attention_forward(q, keys, values, groups, window);
                 prep.finish(saved, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, keys, values, groups).0),
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_forward(q, keys, values, groups, window).0),
         }
     }
 
@@ -626,13 +661,15 @@ mod tests {
     }
 
     #[test]
-    fn swiglu_equals_the_graph_in_value_and_gradient() {
+    fn gated_activations_equal_the_graph_in_value_and_gradient() {
         let device = Device::flex().autodiff();
-        // Gates out to ±8, where the sigmoid saturates.
+        // Gates out to ±8, where the sigmoid and the tanh saturate.
         let (gate, up) = (tensor([3, 29, 40], 3, 8.0, &device), tensor([3, 29, 40], 4, 2.0, &device));
-        let fused = |t: &[Tensor<3>]| swiglu(t[0].clone(), t[1].clone());
-        let graph = |t: &[Tensor<3>]| graph::swiglu(t[0].clone(), t[1].clone());
-        check("swiglu", &[gate, up], fused, graph, 1e-5);
+        for activation in [Activation::Silu, Activation::GeluTanh] {
+            let fused = |t: &[Tensor<3>]| gated(activation, t[0].clone(), t[1].clone());
+            let graph = |t: &[Tensor<3>]| graph::gated(activation, t[0].clone(), t[1].clone());
+            check(&format!("{activation:?}"), &[gate.clone(), up.clone()], fused, graph, 1e-5);
+        }
     }
 
     #[test]
@@ -667,18 +704,22 @@ mod tests {
         let device = Device::flex().autodiff();
         let (b, kv, groups, hd) = (2, 2, 3, 16);
         // A training pass (several query blocks, one straddling two query heads), a prompt after
-        // a cache, and one decode token.
-        for (len, cached) in [(70, 0), (5, 9), (1, 12)] {
+        // a cache, and one decode token; each without a window and through one that hides keys.
+        for (len, cached, window) in
+            [(70, 0, None), (70, 0, Some(20)), (5, 9, None), (5, 9, Some(4)), (1, 12, None), (1, 12, Some(5))]
+        {
             let context = cached + len;
             let q = tensor([b, kv, groups * len, hd], 5, 2.0, &device);
             let keys = tensor([b, kv, context, hd], 6, 2.0, &device);
             let values = tensor([b, kv, context, hd], 7, 1.0, &device);
-            let fused = |t: &[Tensor<4>]| attention(t[0].clone(), t[1].clone(), t[2].clone(), groups, None);
+            let fused =
+                |t: &[Tensor<4>]| attention(t[0].clone(), t[1].clone(), t[2].clone(), groups, window, None);
             let graph = |t: &[Tensor<4>]| {
-                let mask = (len > 1).then(|| graph::causal_mask(cached, len, groups, &device));
-                graph::attention(t[0].clone(), t[1].clone(), t[2].clone(), mask.as_ref())
+                let mask = graph::causal_mask(cached, len, groups, window, &device);
+                graph::attention(t[0].clone(), t[1].clone(), t[2].clone(), Some(&mask))
             };
-            check(&format!("attention of {len} after {cached}"), &[q, keys, values], fused, graph, 1e-5);
+            let what = format!("attention of {len} after {cached} through window {window:?}");
+            check(&what, &[q, keys, values], fused, graph, 1e-5);
         }
     }
 }

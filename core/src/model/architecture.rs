@@ -1,0 +1,99 @@
+//! What sets one decoder family apart from another, as parts the shared decoder switches on.
+//! A family is a row of [`Parts`]: Llama is the plain pre-norm transformer; Gemma 3 scales its
+//! embeddings, gates its MLP with GELU, wraps both sublayers in a second norm, normalizes queries
+//! and keys, and attends through a sliding window on five of every six layers. A new family
+//! (Qwen's q/k norms, Phi's partial rotary) is a new row plus whatever part it alone has.
+
+use crate::error::Error;
+use crate::format::gguf::GgufFile;
+
+/// The nonlinearity of the gated MLP: `act(gate) ⊙ up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (SwiGLU: Llama, Mistral, Qwen).
+    Silu,
+    /// GELU with PyTorch's tanh approximation, `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))`
+    /// (GeGLU: Gemma).
+    GeluTanh,
+}
+
+/// How a file orders the rows of each q/k head. The decoder rotates adjacent pairs; a file in
+/// rotate-half order has its rows permuted on load (and back wherever we write that file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotaryRows {
+    /// Adjacent pairs `(2i, 2i+1)`: llama.cpp's permuted Llama GGUFs.
+    Pairs,
+    /// Halves `(i, i + head_dim/2)`: HF checkpoints, and GGUFs of NeoX-rope families (Gemma).
+    Halves,
+}
+
+/// Attention through a sliding window on the local layers; the global ones see everything.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, its own included: keys `pos - size + 1 ..= pos`.
+    pub size: usize,
+    /// Every `global_every`-th layer (1-based) is global; the others are local.
+    pub global_every: usize,
+    /// The RoPE base of the local layers (the global layers use the config's `rope_theta`).
+    pub local_rope_theta: f32,
+}
+
+/// The parts of one family, read from or implied by its GGUF architecture name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parts {
+    pub activation: Activation,
+    /// Token embeddings are multiplied by `√d_model` before the first block (Gemma; the head,
+    /// tied or not, uses the unscaled matrix).
+    pub scaled_embeddings: bool,
+    /// A second RMSNorm on the output of attention and of the MLP, before each residual add.
+    pub sandwich_norms: bool,
+    /// RMSNorm over each query and key head (weights of `head_dim`), before RoPE.
+    pub qk_norms: bool,
+    pub rotary_rows: RotaryRows,
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// GGUF architecture names this decoder runs.
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "gemma3"];
+
+impl Parts {
+    /// The plain Llama decoder (Llama 2/3, Mistral without its window, SmolLM).
+    pub fn llama() -> Self {
+        Self {
+            activation: Activation::Silu,
+            scaled_embeddings: false,
+            sandwich_norms: false,
+            qk_norms: false,
+            rotary_rows: RotaryRows::Pairs,
+            sliding_window: None,
+        }
+    }
+
+    /// The parts of GGUF architecture `arch`. Gemma 3's window size is in the file
+    /// (`gemma3.attention.sliding_window`); its layer pattern (five local, one global) and the
+    /// local layers' RoPE base (10 000) are not, and are the values llama.cpp and transformers
+    /// fix for every Gemma 3.
+    pub fn from_gguf(gguf: &GgufFile, arch: &str) -> Result<Self, Error> {
+        match arch {
+            "llama" | "mistral" => Ok(Self::llama()),
+            "gemma3" => Ok(Self {
+                activation: Activation::GeluTanh,
+                scaled_embeddings: true,
+                sandwich_norms: true,
+                qk_norms: true,
+                rotary_rows: RotaryRows::Halves,
+                sliding_window: Some(SlidingWindow {
+                    size: gguf.get_u64("gemma3.attention.sliding_window")? as usize,
+                    global_every: 6,
+                    local_rope_theta: 10_000.0,
+                }),
+            }),
+            other => Err(Error::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// The window of `layer`'s attention, `None` for a global layer.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|w| (layer + 1) % w.global_every != 0).map(|w| w.size)
+    }
+}
