@@ -6,6 +6,8 @@
 # held-out and general-text perplexity after training, as ratios to before.
 #
 #   scripts/experiment-defaults.sh [LR:STEPS ...]     (default: the grid in the README)
+#   ADAPTKIT_MODEL=gemma3-270m scripts/experiment-defaults.sh ...   (the same on Gemma 3 270M)
+# Extra `train` options go in $TRAIN_OPTIONS (e.g. --bf16-products).
 # shellcheck source=scripts/cli-prelude.sh
 source "$(dirname "$0")/cli-prelude.sh"
 runs=("$@")
@@ -19,7 +21,7 @@ for run in "${runs[@]}"; do
   lr=${run%%:*} steps=${run##*:}
   json=$("$adaptkit" train --model "$model" --data data/sample/journal.txt \
     --general-eval tests/reference/ppl_text.txt --out "$out/$lr-$steps" \
-    --lr "$lr" --steps "$steps" --batch 4 --seq 128 --eval-every 0 --checkpoint-every 0 --json | tail -n 1)
+    --lr "$lr" --steps "$steps" --batch 4 --seq 128 --eval-every 0 --checkpoint-every 0 ${TRAIN_OPTIONS:-} --json | tail -n 1)
   python3 - "$lr" "$steps" "$json" <<'PY'
 import json, math, sys
 lr, steps, r = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

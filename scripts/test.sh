@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test suite: unit, property and tiny-model tests; the runtime API's user journey; the
-# real-model golden tests (the model is fetched and verified first, and they fail rather than
-# skip here); the CLI; adaptkit nodes in a Flower federation; the sync server on PostgreSQL and
+# real-model golden tests on SmolLM2 and Gemma 3 (the models are fetched and verified first, and
+# they fail rather than skip here); the CLI; adaptkit nodes in a Flower federation; the sync server on PostgreSQL and
 # S3 and its OpenAPI document; the
 # Kotlin face on the JVM and the Swift bindings' checks; the browser package and demo in
 # headless Chromium; and the
@@ -14,7 +14,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/adaptkit-target}"
 
 scripts/install-test-tools.sh
 ADAPTKIT_TEST_MODEL=$(scripts/fetch-model.sh)
-export ADAPTKIT_TEST_MODEL ADAPTKIT_REQUIRE_MODEL=1
+# The second family's golden tests (Gemma 3 270M).
+ADAPTKIT_TEST_GEMMA=$(scripts/fetch-model.sh gemma3-270m)
+export ADAPTKIT_TEST_MODEL ADAPTKIT_TEST_GEMMA ADAPTKIT_REQUIRE_MODEL=1
 # The GPU parity tests run on lavapipe (installed above) and fail rather than skip here.
 export ADAPTKIT_REQUIRE_GPU=1
 # The Flower tests (protocol judged by flwr, a federation of adaptkit nodes on the real model,

@@ -96,6 +96,11 @@ fn a_file_that_is_not_gguf_is_named() {
 fn unsupported_architecture_and_tensor_type_are_named() {
     let gpt2 = scratch("gpt2.gguf");
     write_partial_model(&gpt2, "gpt2", GgmlType::F32);
+    // A newcomer's first look: one line that names the architecture and what is supported.
+    assert_clean_failure(
+        &adaptkit(&["info", gpt2.to_str().unwrap()]),
+        "unsupported architecture 'gpt2' (supported: llama, mistral, gemma3)",
+    );
     assert_clean_failure(
         &adaptkit(&["generate", "--model", gpt2.to_str().unwrap(), "--prompt", "x"]),
         "'gpt2'",
@@ -114,6 +119,130 @@ fn bad_sampling_options_are_refused_before_loading() {
 /// The demo model, when fetched (CI fetches it and requires it; see scripts/test.sh).
 fn real_model() -> Option<String> {
     shared_model::real_model().map(|path| path.to_string_lossy().into_owned())
+}
+
+/// Gemma 3 270M, when fetched (CI fetches it and requires it; see scripts/test.sh).
+fn gemma_model() -> Option<String> {
+    shared_model::gemma_model().map(|path| path.to_string_lossy().into_owned())
+}
+
+/// The user's journey on the second family: LoRA on the bundled journal lowers its held-out
+/// perplexity with general English watched (and not worse), the adapter generates, merges into
+/// a GGUF that scores like it (q/k rows back in Gemma's rotate-half order), and compresses into
+/// a patch that scores like it.
+#[test]
+fn gemma3_trains_generates_merges_and_patches() {
+    let Some(model) = gemma_model() else { return };
+    let info = last_json(&adaptkit(&["info", &model, "--json"]));
+    assert_eq!(
+        (info["architecture"].as_str(), info["layers"].as_u64()),
+        (Some("gemma3"), Some(18)),
+        "{info}"
+    );
+    let out = scratch("gemma-lora");
+    let general = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/ppl_text.txt");
+    let report = last_json(&train(
+        &model,
+        &sample("journal.txt"),
+        &out,
+        &[
+            "--steps",
+            "12",
+            "--batch",
+            "2",
+            "--lr",
+            "2e-4",
+            "--eval-every",
+            "0",
+            "--general-eval",
+            general.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let (before, after) =
+        (report["eval_loss_before"].as_f64().unwrap(), report["eval_loss"].as_f64().unwrap());
+    let (general_base, general_after) =
+        (report["general_loss_base"].as_f64().unwrap(), report["general_loss"].as_f64().unwrap());
+    eprintln!(
+        "gemma3 LoRA: held-out ppl {:.2} -> {:.2}, general English {:.2} -> {:.2}",
+        before.exp(),
+        after.exp(),
+        general_base.exp(),
+        general_after.exp()
+    );
+    assert!(after.exp() < 0.5 * before.exp(), "{report}");
+    assert!(general_after < general_base + 0.05, "general English must not get worse: {report}");
+
+    let adapter = out.to_str().unwrap();
+    let generated = last_json(&adaptkit(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        adapter,
+        "--prompt",
+        "Hive 3:",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    ]));
+    assert!(!generated["tokens"].as_array().unwrap().is_empty(), "{generated}");
+
+    let text = scratch("gemma-eval.txt");
+    std::fs::write(&text, std::fs::read_to_string(sample("journal.txt")).unwrap()[..3000].to_string())
+        .unwrap();
+    let text = text.to_str().unwrap();
+    let eval = |args: &[&str]| {
+        let mut all = vec!["eval", "--data", text, "--seq", "128", "--json"];
+        all.extend(args);
+        last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
+    };
+    let with_adapter = eval(&["--model", &model, "--adapter", adapter]);
+    assert!(with_adapter < 0.8 * eval(&["--model", &model]), "the adapter must matter on the journal");
+    let merged = scratch("gemma-merged.gguf");
+    let merged = merged.to_str().unwrap();
+    let report = last_json(&adaptkit(&[
+        "merge",
+        "--model",
+        &model,
+        "--adapter",
+        adapter,
+        "--out",
+        merged,
+        "--type",
+        "F16",
+        "--json",
+    ]));
+    assert_eq!(report["tensors_merged"], 18 * 7, "{report}");
+    let merged_ppl = eval(&["--model", merged]);
+    assert!(
+        (merged_ppl - with_adapter).abs() / with_adapter < 0.005,
+        "unmerged {with_adapter} vs merged {merged_ppl}"
+    );
+
+    let patch = scratch("gemma.akp");
+    let patch = patch.to_str().unwrap();
+    last_json(&adaptkit(&[
+        "patch",
+        "compress",
+        adapter,
+        "--model",
+        &model,
+        "--out",
+        patch,
+        "--density",
+        "dense",
+        "--dtype",
+        "f32",
+        "--json",
+    ]));
+    assert_eq!(
+        eval(&["--model", &model, "--adapter", patch]),
+        with_adapter,
+        "a dense f32 patch is the adapter"
+    );
 }
 
 #[test]

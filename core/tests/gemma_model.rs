@@ -2,11 +2,13 @@
 //! the same GGUF dequantized to fp32 (`tests/reference/golden/gemma3`, made by `make_golden.py`):
 //! logits, perplexity past the sliding window, greedy tokens; and decode past the window through
 //! both KV caches (the burn graph's, which drops what the window hides, and the host decoder's
-//! ring). The model comes from `adaptkit fetch --model gemma3-270m` (see `common::gemma_model`):
+//! ring); LoRA adapters through Hugging Face PEFT both ways. The model comes from `adaptkit fetch --model gemma3-270m` (see `common::gemma_model`):
 //! without it these tests print a note and pass, unless `ADAPTKIT_REQUIRE_MODEL` is set.
 
 use std::sync::OnceLock;
 
+use adaptkit::adapt::{LoraAdapter, Method};
+use adaptkit::control::CancelToken;
 use adaptkit::device::DeviceChoice;
 use adaptkit::model::{Activation, HostDecoder, NoAdapters, RotaryRows};
 use adaptkit::{Engine, EngineOptions};
@@ -15,7 +17,7 @@ mod common;
 use common::golden::{
     check_greedy, check_last_token_logits, check_perplexity, ids, max_diff, Golden, LOGIT_TOLERANCE,
 };
-use common::{env_flag, gemma_model};
+use common::{env_flag, gemma_model, tempdir};
 
 fn golden() -> Golden {
     Golden::new("gemma3")
@@ -123,4 +125,57 @@ fn the_gpu_gives_the_reference_logits_too() {
         eprintln!("GPU {}: max |logit diff| {diff:.5}", prompt["name"]);
         assert!(diff < LOGIT_TOLERANCE, "{}: GPU max |logit diff| {diff}", prompt["name"]);
     }
+}
+
+/// A LoRA that Hugging Face PEFT made on the transformers model built from the same GGUF (layers
+/// 0, 9 and 17, all seven projections): PEFT's logits here, and again after our own save and
+/// load of it (the round trip through our writer changes nothing beyond 1e-4).
+#[test]
+fn a_lora_made_by_hugging_face_peft_gives_its_logits_and_round_trips() {
+    let Some(engine) = engine() else { return };
+    let golden = golden();
+    let (index, vocab, rows) = golden.logits("peft_lora.json");
+    assert!(index["max_abs_adapted_minus_base"].as_f64().unwrap() > 1.0, "the adapter must move the logits");
+    let adapter =
+        LoraAdapter::load(&golden.dir.join(index["adapter"].as_str().unwrap()), engine.model()).unwrap();
+    let dir = tempdir();
+    let saved = dir.join("round-trip");
+    adapter.save(&saved, engine.model()).unwrap();
+    let reloaded = LoraAdapter::load(&saved, engine.model()).unwrap();
+    for (i, prompt) in index["prompts"].as_array().unwrap().iter().enumerate() {
+        let tokens = ids(&prompt["ids"]);
+        let got = engine.last_logits(&tokens, &adapter).unwrap();
+        let diff = max_diff(&got, &rows[i * vocab..][..vocab]);
+        let again = max_diff(&engine.last_logits(&tokens, &reloaded).unwrap(), &got);
+        eprintln!(
+            "PEFT LoRA on Gemma, prompt {i}: {diff:.5} from PEFT's logits, {again:.2e} after our round trip"
+        );
+        assert!(diff < LOGIT_TOLERANCE, "prompt {i}: max |logit diff| {diff} against PEFT");
+        assert!(again < 1e-4, "prompt {i}: our save and load moved the logits by {again}");
+    }
+}
+
+/// PEFT scores an adapter adaptkit trained on Gemma (`golden/gemma3/adaptkit_lora`) as we do.
+#[test]
+fn hugging_face_peft_scores_an_adaptkit_trained_adapter_like_we_do() {
+    let Some(engine) = engine() else { return };
+    let golden = golden();
+    let reference = golden.json("peft_loads_adaptkit.json");
+    let adapter =
+        LoraAdapter::load(&golden.dir.join(reference["adapter"].as_str().unwrap()), engine.model()).unwrap();
+    let text = std::fs::read_to_string(golden.dir.join("../..").join("ppl_text.txt")).unwrap();
+    let seq = reference["seq_len"].as_u64().unwrap() as usize;
+    let got =
+        engine.perplexity(&text, seq, &adapter, &CancelToken::new(), &mut |_, _| {}).unwrap().perplexity;
+    let (want, base) = (
+        reference["perplexity_with_adapter"].as_f64().unwrap(),
+        reference["perplexity_base"].as_f64().unwrap(),
+    );
+    assert!((want - base).abs() / base > 0.005, "the adapter must matter: {want} vs base {base}");
+    let relative = (got - want).abs() / want;
+    eprintln!(
+        "adaptkit-trained Gemma adapter: perplexity {got:.5} here, {want:.5} in PEFT ({:.4}%)",
+        relative * 100.0
+    );
+    assert!(relative < 1e-3, "perplexity {got} vs PEFT {want}");
 }

@@ -7,7 +7,10 @@ The adapter (golden/adaptkit_lora/) was made with:
   adaptkit train --data data/sample/notes.txt --out tests/reference/golden/adaptkit_lora \\
     --rank 2 --alpha 4 --targets q,k,v,down --steps 10 --batch 2 --seq 64 --lr 2e-3 --seed 3
 
-Usage: "$(scripts/reference-env.sh)" tests/reference/check_peft_loads_adaptkit.py [MODEL.gguf]
+Usage: "$(scripts/reference-env.sh)" tests/reference/check_peft_loads_adaptkit.py [MODEL.gguf [GOLDEN_DIR]]
+
+For Gemma 3 270M, GOLDEN_DIR is golden/gemma3 and its adaptkit_lora/ was made the same way with
+--model gemma-3-270m-q4_k_m.gguf.
 """
 import json
 import math
@@ -24,11 +27,18 @@ DEFAULT_MODEL = Path.home() / ".cache/adaptkit/models/SmolLM2-135M-Instruct.Q4_1
 SEQ = 512
 
 model_path = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_MODEL
+GOLDEN = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "golden"
 torch.set_num_threads(2)
 kwargs = dict(gguf_file=model_path.name)
 tokenizer = AutoTokenizer.from_pretrained(model_path.parent, **kwargs)
 model = AutoModelForCausalLM.from_pretrained(model_path.parent, dtype=torch.float32, **kwargs).eval()
-ids = tokenizer((HERE / "ppl_text.txt").read_text(), add_special_tokens=False).input_ids
+# One stream, with BOS first where the GGUF asks for it (Gemma), as adaptkit and make_golden.py.
+import gguf  # noqa: E402
+
+reader = gguf.GGUFReader(str(model_path))
+bos = [int(reader.fields["tokenizer.ggml.bos_token_id"].contents())] if reader.fields.get(
+    "tokenizer.ggml.add_bos_token") and reader.fields["tokenizer.ggml.add_bos_token"].contents() else []
+ids = bos + tokenizer((HERE / "ppl_text.txt").read_text(), add_special_tokens=False).input_ids
 windows = [ids[i : i + SEQ] for i in range(0, len(ids) - SEQ + 1, SEQ)]
 
 
@@ -39,9 +49,9 @@ def perplexity(m):
 
 
 base = perplexity(model)
-adapted_model = PeftModel.from_pretrained(model, HERE / "golden" / "adaptkit_lora").eval()
+adapted_model = PeftModel.from_pretrained(model, GOLDEN / "adaptkit_lora").eval()
 adapted = perplexity(adapted_model)
-(HERE / "golden" / "peft_loads_adaptkit.json").write_text(json.dumps({
+(GOLDEN / "peft_loads_adaptkit.json").write_text(json.dumps({
     "model": model_path.name,
     "peft": peft.__version__,
     "adapter": "adaptkit_lora",
