@@ -191,32 +191,17 @@ fn gemma3_trains_generates_merges_and_patches() {
     assert!(!generated["tokens"].as_array().unwrap().is_empty(), "{generated}");
 
     let text = scratch("gemma-eval.txt");
-    std::fs::write(&text, std::fs::read_to_string(sample("journal.txt")).unwrap()[..3000].to_string())
-        .unwrap();
+    std::fs::write(&text, &std::fs::read_to_string(sample("journal.txt")).unwrap()[..3000]).unwrap();
     let text = text.to_str().unwrap();
     let eval = |args: &[&str]| {
         let mut all = vec!["eval", "--data", text, "--seq", "128", "--json"];
         all.extend(args);
         last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
     };
-    let with_adapter = eval(&["--model", &model, "--adapter", adapter]);
+    let (report, with_adapter, merged_ppl) =
+        merge_and_score(&model, adapter, text, "128", "gemma-merged.gguf");
     assert!(with_adapter < 0.8 * eval(&["--model", &model]), "the adapter must matter on the journal");
-    let merged = scratch("gemma-merged.gguf");
-    let merged = merged.to_str().unwrap();
-    let report = last_json(&adaptkit(&[
-        "merge",
-        "--model",
-        &model,
-        "--adapter",
-        adapter,
-        "--out",
-        merged,
-        "--type",
-        "F16",
-        "--json",
-    ]));
     assert_eq!(report["tensors_merged"], 18 * 7, "{report}");
-    let merged_ppl = eval(&["--model", merged]);
     assert!(
         (merged_ppl - with_adapter).abs() / with_adapter < 0.005,
         "unmerged {with_adapter} vs merged {merged_ppl}"
@@ -363,32 +348,14 @@ fn merge_writes_a_gguf_that_scores_like_the_unmerged_adapter() {
     let Some(model) = real_model() else { return };
     let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/golden/peft_lora");
     let adapter = adapter.to_str().unwrap();
-    let merged = scratch("merged.gguf");
-    let merged = merged.to_str().unwrap();
-    let report = last_json(&adaptkit(&[
-        "merge",
-        "--model",
-        &model,
-        "--adapter",
-        adapter,
-        "--out",
-        merged,
-        "--type",
-        "F16",
-        "--json",
-    ]));
-    assert_eq!(report["tensors_merged"], 21, "{report}");
     let text = scratch("merge-eval.txt");
     std::fs::write(&text, "A short story: the lighthouse keeper counted ships every night. ".repeat(12))
         .unwrap();
-    let text = text.to_str().unwrap();
-    let eval = |args: &[&str]| {
-        let mut all = vec!["eval", "--data", text, "--seq", "64", "--json"];
-        all.extend(args);
-        last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
-    };
-    let (with_adapter, merged_ppl) =
-        (eval(&["--model", &model, "--adapter", adapter]), eval(&["--model", merged]));
+    let (report, with_adapter, merged_ppl) =
+        merge_and_score(&model, adapter, text.to_str().unwrap(), "64", "merged.gguf");
+    assert_eq!(report["tensors_merged"], 21, "{report}");
+    let merged = scratch("merged.gguf");
+    let merged = merged.to_str().unwrap();
     assert!(
         (with_adapter - merged_ppl).abs() / with_adapter < 0.005,
         "unmerged {with_adapter} vs merged {merged_ppl}"
@@ -398,6 +365,37 @@ fn merge_writes_a_gguf_that_scores_like_the_unmerged_adapter() {
         &adaptkit(&["merge", "--model", &model, "--adapter", adapter, "--out", merged, "--type", "Q2_K"]),
         "Q2_K",
     );
+}
+
+/// `merge --type F16` of `adapter` into `model` as the scratch file `name`: its report, and the
+/// perplexities of `text` (windows of `seq`) with the adapter unmerged and with the merged file.
+fn merge_and_score(
+    model: &str,
+    adapter: &str,
+    text: &str,
+    seq: &str,
+    name: &str,
+) -> (serde_json::Value, f64, f64) {
+    let merged = scratch(name);
+    let merged = merged.to_str().unwrap();
+    let report = last_json(&adaptkit(&[
+        "merge",
+        "--model",
+        model,
+        "--adapter",
+        adapter,
+        "--out",
+        merged,
+        "--type",
+        "F16",
+        "--json",
+    ]));
+    let eval = |args: &[&str]| {
+        let mut all = vec!["eval", "--data", text, "--seq", seq, "--json"];
+        all.extend(args);
+        last_json(&adaptkit(&all))["perplexity"].as_f64().unwrap()
+    };
+    (report, eval(&["--model", model, "--adapter", adapter]), eval(&["--model", merged]))
 }
 
 #[test]

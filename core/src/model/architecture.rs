@@ -94,6 +94,6 @@ impl Parts {
 
     /// The window of `layer`'s attention, `None` for a global layer.
     pub fn window(&self, layer: usize) -> Option<usize> {
-        self.sliding_window.filter(|w| (layer + 1) % w.global_every != 0).map(|w| w.size)
+        self.sliding_window.filter(|w| !(layer + 1).is_multiple_of(w.global_every)).map(|w| w.size)
     }
 }

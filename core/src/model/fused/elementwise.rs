@@ -77,9 +77,18 @@ pub(crate) fn silu(x: f32) -> f32 {
 const GELU_SCALE: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
+/// `tanh(u)` as `(e^{2u} − 1) / (e^{2u} + 1)`: libm's `tanhf` (through `expm1f`) took a tenth
+/// of Gemma's prefill. Past |u| = 9 tanh is ±1 in f32, and the clamp keeps `e^{2u}` finite; near
+/// 0 the subtraction loses relative precision but not absolute (~1e-7), which is what GELU's
+/// `1 + tanh` sees.
+fn tanh(u: f32) -> f32 {
+    let e = (2.0 * u.clamp(-9.0, 9.0)).exp();
+    (e - 1.0) / (e + 1.0)
+}
+
 /// GELU, tanh-approximated (PyTorch's `gelu(x, approximate="tanh")`).
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
-    0.5 * x * (1.0 + (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh())
+    0.5 * x * (1.0 + tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)))
 }
 
 /// `activation(x)` and its derivative.
@@ -90,7 +99,7 @@ fn activation_and_slope(activation: Activation, x: f32) -> (f32, f32) {
             (x * s, s * (1.0 + x * (1.0 - s)))
         }
         Activation::GeluTanh => {
-            let t = (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh();
+            let t = tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x));
             let inner_slope = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
             (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner_slope)
         }
