@@ -821,6 +821,34 @@ fn every_block_format_runs_on_the_gpu_like_on_the_cpu() {
     }
 }
 
+/// Gemma's sliding window on the GPU: a long input in one pass (its mask from the keys the
+/// cache holds), then token by token after the graph's cache has dropped what the window hides,
+/// as on the CPU.
+#[test]
+fn the_sliding_window_runs_on_the_gpu_like_on_the_cpu() {
+    let Some(gpu) = test_gpu() else { return };
+    let dir = tempdir();
+    Weights::random(33).write_gguf_as(Family::Gemma3, &dir.join("m.gguf"), GgmlType::Q4_1, None);
+    let gguf = GgufFile::open(dir.join("m.gguf")).unwrap();
+    let tokens: Vec<u32> = (0..170u32).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
+    let run = |device: &Device| {
+        let model = Decoder::from_gguf(&gguf, device).unwrap();
+        let mut cache = model.new_cache(1);
+        let hidden = model.forward(&tokens[..150], 1, &mut cache).unwrap();
+        let mut logits = model.logits(hidden, 0..150).unwrap();
+        assert!(cache.held_from(0) > 0, "the window's cache was trimmed");
+        for &t in &tokens[150..] {
+            let hidden = model.forward(&[t], 1, &mut cache).unwrap();
+            logits.extend(model.logits(hidden, 0..1).unwrap());
+        }
+        logits
+    };
+    let (cpu, on_gpu) = (run(&Device::flex()), run(&gpu));
+    let diff = max_diff(&cpu, &on_gpu);
+    let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(diff < 1e-4 * (1.0 + scale), "CPU vs GPU max |logit diff| {diff} of logits up to {scale}");
+}
+
 /// The training step on the GPU (quantized linear op and its backward, the burn-op loss) gives
 /// the CPU's loss and LoRA gradients, with and without activation checkpointing.
 #[test]
