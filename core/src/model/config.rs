@@ -1,7 +1,7 @@
 //! Hyper-parameters of a decoder, read from GGUF metadata or a HF `config.json`: the shapes every
 //! family shares, and the [`Parts`] that tell the families apart.
 
-use super::architecture::{Parts, RotaryRows};
+use super::architecture::Parts;
 use super::sites::Projection;
 use crate::error::Error;
 use crate::format::gguf::GgufFile;
@@ -39,8 +39,8 @@ pub struct DecoderConfig {
     pub parts: Parts,
 }
 
-/// HF `model_type`s whose checkpoints this loader reads (plain Llama decoders).
-const HF_ARCHITECTURES: &[&str] = &["llama", "mistral"];
+/// HF `model_type`s whose checkpoints this loader reads.
+const HF_ARCHITECTURES: &[&str] = &["llama", "mistral", "gemma3_text"];
 
 impl DecoderConfig {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, Error> {
@@ -125,7 +125,7 @@ impl DecoderConfig {
         Ok(config)
     }
 
-    /// Reads a Hugging Face `config.json` (`model_type` llama or mistral).
+    /// Reads a Hugging Face `config.json` (`model_type` llama, mistral or gemma3_text).
     pub fn from_hf_json(json: &serde_json::Value) -> Result<Self, Error> {
         let field = |k: &str| json.get(k);
         let usize_of = |k: &str| -> Result<usize, Error> {
@@ -147,7 +147,12 @@ impl DecoderConfig {
             None => 0,
         };
         let f32_of = |k: &str, default: f32| field(k).and_then(|v| v.as_f64()).map_or(default, |v| v as f32);
-        let rope_theta = f32_of("rope_theta", 10_000.0);
+        // transformers 5 nests the base of each attention type under `rope_parameters`.
+        let rope_theta = json
+            .pointer("/rope_parameters/full_attention/rope_theta")
+            .or_else(|| json.pointer("/rope_parameters/rope_theta"))
+            .and_then(|v| v.as_f64())
+            .map_or_else(|| f32_of("rope_theta", 10_000.0), |v| v as f32);
         let rope_scaling = match field("rope_scaling").filter(|v| !v.is_null()) {
             None => RopeScaling::None,
             Some(s) => {
@@ -186,8 +191,10 @@ impl DecoderConfig {
                 )));
             }
         }
+        let parts = Parts::from_hf_json(json, &arch, head_dim)?;
         let config = Self {
-            architecture: arch,
+            // The GGUF name, so that adapters and patches match across the two formats.
+            architecture: if arch == "gemma3_text" { "gemma3".into() } else { arch },
             n_layers: usize_of("num_hidden_layers")?,
             d_model,
             n_heads,
@@ -200,7 +207,7 @@ impl DecoderConfig {
             rope_scaling,
             rms_eps: f32_of("rms_norm_eps", 1e-6), // transformers' DecoderConfig default
             tied_embeddings: field("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
-            parts: Parts { rotary_rows: RotaryRows::Halves, ..Parts::llama() },
+            parts,
         };
         config.validate()?;
         Ok(config)

@@ -33,6 +33,12 @@ enum Part {
     Bias(usize, Projection),
 }
 
+impl Part {
+    fn is_norm(self) -> bool {
+        !matches!(self, Part::TokenEmbedding | Part::Output | Part::Linear(..) | Part::Bias(..))
+    }
+}
+
 /// Where a format keeps each part, and how to read it, in the file's own row order (the builder
 /// permutes q/k rows of rotate-half files into pairs).
 trait WeightSource {
@@ -55,7 +61,8 @@ impl Decoder {
         files: &[SafetensorsFile],
         device: &Device,
     ) -> Result<Self, Error> {
-        build(config, &HuggingFace { files }, device)
+        let sandwich_norms = config.parts.sandwich_norms;
+        build(config, &HuggingFace { files, sandwich_norms }, device)
     }
 }
 
@@ -74,6 +81,9 @@ fn build(config: DecoderConfig, source: &dyn WeightSource, device: &Device) -> R
         let mut values = source.vector(part, len)?;
         if let Some(heads) = rotated_heads(part) {
             values = permute_rotary_values(&values, heads, c.head_dim, 1, RowOrder::ToPairs);
+        }
+        if part.is_norm() && c.parts.norm_offset != 0.0 {
+            values.iter_mut().for_each(|w| *w += c.parts.norm_offset);
         }
         Ok(Tensor::from_data(TensorData::new(values, [len]), device))
     };
@@ -188,18 +198,22 @@ impl WeightSource for Gguf<'_> {
 
 struct HuggingFace<'a> {
     files: &'a [SafetensorsFile],
+    /// Gemma's names: its `post_attention_layernorm` is the sandwich norm after attention, and
+    /// the norm before the MLP is `pre_feedforward_layernorm`.
+    sandwich_norms: bool,
 }
 
 impl HuggingFace<'_> {
-    fn name(part: Part) -> String {
+    fn name(&self, part: Part) -> String {
         match part {
+            Part::FfnNorm(i) if self.sandwich_norms => {
+                format!("model.layers.{i}.pre_feedforward_layernorm.weight")
+            }
             Part::TokenEmbedding => "model.embed_tokens.weight".into(),
             Part::Output => "lm_head.weight".into(),
             Part::OutputNorm => "model.norm.weight".into(),
             Part::AttnNorm(i) => format!("model.layers.{i}.input_layernorm.weight"),
             Part::FfnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
-            // Llama checkpoints have none of these (`from_hf_json` reads only Llama); the names
-            // are Gemma's, where `post_attention_layernorm` is the sandwich norm instead.
             Part::PostAttnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
             Part::PostFfnNorm(i) => format!("model.layers.{i}.post_feedforward_layernorm.weight"),
             Part::QNorm(i) => format!("model.layers.{i}.self_attn.q_norm.weight"),
@@ -239,18 +253,18 @@ impl HuggingFace<'_> {
 
 impl WeightSource for HuggingFace<'_> {
     fn matrix(&self, part: Part, rows: usize, cols: usize) -> Result<QuantMatrix, Error> {
-        let name = Self::name(part);
+        let name = self.name(part);
         let (file, ty) = self.find(&name, &[rows, cols])?;
         Ok(QuantMatrix::new(ty, rows, cols, file.tensor_data(&name)?)?)
     }
 
     fn vector(&self, part: Part, len: usize) -> Result<Vec<f32>, Error> {
-        let name = Self::name(part);
+        let name = self.name(part);
         let (file, _) = self.find(&name, &[len])?;
         Ok(file.tensor_f32(&name)?)
     }
 
     fn has(&self, part: Part) -> bool {
-        self.files.iter().any(|f| f.tensor(&Self::name(part)).is_some())
+        self.files.iter().any(|f| f.tensor(&self.name(part)).is_some())
     }
 }

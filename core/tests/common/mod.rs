@@ -194,13 +194,34 @@ impl Weights {
 
     /// A HF checkpoint directory: config.json + model.safetensors in HF's names and q/k layout.
     pub fn write_hf(&self, dir: &Path, dtype: Dtype) {
+        self.write_hf_as(Family::Llama, dir, dtype);
+    }
+
+    /// [`write_hf`](Self::write_hf) as a model of `family`: for Gemma 3 the checkpoint of the
+    /// model [`write_gguf_as`](Self::write_gguf_as) writes, as transformers saves it
+    /// (`gemma3_text`, norms stored as `w` for `1 + w`, its norm names).
+    pub fn write_hf_as(&self, family: Family, dir: &Path, dtype: Dtype) {
         std::fs::create_dir_all(dir).unwrap();
-        let config = serde_json::json!({
+        let gemma = family == Family::Gemma3;
+        let mut config = serde_json::json!({
             "model_type": "llama", "hidden_size": D, "intermediate_size": FFN,
             "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
             "num_hidden_layers": LAYERS, "vocab_size": VOCAB, "max_position_embeddings": CONTEXT,
             "rope_theta": THETA, "rms_norm_eps": EPS, "tie_word_embeddings": true,
         });
+        if gemma {
+            config["model_type"] = "gemma3_text".into();
+            config["head_dim"] = HEAD_DIM.into();
+            config["sliding_window"] = GEMMA_WINDOW.into();
+            config["layer_types"] = vec!["sliding_attention"; LAYERS].into();
+            config["query_pre_attn_scalar"] = HEAD_DIM.into();
+            config["rope_parameters"] = serde_json::json!({
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            });
+        }
+        // Gemma's checkpoints store a norm's `w` where its GGUFs store `1 + w`.
+        let norm = |w: &[f32]| -> Vec<f32> { w.iter().map(|v| if gemma { v - 1.0 } else { *v }).collect() };
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let encode = |v: &[f32]| -> Vec<u8> {
             match dtype {
@@ -218,10 +239,10 @@ impl Weights {
             tensors.push((name, dtype, shape, bytes))
         };
         add("model.embed_tokens.weight".into(), vec![VOCAB, D], &self.embed);
-        add("model.norm.weight".into(), vec![D], &self.output_norm);
+        add("model.norm.weight".into(), vec![D], &norm(&self.output_norm));
         for (i, l) in self.layers.iter().enumerate() {
             let n = |part: &str| format!("model.layers.{i}.{part}.weight");
-            add(n("input_layernorm"), vec![D], &l.attn_norm);
+            add(n("input_layernorm"), vec![D], &norm(&l.attn_norm));
             add(n("self_attn.q_proj"), vec![D, D], &pairs_to_rotate_half(&l.q, HEADS, D));
             add(
                 n("self_attn.k_proj"),
@@ -230,10 +251,20 @@ impl Weights {
             );
             add(n("self_attn.v_proj"), vec![KV_HEADS * HEAD_DIM, D], &l.v);
             add(n("self_attn.o_proj"), vec![D, D], &l.o);
-            add(n("post_attention_layernorm"), vec![D], &l.ffn_norm);
             add(n("mlp.gate_proj"), vec![FFN, D], &l.gate);
             add(n("mlp.up_proj"), vec![FFN, D], &l.up);
             add(n("mlp.down_proj"), vec![D, FFN], &l.down);
+            if gemma {
+                // The same random norms as the GGUF's, in the same (rotate-half) order.
+                let mut r = Rng(1000 + i as u64);
+                add(n("post_attention_layernorm"), vec![D], &norm(&r.norm(D)));
+                add(n("post_feedforward_layernorm"), vec![D], &norm(&r.norm(D)));
+                add(n("self_attn.q_norm"), vec![HEAD_DIM], &norm(&r.norm(HEAD_DIM)));
+                add(n("self_attn.k_norm"), vec![HEAD_DIM], &norm(&r.norm(HEAD_DIM)));
+                add(n("pre_feedforward_layernorm"), vec![D], &norm(&l.ffn_norm));
+            } else {
+                add(n("post_attention_layernorm"), vec![D], &l.ffn_norm);
+            }
         }
         write_safetensors(dir.join("model.safetensors"), &tensors, &[("format", "pt")]).unwrap();
     }
