@@ -73,7 +73,7 @@ CHAT = ("chat", [{"role": "user", "content": "Give me three short tips for learn
 
 # Gemma's turns, as adaptkit's tokenizer::GEMMA_TEMPLATE (the base model ships no template).
 GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] | trim + '\\n\\n' %}"
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
     "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
     "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
