@@ -80,20 +80,25 @@ impl Parts {
     pub fn from_gguf(gguf: &GgufFile, arch: &str) -> Result<Self, Error> {
         match arch {
             "llama" | "mistral" => Ok(Self::llama()),
-            "gemma3" => Ok(Self {
-                activation: Activation::GeluTanh,
-                scaled_embeddings: true,
-                sandwich_norms: true,
-                qk_norms: true,
-                rotary_rows: RotaryRows::Halves,
-                sliding_window: Some(SlidingWindow {
-                    size: gguf.get_u64("gemma3.attention.sliding_window")? as usize,
-                    global_every: 6,
-                    local_rope_theta: 10_000.0,
-                }),
-                norm_offset: 0.0,
-            }),
+            "gemma3" => {
+                let size = gguf.get_u64("gemma3.attention.sliding_window")? as usize;
+                Ok(Self::gemma3(SlidingWindow { size, global_every: 6, local_rope_theta: 10_000.0 }, 0.0))
+            }
             other => Err(Error::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// Gemma 3 with its `window`, its norms stored as `w` where `norm_offset` is 1 (checkpoints)
+    /// or as `1 + w` where it is 0 (GGUFs); q/k rows in rotate-half order in both.
+    fn gemma3(window: SlidingWindow, norm_offset: f32) -> Self {
+        Self {
+            activation: Activation::GeluTanh,
+            scaled_embeddings: true,
+            sandwich_norms: true,
+            qk_norms: true,
+            rotary_rows: RotaryRows::Halves,
+            sliding_window: Some(window),
+            norm_offset,
         }
     }
 
@@ -146,19 +151,7 @@ impl Parts {
             .or_else(|| json.get("rope_local_base_freq"))
             .and_then(|v| v.as_f64())
             .unwrap_or(10_000.0) as f32;
-        Ok(Self {
-            activation: Activation::GeluTanh,
-            scaled_embeddings: true,
-            sandwich_norms: true,
-            qk_norms: true,
-            rotary_rows: RotaryRows::Halves,
-            sliding_window: Some(SlidingWindow {
-                size: size as usize,
-                global_every,
-                local_rope_theta: local,
-            }),
-            norm_offset: 1.0,
-        })
+        Ok(Self::gemma3(SlidingWindow { size: size as usize, global_every, local_rope_theta: local }, 1.0))
     }
 
     /// The window of `layer`'s attention, `None` for a global layer.

@@ -68,7 +68,7 @@ pub struct Request {
 }
 
 /// Coefficients of the account above, fitted on SmolLM2-135M Q4_1 (2 threads, x86-64; with
-/// the fused RMSNorm, SwiGLU and attention of `model::fused`).
+/// the fused RMSNorm, gated activation and attention of `model::fused`).
 mod measured {
     /// The runtime's fixed resident cost beyond the weights (tokenizer, code, worker stacks).
     pub const RUNTIME_MB: f64 = 30.0;

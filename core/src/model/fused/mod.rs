@@ -1,7 +1,7 @@
-//! RMSNorm, SwiGLU, RoPE and causal attention as single ops with their own backward, on host tensors
+//! RMSNorm, the gated MLP activation (SwiGLU, GeGLU), RoPE and causal (optionally sliding-window) attention as single ops with their own backward, on host tensors
 //! (Flex). As chains of burn ops each kept several full-size tensors for autodiff (SwiGLU four
 //! `[tokens, ffn]` tensors, attention its `len x context` scores and probabilities) and paid a
-//! dispatch per element-wise step; fused, RMSNorm keeps its input and one value per row, SwiGLU
+//! dispatch per element-wise step; fused, RMSNorm keeps its input and one value per row, the gated activation
 //! its two inputs, RoPE nothing but the pass's tables, attention its inputs, output and one log-sum-exp per query row, and no
 //! `len x context` matrix outlives a block of query rows ([`attention`]'s module). LoRA's side
 //! path runs its thin products on the host kernels in parallel ([`low_rank`]'s module).
